@@ -1,0 +1,165 @@
+"""The one reader and writer of pipeline artifacts.
+
+Every write goes to a temporary sibling path that is renamed into place, so a
+killed stage never leaves a half-written Parquet file, tensor file or figure.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class PipelineError(RuntimeError):
+    """A user-facing error: bad input, bad params or a missing artifact."""
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(table, path, metadata: dict | None = None) -> Path:
+    """Write a pyarrow Table (or dict of columns) with JSON metadata in the schema."""
+    if not isinstance(table, pa.Table):
+        table = pa.table(table)
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def write_parquet_shards(table: pa.Table, directory, prefix: str, rows_per_shard: int,
+                         metadata: dict | None = None) -> list[Path]:
+    """Split a table into `prefix-00000.parquet`, `prefix-00001.parquet`, ... under `directory`."""
+    paths = []
+    for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
+        shard = table.slice(start, rows_per_shard)
+        paths.append(write_parquet(shard, Path(directory) / f"{prefix}-{i:05d}.parquet", metadata))
+    return paths
+
+
+def _parquet_files(path) -> list[Path]:
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+    elif path.exists():
+        files = [path]
+    else:
+        files = sorted(path.parent.glob(f"{path.name}-*.parquet")) if path.parent.exists() else []
+    if not files:
+        raise PipelineError(f"no Parquet data at {path}: run the stage that produces it first (`dvc repro`)")
+    return files
+
+
+def read_parquet(path, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file, a directory of them, or the shards `path-*.parquet`.
+
+    Missing columns raise a PipelineError naming the file and the column.
+    """
+    tables = []
+    for file in _parquet_files(path):
+        schema = pq.read_schema(file)
+        missing = [c for c in columns or [] if c not in schema.names]
+        if missing:
+            raise PipelineError(f"{file}: missing column(s) {missing}; it has {schema.names}")
+        tables.append(pq.read_table(file, columns=columns))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def read_parquet_metadata(path) -> dict:
+    """The JSON metadata written by write_parquet (from the first file)."""
+    meta = pq.read_schema(_parquet_files(path)[0]).metadata or {}
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k.decode()] = json.loads(v)
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def save_tensors(obj: dict, path) -> Path:
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_tensors(path) -> dict:
+    import torch
+    if not Path(path).exists():
+        raise PipelineError(f"no tensor file at {path}: run the stage that produces it first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_npy(array: np.ndarray, path) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return Path(path)
+
+
+def save_json(obj, path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def save_text(text: str, path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_figure(fig, path) -> Path:
+    """Save a matplotlib figure as PNG without timestamps, so equal figures are equal bytes."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    return Path(path)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Encode an HxW or HxWxC uint8 array as PNG bytes."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, name: str, mode: str | None = None) -> np.ndarray:
+    """Decode image bytes to a uint8 array; a corrupt image raises an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(img.convert(mode) if mode else img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise PipelineError(f"corrupt or unreadable image: {name} ({exc})") from exc
