@@ -1,9 +1,13 @@
 """embed: features of images, masked instances, captions and descriptions -> data/features/
 
+    python -m stages.embed --modality image   # DVC stage embed_image: image, instance
+    python -m stages.embed --modality text    # DVC stage embed_text: caption, description
+
 For each kind in (image, instance, caption, description):
-`data/features/<kind>.parquet` is the index (one row per feature vector) and
-`data/features/<kind>-NNNNN.npy` are float16 shards, L2-normalised, row-aligned
+`data/features/<kind>/index.parquet` is the index (one row per feature vector) and
+`data/features/<kind>/vectors-NNNNN.npy` are float16 shards, L2-normalised, row-aligned
 with the index (row r of the index is row r of the concatenated shards).
+The two modalities are separate DVC stages, so a caption change never re-encodes images.
 
 | kind        | index columns            | encoder              | what is encoded                       |
 |-------------|--------------------------|----------------------|---------------------------------------|
@@ -18,6 +22,7 @@ Backends: image `efficientnet_lite0` (ImageNet-pretrained, pooled 1280-d), text
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,8 @@ import torch
 
 from stages.annotate import load_annotation_input, read_annotations
 from stages.data import decode_images
-from stages.io import PipelineError, decode_image, read_parquet, read_parquet_metadata, save_npy, write_parquet
+from stages.io import (PipelineError, atomic_path, decode_image, read_parquet, read_parquet_metadata, save_npy,
+                       write_parquet)
 from stages.models import EfficientNetLite0, MiniLM, batched
 from stages.params import load_params, param, positive, resolve_device
 
@@ -46,20 +52,20 @@ def build_encoder(params, key: str, registry: dict, device):
 
 def write_features(kind: str, index: dict, vectors: np.ndarray, encoder: str, settings: dict,
                    rows_per_shard: int) -> None:
-    for old in FEATURES.glob(f"{kind}-*.npy"):
-        old.unlink()
-    for i, start in enumerate(range(0, max(len(vectors), 1), rows_per_shard)):
-        save_npy(vectors[start:start + rows_per_shard].astype(np.float16), FEATURES / f"{kind}-{i:05d}.npy")
-    write_parquet(index, FEATURES / f"{kind}.parquet", {"features": {"encoder": encoder, "settings": settings,
-                                                                     "dim": int(vectors.shape[1])}})
+    with atomic_path(FEATURES / kind) as tmp:
+        tmp.mkdir()
+        for i, start in enumerate(range(0, max(len(vectors), 1), rows_per_shard)):
+            save_npy(vectors[start:start + rows_per_shard].astype(np.float16), tmp / f"vectors-{i:05d}.npy")
+        write_parquet(index, tmp / "index.parquet", {"features": {"encoder": encoder, "settings": settings,
+                                                                  "dim": int(vectors.shape[1])}})
 
 
 def load_features(kind: str, root=FEATURES):
     """(index table, float32 matrix) for one kind of features."""
     if kind not in KINDS:
         raise PipelineError(f"unknown feature kind {kind!r}; valid: {', '.join(KINDS)}")
-    index = read_parquet(Path(root) / f"{kind}.parquet")
-    shards = sorted(Path(root).glob(f"{kind}-*.npy"))
+    index = read_parquet(Path(root) / kind / "index.parquet")
+    shards = sorted((Path(root) / kind).glob("vectors-*.npy"))
     vectors = np.concatenate([np.load(s) for s in shards]).astype(np.float32) if shards else np.zeros((0, 0))
     if len(vectors) != index.num_rows:
         raise PipelineError(f"{root}/{kind}: index has {index.num_rows} rows but shards hold {len(vectors)}; "
@@ -68,7 +74,7 @@ def load_features(kind: str, root=FEATURES):
 
 
 def feature_metadata(kind: str, root=FEATURES) -> dict:
-    return read_parquet_metadata(Path(root) / f"{kind}.parquet").get("features", {})
+    return read_parquet_metadata(Path(root) / kind / "index.parquet").get("features", {})
 
 
 def encode_images(encoder, images: torch.Tensor, batch_size: int, desc: str) -> np.ndarray:
@@ -76,23 +82,13 @@ def encode_images(encoder, images: torch.Tensor, batch_size: int, desc: str) -> 
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-def main() -> None:
-    params = load_params()
-    device = resolve_device(params)
-    batch_size = positive(params, "embed.batch_size")
-    rows_per_shard = positive(params, "embed.rows_per_shard", int, 50000)
-    embed_settings = dict(param(params, "embed", dict))
-    image_name, image_encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
-    text_name, text_encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
-
+def embed_images(params, device, batch_size, rows_per_shard, embed_settings) -> str:
+    name, encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
     table = load_annotation_input(("uid", "label", "image"))
-    uids = table["uid"].to_pylist()
-    labels = table["label"].to_pylist()
-    label_of = dict(zip(uids, labels))
+    uids, labels = table["uid"].to_pylist(), table["label"].to_pylist()
     images = torch.from_numpy(decode_images(table["image"].to_pylist(), uids, channels=3))
     write_features("image", {"uid": uids, "label": labels},
-                   encode_images(image_encoder, images, batch_size, "embed images"), image_name, embed_settings,
-                   rows_per_shard)
+                   encode_images(encoder, images, batch_size, "embed images"), name, embed_settings, rows_per_shard)
 
     inst = read_annotations("instances", ["uid", "instance_id", "mask"])
     position = {u: i for i, u in enumerate(uids)}
@@ -100,25 +96,43 @@ def main() -> None:
     masks = np.stack([decode_image(b, f"mask of {u}", "L") > 0 for u, b in zip(inst_uids, inst["mask"].to_pylist())]) \
         if inst_uids else np.zeros((0,) + tuple(images.shape[2:]), bool)
     masked = images[[position[u] for u in inst_uids]] * torch.from_numpy(masks)[:, None]
-    write_features("instance", {"uid": inst_uids, "label": [label_of[u] for u in inst_uids],
+    write_features("instance", {"uid": inst_uids, "label": [labels[position[u]] for u in inst_uids],
                                 "instance_id": inst["instance_id"].to_pylist()},
-                   encode_images(image_encoder, masked, batch_size, "embed instances"), image_name, embed_settings,
+                   encode_images(encoder, masked, batch_size, "embed instances"), name, embed_settings,
                    rows_per_shard)
+    return f"{len(uids)} images and {len(inst_uids)} instances with {name}"
 
+
+def embed_texts(params, device, batch_size, rows_per_shard, embed_settings) -> str:
+    name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
+    table = load_annotation_input(("uid", "label"))
+    label_of = dict(zip(table["uid"].to_pylist(), table["label"].to_pylist()))
     caps = read_annotations("captions", ["uid", "instance_id", "caption"])
     cap_uids = caps["uid"].to_pylist()
     write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
                                "instance_id": caps["instance_id"].to_pylist()},
-                   text_encoder.encode(caps["caption"].to_pylist(), batch_size), text_name, embed_settings,
-                   rows_per_shard)
-
+                   encoder.encode(caps["caption"].to_pylist(), batch_size), name, embed_settings, rows_per_shard)
     desc = read_annotations("descriptions", ["uid", "description"])
     desc_uids = desc["uid"].to_pylist()
     write_features("description", {"uid": desc_uids, "label": [label_of[u] for u in desc_uids]},
-                   text_encoder.encode(desc["description"].to_pylist(), batch_size), text_name, embed_settings,
+                   encoder.encode(desc["description"].to_pylist(), batch_size), name, embed_settings,
                    rows_per_shard)
-    print(f"embedded {len(uids)} images, {len(inst_uids)} instances, {len(cap_uids)} captions, "
-          f"{len(desc_uids)} descriptions")
+    return f"{len(cap_uids)} captions and {len(desc_uids)} descriptions with {name}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="embed images or texts")
+    parser.add_argument("--modality", required=True, choices=("image", "text"))
+    args = parser.parse_args()
+    params = load_params()
+    device = resolve_device(params)
+    batch_size = positive(params, "embed.batch_size")
+    rows_per_shard = positive(params, "embed.rows_per_shard", int, 50000)
+    key = "embed.image_encoder" if args.modality == "image" else "embed.text_encoder"
+    embed_settings = {k: v for k, v in param(params, "embed", dict).items()
+                      if k not in ("image_encoder", "text_encoder")} | {"encoder": param(params, key, str)}
+    run = embed_images if args.modality == "image" else embed_texts
+    print("embedded " + run(params, device, batch_size, rows_per_shard, embed_settings))
 
 
 if __name__ == "__main__":
