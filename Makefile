@@ -1,0 +1,29 @@
+# `make run`: set up and run the default pipeline.  `make test`: set up and run the tests.
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test setup data
+
+run: setup data
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+# Installs Debian's dataset-fashion-mnist when params.yaml points at its (missing) directory.
+data: setup
+	@src=$$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['prepare']['source'])"); \
+	if [ "$$src" = /usr/share/datasets/fashion-mnist ] && [ ! -e "$$src/train-images-idx3-ubyte.gz" ]; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
+	elif [ ! -d "$$src" ]; then \
+		echo "prepare.source=$$src does not exist: point it at the Fashion-MNIST idx files" >&2; exit 1; \
+	fi

@@ -1,0 +1,101 @@
+"""Fixtures: a tiny Fashion-MNIST-format dataset and a throw-away project directory using it."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(2)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def tiny_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """28x28 images: a bright rectangle whose size and place depend on the class, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 30, size=(len(labels), 28, 28))
+    for i, c in enumerate(labels):
+        top, left = 3 + c % 5 * 2 + rng.integers(0, 2), 3 + c // 5 * 6 + rng.integers(0, 2)
+        images[i, top:top + 8 + c % 3 * 2, left:left + 10] = 200 + rng.integers(0, 50)
+    return images
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fashion")
+    for prefix, per_class, seed in (("train", 12, 0), ("t10k", 5, 1)):
+        labels = np.repeat(np.arange(10), per_class)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", tiny_images(labels, seed))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def tiny_params(source: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["prepare"].update(source=str(source), val_per_class=2, max_train_per_class=0)
+    params["tag"].update(input_size=32, batch_size=64)
+    params["embed"].update(input_size=32, batch_size=64)
+    params["select"]["lof_neighbors"] = 3
+    params["distill"]["ipcs"] = [1, 2]
+    for method in ("dm", "masked_dm"):
+        params["distill"][method].update(iterations=3, batch_real=4)
+    params["evaluate"].update(epochs=2, repeats=2)
+    return params
+
+
+@pytest.fixture
+def project(tmp_path, fashion_dir, monkeypatch) -> Path:
+    """A copy of the pipeline (code, dvc.yaml, tiny params.yaml) in a temp dir, made the cwd."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(fashion_dir), sort_keys=False))
+    monkeypatch.chdir(root)
+    return root
+
+
+def set_params(root: Path, **updates) -> None:
+    """Set dotted params, e.g. set_params(root, **{"distill.dm.iterations": 5})."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in updates.items():
+        node = params
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_stage(module, *args, monkeypatch=None):
+    import sys
+    old = sys.argv
+    sys.argv = [module.__name__, *args]
+    try:
+        module.main()
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture
+def annotated(project):
+    """The tiny project after prepare, the annotation stages and both embed stages."""
+    from stages import caption, describe, embed, ground, prepare, tag
+    for module in (prepare, tag, ground, caption, describe):
+        run_stage(module)
+    run_stage(embed, "--modality", "image")
+    run_stage(embed, "--modality", "text")
+    return project

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from stages import caption, describe, ground, prepare, tag
+from stages.annotate import annotation_backend, read_annotations
+from stages.data import load_foreground_masks
+from stages.embed import KINDS, feature_metadata, load_features
+from stages.ground import foreground
+from stages.io import PipelineError
+from tests.conftest import run_stage, set_params
+
+
+def test_annotation_and_embedding_outputs(annotated):
+    tags = read_annotations("tags")
+    assert tags.num_rows == 120 and set(tags["backend"].to_pylist()) == {"offline_imagenet"}
+    assert all(len(t) == 3 for t in tags["tags"].to_pylist())
+    inst = read_annotations("instances")
+    assert inst.column_names == ["uid", "instance_id", "box", "score", "phrase", "mask", "area", "backend"]
+    assert inst.num_rows >= 100
+    caps = read_annotations("captions")
+    assert caps.num_rows == 120 + inst.num_rows
+    assert read_annotations("descriptions").num_rows == 120
+    assert annotation_backend("instances")["backend"] == "offline_threshold"
+    for kind, dim in zip(KINDS, (1280, 1280, 384, 384)):
+        index, vectors = load_features(kind)
+        assert vectors.shape == (index.num_rows, dim)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
+    assert feature_metadata("caption")["encoder"] == "minilm"
+
+
+def test_threshold_grounding_finds_planted_rectangle():
+    gray = np.zeros((28, 28), np.uint8)
+    gray[5:15, 8:20] = 220
+    fg = foreground(gray)
+    assert fg.sum() == 10 * 12 and fg[5:15, 8:20].all()
+    rows = ground.ThresholdGrounder({"ground": {"min_area": 0.02, "max_instances": 3}})("u", gray, ["shirt"])
+    assert len(rows) == 1 and rows[0]["box"] == [8.0, 5.0, 20.0, 15.0] and rows[0]["phrase"] == "shirt"
+
+
+def test_foreground_masks_union(annotated):
+    uids = read_annotations("instances", ["uid"])["uid"].to_pylist()[:3]
+    masks = load_foreground_masks(uids + ["no-such-uid"], 28, 28)
+    assert masks.shape == (4, 1, 28, 28)
+    assert 0 < masks[0].mean() < 1 and masks[3].min() == 1
+
+
+def test_unknown_backend_lists_valid(project):
+    run_stage(prepare)
+    set_params(project, **{"tag.backend": "ram_plus"})
+    with pytest.raises(PipelineError, match="valid: offline_imagenet"):
+        run_stage(tag)
+
+
+def test_bad_template_names_param(annotated):
+    set_params(annotated, **{"caption.image_template": "a {colour} thing"})
+    with pytest.raises(PipelineError, match="caption.image_template"):
+        run_stage(caption)
+
+
+def test_caption_change_rewrites_only_captions(annotated):
+    before = (annotated / "data/annotations/instances.parquet").read_bytes()
+    set_params(annotated, **{"caption.image_template": "picture of {class_name}"})
+    run_stage(caption)
+    run_stage(describe)
+    assert read_annotations("captions")["caption"].to_pylist()[0].startswith("picture of ")
+    assert (annotated / "data/annotations/instances.parquet").read_bytes() == before

@@ -1,0 +1,121 @@
+import json
+
+import pytest
+import torch
+
+from stages import distill, evaluate, report, select
+from stages.augment import DifferentiableAugment
+from stages.data import load_split
+from stages.distill import class_means, distribution_matching, random_selection
+from stages.io import PipelineError, load_tensors
+from stages.nets import make_net
+from stages.params import load_params
+from tests.conftest import run_stage, set_params
+
+
+def dm_objective(images, real: torch.Tensor, classes: int, seeds=range(5)) -> float:
+    """The DM loss without augmentation, averaged over a fixed set of random networks."""
+    total = 0.0
+    with torch.no_grad():
+        for s in seeds:
+            torch.manual_seed(1000 + s)
+            net = make_net("convnet3", images.shape[1], classes, images.shape[2])
+            total += ((class_means(net.embed(real), classes) - class_means(net.embed(images), classes)) ** 2).sum()
+    return float(total) / len(seeds)
+
+
+def test_dm_reduces_the_distribution_gap(project):
+    from stages import prepare
+    run_stage(prepare)
+    train = load_split("train")
+    params = load_params()
+    params["distill"]["dm"].update(iterations=25, batch_real=10)
+    init = random_selection(train, 1, seed=0)
+    synthetic, history = distribution_matching(train, init, params, "distill.dm", torch.device("cpu"), seed=0)
+    order = torch.argsort(train.labels, stable=True)
+    real = train.normalized()[order]
+    before = dm_objective(train.normalized()[init], real, 10)
+    after = dm_objective(synthetic, real, 10)
+    assert len(history) == 25
+    assert after < 0.7 * before
+
+
+def test_masked_term_moves_only_foreground_pixels(project):
+    from stages import prepare
+    run_stage(prepare)
+    train = load_split("train")
+    params = load_params()
+    params["distill"]["masked_dm"].update(iterations=3, batch_real=4, full_weight=0.0, masked_weight=1.0)
+    init = random_selection(train, 1, seed=0)
+    masks = torch.zeros(len(train), 1, 28, 28)
+    masks[:, :, 5:20, 5:20] = 1
+    synthetic, _ = distribution_matching(train, init, params, "distill.masked_dm", torch.device("cpu"), 0, masks)
+    start = train.normalized()[init]
+    changed = (synthetic != start)
+    assert changed[:, :, 5:20, 5:20].any()
+    assert not changed[masks[init] == 0].any()
+
+
+def test_augmentation_is_differentiable_and_replayable():
+    aug = DifferentiableAugment()
+    x = torch.randn(4, 1, 28, 28, requires_grad=True)
+    assert torch.equal(aug(x, seed=3), aug(x, seed=3))
+    aug(x, seed=3).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.fixture
+def selected(annotated):
+    run_stage(select)
+    return annotated
+
+
+@pytest.mark.parametrize("method", ["random", "kmeans", "dm", "masked_dm"])
+def test_distill_methods_write_sets_and_grids(selected, method):
+    run_stage(distill, "--method", method, "--ipc", "2")
+    out = load_tensors(f"data/distilled/{method}-ipc2.pt")
+    assert out["images"].shape == (20, 1, 28, 28)
+    assert out["labels"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert len(out["source_uids"]) == 20 and out["info"]["method"] == method
+    assert len(out["loss"]) == (3 if method in ("dm", "masked_dm") else 0)
+    assert (selected / f"outputs/figures/distilled/{method}-ipc2.png").stat().st_size > 0
+
+
+def test_distill_is_deterministic(selected):
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    first = (selected / "data/distilled/dm-ipc1.pt").read_bytes()
+    grid = (selected / "outputs/figures/distilled/dm-ipc1.png").read_bytes()
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    assert (selected / "data/distilled/dm-ipc1.pt").read_bytes() == first
+    assert (selected / "outputs/figures/distilled/dm-ipc1.png").read_bytes() == grid
+
+
+def test_unknown_method_lists_valid(selected):
+    with pytest.raises(PipelineError, match="valid: random, kmeans, dm, masked_dm"):
+        run_stage(distill, "--method", "mtt", "--ipc", "1")
+
+
+def test_ipc_larger_than_class(selected):
+    with pytest.raises(PipelineError, match="IPC 11 is larger than class 'T-shirt/top'"):
+        run_stage(distill, "--method", "random", "--ipc", "11")
+
+
+def test_batch_real_larger_than_class(selected):
+    set_params(selected, **{"distill.dm.batch_real": 500})
+    with pytest.raises(PipelineError, match="distill.dm.batch_real"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")
+
+
+def test_evaluate_and_report(selected):
+    for method in ("random", "kmeans", "dm", "masked_dm"):
+        for ipc in (1, 2):
+            run_stage(distill, "--method", method, "--ipc", str(ipc))
+            run_stage(evaluate, "--method", method, "--ipc", str(ipc))
+    metrics = json.loads((selected / "outputs/metrics/dm-ipc2.json").read_text())
+    assert len(metrics["test_accuracies"]) == 2
+    assert 0 <= metrics["test_accuracy_mean"] <= 100 and metrics["repeats"] == 2
+    run_stage(report)
+    text = (selected / "outputs/report.md").read_text()
+    assert "| method | IPC | accuracy (%) |" in text
+    assert f"| dm | 2 | {metrics['test_accuracy_mean']:.2f} ± {metrics['test_accuracy_std']:.2f} |" in text
+    assert "offline_imagenet" in text and "seed: 0" in text

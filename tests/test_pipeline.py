@@ -1,0 +1,66 @@
+"""End to end through DVC on the tiny dataset: repro, caching, partial re-runs, push/pull to a colleague."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import set_params
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+           GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1")
+
+
+def sh(cwd, *cmd) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> set:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_dvc_pipeline_end_to_end(project, tmp_path):
+    (project / ".gitignore").write_text("/data/\n__pycache__/\n")
+    sh(project, "git", "init", "-q")
+    sh(project, "dvc", "init", "-q")
+    out = sh(project, "dvc", "repro")
+    stages = {"prepare", "tag", "ground", "caption", "describe", "embed_image", "embed_text", "select", "report"}
+    runs = {f"{s}@{m}-{k}" for s in ("distill", "evaluate") for m in ("random", "kmeans", "dm", "masked_dm")
+            for k in (1, 2)}
+    assert ran(out) == stages | runs
+
+    metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
+    shown = next(iter(metrics.values()))["data"]
+    assert len(shown) == 8 and all("test_accuracy_mean" in v["data"] for v in shown.values())
+    assert "| masked_dm | 2 |" in (project / "outputs/report.md").read_text()
+
+    assert ran(sh(project, "dvc", "repro")) == set()  # everything cached
+
+    set_params(project, **{"evaluate.repeats": 1})
+    assert ran(sh(project, "dvc", "repro")) == {r for r in runs if r.startswith("evaluate")} | {"report"}
+
+    set_params(project, **{"caption.image_template": "an image of a {class_name}"})
+    assert ran(sh(project, "dvc", "repro")) == {"caption", "describe", "embed_text", "report"}
+
+    # a colleague clones, pulls from the shared remote and has everything without recomputing
+    remote = tmp_path / "remote"
+    sh(project, "dvc", "remote", "add", "-d", "shared", str(remote))
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "pipeline")
+    sh(project, "dvc", "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    sh(clone, "dvc", "pull")
+    assert (clone / "data/annotations/captions.parquet").read_bytes() == \
+        (project / "data/annotations/captions.parquet").read_bytes()
+    assert "up to date" in sh(clone, "dvc", "status")
+    assert ran(sh(clone, "dvc", "repro")) == set()
+    shutil.rmtree(clone)
