@@ -85,7 +85,8 @@ def distribution_matching(train: ImageSet, init: list[int], params: dict, sectio
     net_name = param(params, f"{section}.net", str)
     full_weight = param(params, f"{section}.full_weight", float, 1.0)
     masked_weight = param(params, f"{section}.masked_weight", float, 0.0)
-    augment = DifferentiableAugment(flip=param(params, f"{section}.flip", bool))
+    augment = DifferentiableAugment(flip=param(params, f"{section}.flip", bool)) \
+        if param(params, f"{section}.augment", bool) else (lambda x, seed: x)
     classes = len(train.class_names)
     ipc = len(init) // classes
     _, channels, height, width = train.images.shape

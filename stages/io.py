@@ -108,8 +108,10 @@ def read_parquet_metadata(path) -> dict:
 
 def save_tensors(obj: dict, path) -> Path:
     import torch
+    buffer = io.BytesIO()  # torch.save names its archive after the file; a buffer keeps bytes name-independent
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)
 
 

@@ -29,7 +29,7 @@ def test_dm_reduces_the_distribution_gap(project):
     run_stage(prepare)
     train = load_split("train")
     params = load_params()
-    params["distill"]["dm"].update(iterations=25, batch_real=10)
+    params["distill"]["dm"].update(iterations=25, batch_real=10, lr=0.1, augment=False)
     init = random_selection(train, 1, seed=0)
     synthetic, history = distribution_matching(train, init, params, "distill.dm", torch.device("cpu"), seed=0)
     order = torch.argsort(train.labels, stable=True)
