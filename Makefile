@@ -2,12 +2,14 @@
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# so that the `python -m stages.X` commands of dvc.yaml run the venv's python
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test setup data
 
 run: setup data
-	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	dvc repro
+	dvc metrics show
 
 test: setup
 	$(BIN)/python -m pytest -q tests
