@@ -14,6 +14,8 @@ plus a PNG grid `outputs/figures/distilled/{method}-ipc{K}.png` (one row per cla
 Methods:
   random     K seeded random real train images per class
   kmeans     the real image nearest to each per-class k-means centre (stage `select`)
+  herding    per-class herding coreset of image features (stage `select`)
+  kcenter    per-class greedy k-center coreset of image features (stage `select`)
   dm         Distribution Matching (Zhao & Bilen): pixels initialised from the `random`
              images, optimised so that the mean embedding of each class under a freshly
              initialised ConvNet-3 (new weights every iteration) matches that of a batch
@@ -57,13 +59,15 @@ def random_selection(train: ImageSet, ipc: int, seed: int) -> list[int]:
     return picked
 
 
-def kmeans_selection(train: ImageSet, ipc: int) -> list[int]:
-    path = SELECTIONS / f"kmeans-ipc{ipc}.parquet"
+def selection(train: ImageSet, method: str, ipc: int) -> list[int]:
+    """The real images stage `select` chose for `method` (kmeans, herding, kcenter), class-major."""
+    path = SELECTIONS / f"{method}-ipc{ipc}.parquet"
     if not path.exists():
         raise PipelineError(f"{path} is missing: IPC {ipc} must be listed in 'distill.ipcs' and `select` run")
-    table = read_parquet(path, ["label", "cluster", "uid"])
+    order = "cluster" if method == "kmeans" else "rank"
+    table = read_parquet(path, ["label", order, "uid"])
     position = {u: i for i, u in enumerate(train.uids)}
-    rows = sorted(zip(table["label"].to_pylist(), table["cluster"].to_pylist(), table["uid"].to_pylist()))
+    rows = sorted(zip(table["label"].to_pylist(), table[order].to_pylist(), table["uid"].to_pylist()))
     return [position[u] for _, _, u in rows]
 
 
@@ -133,9 +137,12 @@ def masked_dm(train, init, params, device, seed):
     return distribution_matching(train, init, params, "distill.masked_dm", device, seed, masks)
 
 
+SELECTED = ("kmeans", "herding", "kcenter")  # real images chosen by stage `select`
 METHODS = {
     "random": None,
     "kmeans": None,
+    "herding": None,
+    "kcenter": None,
     "dm": lambda train, init, params, device, seed: distribution_matching(train, init, params, "distill.dm",
                                                                           device, seed),
     "masked_dm": masked_dm,
@@ -173,7 +180,7 @@ def distill(method: str, ipc: int, params: dict) -> Path:
     seed_everything(seed)
     device = resolve_device(params)
     train = load_split("train")
-    init = kmeans_selection(train, ipc) if method == "kmeans" else random_selection(train, ipc, seed)
+    init = selection(train, method, ipc) if method in SELECTED else random_selection(train, ipc, seed)
     if METHODS[method] is None:
         images, history = train.normalized()[init], []
     else:

@@ -70,7 +70,7 @@ def selected(annotated):
     return annotated
 
 
-@pytest.mark.parametrize("method", ["random", "kmeans", "dm", "masked_dm"])
+@pytest.mark.parametrize("method", ["random", "kmeans", "herding", "kcenter", "dm", "masked_dm"])
 def test_distill_methods_write_sets_and_grids(selected, method):
     run_stage(distill, "--method", method, "--ipc", "2")
     out = load_tensors(f"data/distilled/{method}-ipc2.pt")
@@ -91,7 +91,7 @@ def test_distill_is_deterministic(selected):
 
 
 def test_unknown_method_lists_valid(selected):
-    with pytest.raises(PipelineError, match="valid: random, kmeans, dm, masked_dm"):
+    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, dm, masked_dm"):
         run_stage(distill, "--method", "mtt", "--ipc", "1")
 
 

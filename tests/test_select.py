@@ -41,3 +41,61 @@ def test_ipc_larger_than_class_names_class(annotated):
     set_params(annotated, **{"distill.ipcs": [1, 50]})
     with pytest.raises(PipelineError, match="IPC 50.*class 'T-shirt/top'"):
         run_stage(select)
+
+
+def test_herding_mean_error_shrinks_with_k():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16))
+    errors = [np.linalg.norm(x[select.herding(x, k)].mean(0) - x.mean(0)) for k in (1, 5, 20, 60)]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.5 * errors[0]
+    assert len(set(select.herding(x, 60).tolist())) == 60
+
+
+def test_k_center_radius_no_larger_than_random():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 8))
+
+    def radius(idx):
+        return np.sqrt(((x[:, None] - x[idx][None]) ** 2).sum(-1).min(1).max())
+
+    chosen = select.k_center(x, 20)
+    randoms = [radius(rng.choice(400, 20, replace=False)) for _ in range(20)]
+    assert radius(chosen) <= min(randoms)
+
+
+def test_pds_matching_recovers_planted_permutation():
+    rng = np.random.default_rng(4)
+    clusters, dim = 6, 32
+    img_centres = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:clusters] * 3
+    txt_centres = np.linalg.qr(rng.normal(size=(dim, dim)))[0][clusters:2 * clusters] * 3
+    assign = rng.integers(0, clusters, 600)
+    perm = rng.permutation(clusters)  # image cluster c pairs with text cluster perm[c]
+    image = img_centres[assign] + rng.normal(0, 0.1, (600, dim))
+    text = txt_centres[perm[assign]] + rng.normal(0, 0.1, (600, dim))
+    out = select.pds_prototypes(image, text, clusters, prune_ratio=0.0, seed=0, batch_size=256)
+    for (i, j), protos_img, protos_txt in zip(out["matches"], out["image"], out["text"]):
+        c = int(np.argmin(((img_centres - protos_img) ** 2).sum(1)))
+        assert int(np.argmin(((txt_centres - protos_txt) ** 2).sum(1))) == perm[c]
+    assert out["shared"].sum() == 600
+    again = select.pds_prototypes(image, text, clusters, prune_ratio=0.0, seed=0, batch_size=256)
+    assert np.array_equal(again["image"], out["image"])
+
+
+def test_pds_prunes_and_checks_shapes():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(100, 8))
+    y = x + rng.normal(0, 0.1, (100, 8))
+    y[:10] = -x[:10]  # the ten worst-aligned pairs
+    out = select.pds_prototypes(x, y, 4, prune_ratio=0.1, seed=0)
+    assert len(out["kept"]) == 90 and not set(range(10)) & set(out["kept"].tolist())
+    with pytest.raises(PipelineError, match="one space"):
+        select.pds_prototypes(x, y[:, :4], 4)
+    with pytest.raises(PipelineError, match="row-aligned"):
+        select.pds_prototypes(x, y[:50], 4)
+
+
+def test_coreset_selections_written(annotated):
+    run_stage(select)
+    for method in ("herding", "kcenter"):
+        table = read_parquet(f"data/selections/{method}-ipc2.parquet")
+        assert table.num_rows == 20 and table["rank"].to_pylist()[:2] == [0, 1]
