@@ -7,19 +7,23 @@
 | caption     | string |                                                    |
 | backend     | string | backend that produced the row                      |
 
-Backends: `offline_template` fills `caption.instance_template` from the
-instance's phrase, size and position, and `caption.image_template` from the
-class name and tags. Template text, not a captioning model.
+Backends (`caption.backend`):
+- `offline_template` (default): fills `caption.instance_template` from the instance's phrase, size and position,
+  and `caption.image_template` from the class name and tags. Template text, not a captioning model.
+- `blip2`: transformers BLIP-2 (`caption.blip2.model`), beam search with `caption.blip2.{num_beams,max_new_tokens}`
+  and an optional text `prompt`; the whole image, and each instance's box crop with the pixels outside its mask
+  set to black.
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
+import torch
 
-from stages.annotate import build_backend, group_by_uid, load_annotation_input, read_annotations, settings, \
-    write_annotations
-from stages.io import PipelineError
-from stages.params import load_params, param
+from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, read_annotations, \
+    run_annotation_stage, torch_dtype
+from stages.io import PipelineError, decode_image
+from stages.params import load_params, param, positive, resolve_device
 
 SCHEMA = pa.schema([("uid", pa.string()), ("instance_id", pa.int32()), ("caption", pa.string())])
 
@@ -44,41 +48,102 @@ def fill(template: str, key: str, **values) -> str:
 
 
 class TemplateCaptioner:
+    image_mode = "L"
+
     def __init__(self, params):
         self.instance_template = param(params, "caption.instance_template", str)
         self.image_template = param(params, "caption.image_template", str)
+        self.settings = {"instance_template": self.instance_template, "image_template": self.image_template}
 
-    def __call__(self, uid, class_name, width, height, tags, instances):
-        rows = [(uid, -1, fill(self.image_template, "caption.image_template", class_name=class_name.lower(),
-                                tags=", ".join(tags)))]
-        for inst in instances:
-            rows.append((uid, inst["instance_id"], fill(
+    def load(self):
+        pass
+
+    def annotate(self, records):
+        return [self.captions(r) for r in records]
+
+    def captions(self, rec):
+        h, w = rec["image"].shape[:2]
+        cls = rec["class_name"].lower()
+        rows = [{"instance_id": -1, "caption": fill(self.image_template, "caption.image_template", class_name=cls,
+                                                     tags=", ".join(rec["tags"]))}]
+        for inst in rec["instances"]:
+            rows.append({"instance_id": inst["instance_id"], "caption": fill(
                 self.instance_template, "caption.instance_template", phrase=inst["phrase"],
-                size=size_word(inst["area"]), position=position_word(inst["box"], width, height),
-                class_name=class_name.lower())))
+                size=size_word(inst["area"]), position=position_word(inst["box"], w, h), class_name=cls)})
         return rows
 
 
-CAPTIONERS = {"offline_template": TemplateCaptioner}
+def masked_crop(image: np.ndarray, mask_png: bytes, box, name: str) -> np.ndarray:
+    """The instance's box crop with pixels outside its mask set to black."""
+    mask = decode_image(mask_png, name, "L") > 0
+    h, w = image.shape[:2]
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])), w), min(int(np.ceil(box[3])), h)
+    if x1 <= x0 or y1 <= y0:
+        x0, y0, x1, y1 = 0, 0, w, h
+    return (image * mask[..., None])[y0:y1, x0:x1]
+
+
+class Blip2Captioner:
+    """BLIP-2: one caption for the whole image and one per instance (masked crop), batched."""
+
+    image_mode = "RGB"
+
+    def __init__(self, params):
+        self.params = params
+        self.generation = {"max_new_tokens": positive(params, "caption.blip2.max_new_tokens"),
+                           "num_beams": positive(params, "caption.blip2.num_beams")}
+        self.prompt = param(params, "caption.blip2.prompt", str)
+        self.settings = {"model": param(params, "caption.blip2.model", str),
+                         "revision": param(params, "caption.blip2.revision", str), "prompt": self.prompt,
+                         **self.generation}
+
+    def load(self):
+        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+        self.device = resolve_device(self.params)
+        self.dtype = torch_dtype(self.device)
+        key, rev = "caption.blip2.model", "caption.blip2.revision"
+        self.processor = from_pretrained(Blip2Processor, self.params, key, rev)
+        self.model = from_pretrained(Blip2ForConditionalGeneration, self.params, key, rev,
+                                     dtype=self.dtype).to(self.device).eval()
+
+    @torch.no_grad()
+    def annotate(self, records):
+        images, owners = [], []
+        for i, rec in enumerate(records):
+            images.append(rec["image"])
+            owners.append((i, -1))
+            for inst in rec["instances"]:
+                images.append(masked_crop(rec["image"], inst["mask"], inst["box"], f"mask of {rec['uid']}"))
+                owners.append((i, inst["instance_id"]))
+        text = [self.prompt] * len(images) if self.prompt else None
+        inputs = self.processor(images=images, text=text, return_tensors="pt", padding=True).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        tokens = self.model.generate(**inputs, do_sample=False, **self.generation)
+        if self.prompt:
+            tokens = tokens[:, inputs["input_ids"].shape[1]:] if tokens.shape[1] > inputs["input_ids"].shape[1] \
+                else tokens
+        texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
+        out = [[] for _ in records]
+        for (i, instance_id), caption in zip(owners, texts):
+            out[i].append({"instance_id": instance_id, "caption": caption.strip()})
+        return out
+
+
+CAPTIONERS = {"offline_template": TemplateCaptioner, "blip2": Blip2Captioner}
 
 
 def main() -> None:
     params = load_params()
-    name, captioner = build_backend(params, "caption", CAPTIONERS)
-    table = load_annotation_input(("uid", "class_name", "width", "height"))
+    table = load_annotation_input(("uid", "class_name", "image"))
     tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
-    inst = read_annotations("instances", ["uid", "instance_id", "box", "phrase", "area"]).to_pylist()
     instances = {}
-    for row in inst:
-        instances.setdefault(row["uid"], []).append(row)
-    rows = []
-    for uid, cls, w, h in tqdm(zip(*(table[c].to_pylist() for c in ("uid", "class_name", "width", "height"))),
-                               total=table.num_rows, desc="caption", mininterval=2):
-        rows += captioner(uid, cls, w, h, tags.get(uid, []), instances.get(uid, []))
-    uids, ids, caps = zip(*rows) if rows else ((), (), ())
-    path = write_annotations({"uid": list(uids), "instance_id": list(ids), "caption": list(caps)}, SCHEMA,
-                             "captions", name, settings(params, "caption"))
-    print(f"wrote {len(rows)} captions with {name} -> {path}")
+    for row in read_annotations("instances", ["uid", "instance_id", "box", "phrase", "area", "mask"]).to_pylist():
+        instances.setdefault(row.pop("uid"), []).append(row)
+    records = [{"uid": u, "image": b, "class_name": c, "tags": tags.get(u, []), "instances": instances.get(u, [])}
+               for u, b, c in zip(*(table[k].to_pylist() for k in ("uid", "image", "class_name")))]
+    path = run_annotation_stage(params, "caption", "stages.caption:CAPTIONERS", SCHEMA, records, "captions")
+    print(f"captioned {len(records)} images -> {path}")
 
 
 if __name__ == "__main__":

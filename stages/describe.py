@@ -6,52 +6,105 @@
 | description | string |                               |
 | backend     | string | backend that produced the row |
 
-Backends: `offline_template` fills `describe.template` from the class name,
-the tags and the instance captions. Template text, not a vision-language model.
+Backends (`describe.backend`):
+- `offline_template` (default): fills `describe.template` from the class name, the tags and the instance
+  captions. Template text, not a vision-language model.
+- `llava`: transformers LLaVA (`describe.llava.model`) asked `describe.llava.prompt` (VLCP's prompt, with the
+  class name filled in) through the model's chat template; sampling at temperature 0.2 with one beam, as in
+  VLCP, seeded from `seed` and the batch's image keys, at most `max_new_tokens` tokens.
 """
 from __future__ import annotations
 
 import pyarrow as pa
-from tqdm import tqdm
+import torch
 
-from stages.annotate import build_backend, group_by_uid, load_annotation_input, read_annotations, settings, \
-    write_annotations
+from stages.annotate import digest, from_pretrained, group_by_uid, load_annotation_input, read_annotations, \
+    run_annotation_stage, torch_dtype
 from stages.caption import fill
-from stages.params import load_params, param
+from stages.params import load_params, param, positive, resolve_device
 
 SCHEMA = pa.schema([("uid", pa.string()), ("description", pa.string())])
 
 
 class TemplateDescriber:
+    image_mode = "L"
+
     def __init__(self, params):
         self.template = param(params, "describe.template", str)
+        self.settings = {"template": self.template}
 
-    def __call__(self, class_name: str, tags: list[str], instance_captions: list[str]) -> str:
+    def load(self):
+        pass
+
+    def annotate(self, records):
+        return [[{"description": self.describe(r["class_name"], r["tags"], r["instance_captions"])}] for r in records]
+
+    def describe(self, class_name: str, tags: list[str], instance_captions: list[str]) -> str:
         instances = "; ".join(instance_captions) if instance_captions else "no separable object"
         return fill(self.template, "describe.template", class_name=class_name.lower(), tags=", ".join(tags),
                     instances=instances)
 
 
-DESCRIBERS = {"offline_template": TemplateDescriber}
+class LlavaDescriber:
+    """LLaVA with VLCP's prompt (class name filled in), sampling at `describe.llava.temperature`, one beam."""
+
+    image_mode = "RGB"
+
+    def __init__(self, params):
+        self.params = params
+        self.prompt = param(params, "describe.llava.prompt", str)
+        fill(self.prompt, "describe.llava.prompt", class_name="x")
+        self.temperature = param(params, "describe.llava.temperature", float)
+        self.max_new_tokens = positive(params, "describe.llava.max_new_tokens")
+        self.seed = param(params, "seed", int)
+        self.settings = {"model": param(params, "describe.llava.model", str),
+                         "revision": param(params, "describe.llava.revision", str), "prompt": self.prompt,
+                         "temperature": self.temperature, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
+
+    def load(self):
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        self.device = resolve_device(self.params)
+        self.dtype = torch_dtype(self.device)
+        key, rev = "describe.llava.model", "describe.llava.revision"
+        self.processor = from_pretrained(AutoProcessor, self.params, key, rev)
+        self.processor.tokenizer.padding_side = "left"
+        self.model = from_pretrained(LlavaForConditionalGeneration, self.params, key, rev,
+                                     dtype=self.dtype).to(self.device).eval()
+
+    @torch.no_grad()
+    def annotate(self, records):
+        texts = [self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": fill(
+                self.prompt, "describe.llava.prompt", class_name=r["class_name"].lower())}]}],
+            add_generation_prompt=True) for r in records]
+        inputs = self.processor(images=[r["image"] for r in records], text=texts, return_tensors="pt",
+                                padding=True).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        # sampling seeded from the seed and the batch's keys: a batch re-run gives the same text
+        torch.manual_seed(int(digest([self.seed] + [r["key"] for r in records])[:15], 16))
+        tokens = self.model.generate(**inputs, do_sample=self.temperature > 0, temperature=self.temperature or None,
+                                     num_beams=1, max_new_tokens=self.max_new_tokens)
+        texts = self.processor.batch_decode(tokens[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [[{"description": t.strip()}] for t in texts]
+
+
+DESCRIBERS = {"offline_template": TemplateDescriber, "llava": LlavaDescriber}
 
 
 def main() -> None:
     params = load_params()
-    name, describer = build_backend(params, "describe", DESCRIBERS)
-    table = load_annotation_input(("uid", "class_name"))
+    table = load_annotation_input(("uid", "class_name", "image"))
     tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
     captions = read_annotations("captions", ["uid", "instance_id", "caption"])
     per_instance = {}
     for uid, iid, cap in zip(*(captions[c].to_pylist() for c in ("uid", "instance_id", "caption"))):
         if iid >= 0:
             per_instance.setdefault(uid, []).append(cap)
-    uids = table["uid"].to_pylist()
-    texts = [describer(cls, tags.get(uid, []), per_instance.get(uid, []))
-             for uid, cls in tqdm(zip(uids, table["class_name"].to_pylist()), total=len(uids), desc="describe",
-                                  mininterval=2)]
-    path = write_annotations({"uid": uids, "description": texts}, SCHEMA, "descriptions", name,
-                             settings(params, "describe"))
-    print(f"wrote {len(texts)} descriptions with {name} -> {path}")
+    records = [{"uid": u, "image": b, "class_name": c, "tags": tags.get(u, []),
+                "instance_captions": per_instance.get(u, [])}
+               for u, b, c in zip(*(table[k].to_pylist() for k in ("uid", "image", "class_name")))]
+    path = run_annotation_stage(params, "describe", "stages.describe:DESCRIBERS", SCHEMA, records, "descriptions")
+    print(f"described {len(records)} images -> {path}")
 
 
 if __name__ == "__main__":

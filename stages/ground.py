@@ -5,29 +5,37 @@ One row per instance:
 | column      | type         | meaning                                              |
 |-------------|--------------|------------------------------------------------------|
 | uid         | string       | image uid                                            |
-| instance_id | int32        | 0.. within the image, largest first                  |
+| instance_id | int32        | 0.. within the image (offline: largest first, models: best score first) |
 | box         | list<float32>| [x0, y0, x1, y1] in pixels, x1/y1 exclusive          |
-| score       | float32      | backend confidence (offline: share of the foreground)|
-| phrase      | string       | what the instance is (offline: the image's top tag)  |
+| score       | float32      | confidence (offline: share of the foreground; DINO: box score) |
+| phrase      | string       | what it is (offline: the image's top tag; DINO: the matched tag words) |
 | mask        | binary       | PNG, 0/255, image-sized                              |
 | area        | float32      | mask pixels / image pixels                           |
 | backend     | string       | backend that produced the row                        |
 
 Images with no instance have no rows; consumers treat them as all-foreground.
-Backends: `offline_threshold` = Otsu threshold, hole filling and connected
-components (scipy.ndimage); no learned model.
+Backends (`ground.backend`):
+- `offline_threshold` (default): Otsu threshold, hole filling and connected components (scipy.ndimage); no model.
+- `grounding_dino_sam`: transformers Grounding DINO prompted with the image's tags ("tag1. tag2. ..."), boxes kept
+  above `ground.grounding_dino.box_threshold` with words above `text_threshold` (Grounded-SAM: 0.35 / 0.25), best
+  `ground.max_instances` by score; then one SAM mask per box, from transformers `SamModel`
+  (`ground.sam.implementation: transformers`) or the `segment_anything` package (`sam_model_registry[model_type]`
+  with `ground.sam.checkpoint`).
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 from scipy import ndimage
-from tqdm import tqdm
 
-from stages.annotate import build_backend, group_by_uid, load_annotation_input, read_annotations, settings, \
-    write_annotations
-from stages.io import decode_image, png_bytes
-from stages.params import load_params, param, positive
+from pathlib import Path
+
+import torch
+
+from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, model_source, read_annotations, \
+    run_annotation_stage, torch_dtype
+from stages.io import PipelineError, png_bytes
+from stages.params import load_params, param, positive, resolve_device
 
 SCHEMA = pa.schema([("uid", pa.string()), ("instance_id", pa.int32()), ("box", pa.list_(pa.float32())),
                     ("score", pa.float32()), ("phrase", pa.string()), ("mask", pa.binary()),
@@ -54,11 +62,20 @@ def foreground(gray: np.ndarray) -> np.ndarray:
 
 
 class ThresholdGrounder:
+    image_mode = "L"
+
     def __init__(self, params):
         self.min_area = param(params, "ground.min_area", float)
         self.max_instances = positive(params, "ground.max_instances")
+        self.settings = {"min_area": self.min_area, "max_instances": self.max_instances}
 
-    def __call__(self, uid: str, gray: np.ndarray, tags: list[str]):
+    def load(self):
+        pass
+
+    def annotate(self, records):
+        return [self.instances(r["image"], r["tags"]) for r in records]
+
+    def instances(self, gray: np.ndarray, tags: list[str]):
         fg = foreground(gray)
         labels, count = ndimage.label(fg)
         total = max(int(fg.sum()), 1)
@@ -68,32 +85,116 @@ class ThresholdGrounder:
             if mask.mean() >= self.min_area:
                 parts.append(mask)
         parts.sort(key=lambda m: -int(m.sum()))
-        rows = []
-        for i, mask in enumerate(parts[:self.max_instances]):
-            ys, xs = np.nonzero(mask)
-            rows.append({"uid": uid, "instance_id": i,
-                         "box": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
-                         "score": round(float(mask.sum()) / total, 6),
-                         "phrase": tags[0] if tags else "object",
-                         "mask": png_bytes(mask.astype(np.uint8) * 255), "area": round(float(mask.mean()), 6)})
-        return rows
+        return [instance_row(i, mask, round(float(mask.sum()) / total, 6), tags[0] if tags else "object")
+                for i, mask in enumerate(parts[:self.max_instances])]
 
 
-GROUNDERS = {"offline_threshold": ThresholdGrounder}
+def instance_row(instance_id: int, mask: np.ndarray, score: float, phrase: str, box=None) -> dict:
+    """One output row (without uid); the box defaults to the mask's bounding box."""
+    if box is None:
+        ys, xs = np.nonzero(mask)
+        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)] if len(xs) else [0.0] * 4
+    return {"instance_id": instance_id, "box": [round(float(v), 4) for v in box], "score": score, "phrase": phrase,
+            "mask": png_bytes(mask.astype(np.uint8) * 255), "area": round(float(mask.mean()), 6)}
+
+
+class GroundingDinoSam:
+    """Grounding DINO boxes for the image's tags, then SAM masks prompted with those boxes."""
+
+    image_mode = "RGB"
+
+    def __init__(self, params):
+        self.params = params
+        self.max_instances = positive(params, "ground.max_instances")
+        self.box_threshold = param(params, "ground.grounding_dino.box_threshold", float)
+        self.text_threshold = param(params, "ground.grounding_dino.text_threshold", float)
+        self.sam_impl = param(params, "ground.sam.implementation", str, choices=("transformers", "segment_anything"))
+        sam = ({"model": param(params, "ground.sam.model", str), "revision": param(params, "ground.sam.revision", str)}
+               if self.sam_impl == "transformers" else
+               {"model_type": param(params, "ground.sam.model_type", str),
+                "checkpoint": param(params, "ground.sam.checkpoint", str)})
+        self.settings = {"max_instances": self.max_instances, "box_threshold": self.box_threshold,
+                         "text_threshold": self.text_threshold,
+                         "grounding_dino": {"model": param(params, "ground.grounding_dino.model", str),
+                                            "revision": param(params, "ground.grounding_dino.revision", str)},
+                         "sam": {"implementation": self.sam_impl, **sam}}
+
+    def load(self):
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        self.device = resolve_device(self.params)
+        self.dtype = torch_dtype(self.device)
+        key, rev = "ground.grounding_dino.model", "ground.grounding_dino.revision"
+        self.dino_processor = from_pretrained(AutoProcessor, self.params, key, rev)
+        self.dino = from_pretrained(AutoModelForZeroShotObjectDetection, self.params, key, rev,
+                                    dtype=self.dtype).to(self.device).eval()
+        if self.sam_impl == "transformers":
+            from transformers import SamModel, SamProcessor
+            self.sam_processor = from_pretrained(SamProcessor, self.params, "ground.sam.model", "ground.sam.revision")
+            self.sam = from_pretrained(SamModel, self.params, "ground.sam.model", "ground.sam.revision",
+                                       dtype=self.dtype).to(self.device).eval()
+        else:
+            from segment_anything import SamPredictor, sam_model_registry
+            model_type = param(self.params, "ground.sam.model_type", str, choices=tuple(sam_model_registry))
+            checkpoint = model_source(self.params, "ground.sam.checkpoint")
+            if not Path(checkpoint).is_file():
+                raise PipelineError(f"param 'ground.sam.checkpoint': no SAM checkpoint file at {checkpoint!r}; "
+                                    f"download the {model_type} checkpoint there")
+            self.predictor = SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint).to(self.device).eval())
+
+    @staticmethod
+    def prompt(tags: list[str]) -> str:
+        return " ".join(f"{t.lower().strip()}." for t in tags) if tags else "object."
+
+    @torch.no_grad()
+    def annotate(self, records):
+        images = [r["image"] for r in records]
+        inputs = self.dino_processor(images=images, text=[self.prompt(r["tags"]) for r in records],
+                                     return_tensors="pt", padding=True).to(self.device)
+        if self.dtype != torch.float32:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        outputs = self.dino(**inputs)
+        detections = self.dino_processor.post_process_grounded_object_detection(
+            outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+            target_sizes=[img.shape[:2] for img in images])
+        out = []
+        for image, det in zip(images, detections):
+            order = det["scores"].float().argsort(descending=True, stable=True)[:self.max_instances]
+            boxes = det["boxes"].float()[order].cpu()
+            h, w = image.shape[:2]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            masks = self.masks(image, boxes) if len(boxes) else []
+            out.append([instance_row(i, mask, round(float(det["scores"][j]), 6), det["text_labels"][j] or "object",
+                                     boxes[i].tolist())
+                        for i, (j, mask) in enumerate(zip(order.tolist(), masks))])
+        return out
+
+    def masks(self, image: np.ndarray, boxes: torch.Tensor) -> list[np.ndarray]:
+        if self.sam_impl == "transformers":
+            inputs = self.sam_processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt").to(self.device)
+            if self.dtype != torch.float32:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            pred = self.sam(**inputs, multimask_output=False).pred_masks
+            masks = self.sam_processor.image_processor.post_process_masks(
+                pred.float().cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())[0]
+        else:
+            self.predictor.set_image(image)
+            tboxes = self.predictor.transform.apply_boxes_torch(boxes.to(self.device), image.shape[:2])
+            masks, _, _ = self.predictor.predict_torch(None, None, boxes=tboxes, multimask_output=False)
+        return [m[0].cpu().numpy().astype(bool) for m in masks]
+
+
+GROUNDERS = {"offline_threshold": ThresholdGrounder, "grounding_dino_sam": GroundingDinoSam}
 
 
 def main() -> None:
     params = load_params()
-    name, grounder = build_backend(params, "ground", GROUNDERS)
     table = load_annotation_input(("uid", "image"))
     tags = {uid: t[0] for uid, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
-    rows = []
-    for uid, blob in tqdm(zip(table["uid"].to_pylist(), table["image"].to_pylist()), total=table.num_rows,
-                          desc="ground", mininterval=2):
-        rows += grounder(uid, decode_image(blob, uid, "L"), tags.get(uid, []))
-    columns = {f.name: [r[f.name] for r in rows] for f in SCHEMA}
-    path = write_annotations(columns, SCHEMA, "instances", name, settings(params, "ground"))
-    print(f"grounded {len(rows)} instances in {table.num_rows} images with {name} -> {path}")
+    records = [{"uid": u, "image": b, "tags": tags.get(u, [])}
+               for u, b in zip(table["uid"].to_pylist(), table["image"].to_pylist())]
+    path = run_annotation_stage(params, "ground", "stages.ground:GROUNDERS", SCHEMA, records, "instances")
+    print(f"grounded {table.num_rows} images -> {path}")
 
 
 if __name__ == "__main__":

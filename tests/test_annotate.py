@@ -33,7 +33,7 @@ def test_threshold_grounding_finds_planted_rectangle():
     gray[5:15, 8:20] = 220
     fg = foreground(gray)
     assert fg.sum() == 10 * 12 and fg[5:15, 8:20].all()
-    rows = ground.ThresholdGrounder({"ground": {"min_area": 0.02, "max_instances": 3}})("u", gray, ["shirt"])
+    rows = ground.ThresholdGrounder({"ground": {"min_area": 0.02, "max_instances": 3}}).instances(gray, ["shirt"])
     assert len(rows) == 1 and rows[0]["box"] == [8.0, 5.0, 20.0, 15.0] and rows[0]["phrase"] == "shirt"
 
 
@@ -47,7 +47,7 @@ def test_foreground_masks_union(annotated):
 def test_unknown_backend_lists_valid(project):
     run_stage(prepare)
     set_params(project, **{"tag.backend": "ram_plus"})
-    with pytest.raises(PipelineError, match="valid: offline_imagenet"):
+    with pytest.raises(PipelineError, match="valid: clip, offline_imagenet, plugin"):
         run_stage(tag)
 
 
