@@ -173,7 +173,8 @@ class ShardWorker:
         good, skipped = [], []
         for rec in records:
             try:
-                good.append(dict(rec, image=decode_image(rec["image"], f"image {rec['uid']}", self.backend.image_mode)))
+                image = decode_image(rec["image"], f"image {rec['uid']}", self.backend.image_mode).copy()
+                good.append(dict(rec, image=image))
             except PipelineError as exc:
                 if self.on_error == "fail":
                     raise PipelineError(f"{self.stage}: {exc} (set annotate.on_error: skip to leave it out)") from exc

