@@ -207,7 +207,7 @@ def run_ray(params: dict, shards: list[list[dict]], worker_args: tuple) -> list[
     items = [{"shard": i, "records": pickle.dumps(recs)} for i, recs in enumerate(shards)]
     ds = ray.data.from_items(items).map_batches(
         ShardWorker, fn_constructor_args=worker_args, batch_size=1,
-        concurrency=positive(params, "annotate.ray.actors"),
+        compute=ray.data.ActorPoolStrategy(size=positive(params, "annotate.ray.actors")),
         num_cpus=param(params, "annotate.ray.cpus_per_actor", (int, float)),
         num_gpus=param(params, "annotate.ray.gpus_per_actor", (int, float)))
     skipped = []
