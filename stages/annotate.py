@@ -112,6 +112,12 @@ def from_pretrained(loader, params: dict, key: str, revision_key: str, **kwargs)
                             "downloadable") from exc
 
 
+def pil_images(arrays) -> list:
+    """uint8 HxWx3 arrays as PIL images: processors guess the channel axis of arrays, wrongly for tiny crops."""
+    from PIL import Image
+    return [Image.fromarray(a) for a in arrays]
+
+
 def torch_dtype(device):
     import torch
     return torch.float16 if device.type == "cuda" else torch.float32

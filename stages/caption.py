@@ -7,6 +7,9 @@
 | caption     | string |                                                    |
 | backend     | string | backend that produced the row                      |
 
+Also draws `outputs/figures/annotations.png`: one image per class with its masks, boxes, phrases, tags and
+captions.
+
 Backends (`caption.backend`):
 - `offline_template` (default): fills `caption.instance_template` from the instance's phrase, size and position,
   and `caption.image_template` from the class name and tags. Template text, not a captioning model.
@@ -16,13 +19,15 @@ Backends (`caption.backend`):
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, read_annotations, \
+from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, pil_images, read_annotations, \
     run_annotation_stage, torch_dtype
-from stages.io import PipelineError, decode_image
+from stages.io import PipelineError, decode_image, save_figure
 from stages.params import load_params, param, positive, resolve_device
 
 SCHEMA = pa.schema([("uid", pa.string()), ("instance_id", pa.int32()), ("caption", pa.string())])
@@ -116,13 +121,11 @@ class Blip2Captioner:
             for inst in rec["instances"]:
                 images.append(masked_crop(rec["image"], inst["mask"], inst["box"], f"mask of {rec['uid']}"))
                 owners.append((i, inst["instance_id"]))
-        text = [self.prompt] * len(images) if self.prompt else None
-        inputs = self.processor(images=images, text=text, return_tensors="pt", padding=True).to(self.device)
+        inputs = self.processor(images=pil_images(images), text=[self.prompt] * len(images), return_tensors="pt",
+                                padding=True).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         tokens = self.model.generate(**inputs, do_sample=False, **self.generation)
-        if self.prompt:
-            tokens = tokens[:, inputs["input_ids"].shape[1]:] if tokens.shape[1] > inputs["input_ids"].shape[1] \
-                else tokens
+        tokens = tokens[:, inputs["input_ids"].shape[1]:]  # generate() returns the image and prompt tokens first
         texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
         out = [[] for _ in records]
         for (i, instance_id), caption in zip(owners, texts):
@@ -131,6 +134,42 @@ class Blip2Captioner:
 
 
 CAPTIONERS = {"offline_template": TemplateCaptioner, "blip2": Blip2Captioner}
+FIGURE = Path("outputs/figures/annotations.png")
+
+
+def draw_annotations(records: list[dict], captions: dict, path=FIGURE, n: int = 8) -> Path:
+    """One image per class (first n classes): masks tinted, boxes with phrases, tags above, captions below."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    samples = list({r["class_name"]: r for r in reversed(records)}.values())[::-1][:n]
+    fig, axes = plt.subplots(1, max(len(samples), 1), figsize=(2.6 * max(len(samples), 1), 3.6), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, rec in zip(axes[0], samples):
+        image = decode_image(rec["image"], rec["uid"], "RGB").astype(np.float32) / 255
+        for inst in rec["instances"]:
+            mask = decode_image(inst["mask"], f"mask of {rec['uid']}", "L") > 0
+            image[mask] = 0.6 * image[mask] + 0.4 * np.array(colours(inst["instance_id"] % 10)[:3])
+        ax.imshow(image, interpolation="nearest")
+        for inst in rec["instances"]:
+            x0, y0, x1, y1 = inst["box"]
+            colour = colours(inst["instance_id"] % 10)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, lw=1.5))
+            ax.text(x0, y0, inst["phrase"][:18], color="white", fontsize=6, va="bottom",
+                    bbox={"facecolor": colour, "pad": 1, "lw": 0})
+        ax.set_title(textwrap.fill("tags: " + ", ".join(rec["tags"]), 30), fontsize=7)
+        lines = [captions.get((rec["uid"], -1), "")] + [captions.get((rec["uid"], i["instance_id"]), "")
+                                                        for i in rec["instances"][:2]]
+        ax.set_xlabel(textwrap.fill(" | ".join(line for line in lines if line)[:160], 34), fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -143,7 +182,9 @@ def main() -> None:
     records = [{"uid": u, "image": b, "class_name": c, "tags": tags.get(u, []), "instances": instances.get(u, [])}
                for u, b, c in zip(*(table[k].to_pylist() for k in ("uid", "image", "class_name")))]
     path = run_annotation_stage(params, "caption", "stages.caption:CAPTIONERS", SCHEMA, records, "captions")
-    print(f"captioned {len(records)} images -> {path}")
+    table = read_annotations("captions", ["uid", "instance_id", "caption"])
+    captions = {(u, i): c for u, i, c in zip(*(table[k].to_pylist() for k in ("uid", "instance_id", "caption")))}
+    print(f"captioned {len(records)} images -> {path}; sample figure -> {draw_annotations(records, captions)}")
 
 
 if __name__ == "__main__":

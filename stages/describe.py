@@ -18,8 +18,8 @@ from __future__ import annotations
 import pyarrow as pa
 import torch
 
-from stages.annotate import digest, from_pretrained, group_by_uid, load_annotation_input, read_annotations, \
-    run_annotation_stage, torch_dtype
+from stages.annotate import digest, from_pretrained, group_by_uid, load_annotation_input, pil_images, \
+    read_annotations, run_annotation_stage, torch_dtype
 from stages.caption import fill
 from stages.params import load_params, param, positive, resolve_device
 
@@ -77,7 +77,7 @@ class LlavaDescriber:
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": fill(
                 self.prompt, "describe.llava.prompt", class_name=r["class_name"].lower())}]}],
             add_generation_prompt=True) for r in records]
-        inputs = self.processor(images=[r["image"] for r in records], text=texts, return_tensors="pt",
+        inputs = self.processor(images=pil_images(r["image"] for r in records), text=texts, return_tensors="pt",
                                 padding=True).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         # sampling seeded from the seed and the batch's keys: a batch re-run gives the same text

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, model_source, read_annotations, \
-    run_annotation_stage, torch_dtype
+from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, model_source, pil_images, \
+    read_annotations, run_annotation_stage, torch_dtype
 from stages.io import PipelineError, png_bytes
 from stages.params import load_params, param, positive, resolve_device
 
@@ -148,7 +148,7 @@ class GroundingDinoSam:
     @torch.no_grad()
     def annotate(self, records):
         images = [r["image"] for r in records]
-        inputs = self.dino_processor(images=images, text=[self.prompt(r["tags"]) for r in records],
+        inputs = self.dino_processor(images=pil_images(images), text=[self.prompt(r["tags"]) for r in records],
                                      return_tensors="pt", padding=True).to(self.device)
         if self.dtype != torch.float32:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -171,7 +171,8 @@ class GroundingDinoSam:
 
     def masks(self, image: np.ndarray, boxes: torch.Tensor) -> list[np.ndarray]:
         if self.sam_impl == "transformers":
-            inputs = self.sam_processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt").to(self.device)
+            inputs = self.sam_processor(images=pil_images([image]), input_boxes=[boxes.tolist()],
+                                        return_tensors="pt").to(self.device)
             if self.dtype != torch.float32:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
             pred = self.sam(**inputs, multimask_output=False).pred_masks

@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.annotate import from_pretrained, import_object, load_annotation_input, run_annotation_stage, \
-    torch_dtype
+from stages.annotate import from_pretrained, import_object, load_annotation_input, pil_images, \
+    run_annotation_stage, torch_dtype
 from stages.io import PipelineError
 from stages.params import load_params, param, positive, resolve_device
 
@@ -111,7 +111,7 @@ class ClipTagger(Tagger):
 
     @torch.no_grad()
     def scored(self, records):
-        pixels = self.processor(images=[r["image"] for r in records], return_tensors="pt")["pixel_values"]
+        pixels = self.processor(images=pil_images(r["image"] for r in records), return_tensors="pt")["pixel_values"]
         feats = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
         image = torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
         probs = (self.model.logit_scale.exp().float() * image @ self.text.T).softmax(-1).cpu()

@@ -61,7 +61,7 @@ def project(tmp_path, fashion_dir, monkeypatch) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "tag_vocabulary.txt"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(fashion_dir), sort_keys=False))
     monkeypatch.chdir(root)

@@ -99,7 +99,8 @@ def build_tiny_segment_anything(checkpoint=None):
                                            mask_in_chans=4),
               mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=32, iou_head_depth=2,
                                        iou_head_hidden_dim=32,
-                                       transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2)),
+                                       transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64,
+                                                                     num_heads=2)),
               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
     if checkpoint is not None:
         sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
@@ -130,8 +131,8 @@ def build_llava(out: Path) -> Path:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     tokenizer = word_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
-                "<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+    template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
                 "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
@@ -203,7 +204,8 @@ def test_clip_tagger(small_project, tiny_models):
     for t, s in zip(tags["tags"].to_pylist(), tags["scores"].to_pylist()):
         assert len(t) == 2 and set(t) <= set(vocab) and s[0] >= s[1] and 0 < sum(s) <= 1
     meta = annotation_backend("tags")
-    assert meta["backend_settings"]["model"] == str(tiny_models["clip"]) and len(meta["backend_settings"]["vocabulary_sha256"]) == 64
+    assert meta["backend_settings"]["model"] == str(tiny_models["clip"])
+    assert len(meta["backend_settings"]["vocabulary_sha256"]) == 64
 
 
 def test_plugin_tagger_threshold_and_top_k(small_project):
@@ -255,6 +257,21 @@ def test_blip2_captions(small_project, tiny_models):
     assert set(zip(caps["uid"].to_pylist(), caps["instance_id"].to_pylist())) == expected
     assert caps.num_rows == len(expected) and set(caps["backend"].to_pylist()) == {"blip2"}
     assert all(isinstance(c, str) for c in caps["caption"].to_pylist())
+    assert (small_project / "outputs/figures/annotations.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_blip2_tiny_crop(tiny_models):
+    params = {"device": "cpu", "caption": {"blip2": {"model": str(tiny_models["blip2"]), "revision": "main",
+                                                     "max_new_tokens": 3, "num_beams": 1, "prompt": ""}}}
+    captioner = caption.Blip2Captioner(params)
+    captioner.load()
+    mask = np.zeros((28, 28), np.uint8)
+    mask[0:3, 0:2] = 255
+    from stages.io import png_bytes
+    record = {"uid": "u", "image": np.full((28, 28, 3), 90, np.uint8),
+              "instances": [{"instance_id": 0, "box": [0.0, 0.0, 2.0, 3.0], "mask": png_bytes(mask)}]}
+    rows = captioner.annotate([record])
+    assert [r["instance_id"] for r in rows[0]] == [-1, 0]
 
 
 def test_masked_crop_blacks_out_background():
@@ -294,7 +311,7 @@ def test_llava_descriptions_deterministic(small_project, tiny_models):
     ({"tag.backend": "plugin", "tag.plugin.class": "no_such_module:Tagger"}, "tag.plugin.class"),
 ])
 def test_missing_weights_fail_at_once(small_project, updates, match):
-    (small_project / "tags.txt").write_text("shirt\n")
+    (small_project / "tag_vocabulary.txt").write_text("shirt\n")
     stage = {"tag": tag, "ground": ground, "caption": caption, "describe": describe}[next(iter(updates)).split(".")[0]]
     for module in (tag, ground, caption):
         if module is stage:
