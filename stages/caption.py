@@ -146,9 +146,13 @@ def draw_annotations(records: list[dict], captions: dict, path=FIGURE, n: int = 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
     samples = list({r["class_name"]: r for r in reversed(records)}.values())[::-1][:n]
-    fig, axes = plt.subplots(1, max(len(samples), 1), figsize=(2.6 * max(len(samples), 1), 3.6), squeeze=False)
+    cols = min(max(len(samples), 1), 4)
+    rows = -(-max(len(samples), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 3.6 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for ax, rec in zip(axes[0], samples):
+    for ax in axes.flat[len(samples):]:
+        ax.axis("off")
+    for ax, rec in zip(axes.flat, samples):
         image = decode_image(rec["image"], rec["uid"], "RGB").astype(np.float32) / 255
         for inst in rec["instances"]:
             mask = decode_image(inst["mask"], f"mask of {rec['uid']}", "L") > 0
