@@ -105,7 +105,7 @@ def from_pretrained(loader, params: dict, key: str, revision_key: str, **kwargs)
     revision = param(params, revision_key, str, "main") or None
     try:
         return loader.from_pretrained(source, revision=revision, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise PipelineError(f"cannot load {getattr(loader, '__name__', loader)} from {source!r} "
                             f"(param '{key}', revision {revision!r}): {exc}. Set '{key}' to a local directory "
                             "with the weights, or a Hugging Face id that is in the local hub cache or "
@@ -188,7 +188,11 @@ class ShardWorker:
                 skipped.append(rec["uid"])
         rows = []
         for start in range(0, len(good), self.batch_size):
-            rows += self.backend.annotate(good[start:start + self.batch_size])
+            batch = good[start:start + self.batch_size]
+            result = self.backend.annotate(batch)
+            if len(result) != len(batch):
+                raise PipelineError(f"{self.stage} backend returned {len(result)} results for {len(batch)} images")
+            rows += result
         rows = [[{k: v for k, v in r.items() if k != "uid"} for r in per_image] for per_image in rows]
         if good:
             keys = [rec["key"] for rec in good]
@@ -232,6 +236,7 @@ def annotate_incrementally(params: dict, stage: str, registry_path: str, schema:
     name, backend = build_backend(params, stage, registry)
     directory = cache_dir(params, stage, name, backend.settings)
     engine = param(params, "annotate.engine", str, choices=("local", "ray"))
+    param(params, "annotate.on_error", str, choices=("fail", "skip"))
     shard_size = positive(params, "annotate.shard_size")
     settings_hash = digest([CACHE_VERSION, stage, name, backend.settings])
     for rec in records:
