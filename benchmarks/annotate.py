@@ -170,8 +170,9 @@ def main() -> None:
         *[f"| {name} | {b} | {one:.1f} | {many:.1f} |" for name, b, one, many in rows], "",
         "Re-run after adding 10% more images, as a fraction of the full run: the real-model chain (tag clip ->",
         "ground grounding_dino_sam -> caption blip2 -> describe llava, whole stages, tiny models; aim: under 15%).",
-        "The re-run pays fixed costs (imports, four model loads, reading inputs and the cache, the figure) once,",
-        "so the fraction falls towards 10% as the dataset grows.", "",
+        "The re-run pays fixed costs (four model loads, reading the inputs and the cache, the figure) once,",
+        "so the fraction falls towards 10% as the dataset grows. Timings vary by tens of percent between runs here:",
+        "the 2 cores were shared with other jobs.", "",
         "| images | full run (s) | new images | re-run (s) | re-run / full |", "|---|---|---|---|---|",
         *[f"| {m} | {full:.1f} | {m // 10} | {rerun:.1f} | {100 * rerun / full:.1f}% |"
           for m, full, rerun in fractions],
