@@ -45,8 +45,8 @@ FULL = METRICS / "full.json"
 def net_names(params: dict, channels: int, classes: int, size: int) -> list[str]:
     """`evaluate.nets`, each checked by building it for this input before any training."""
     names = param(params, "evaluate.nets", list)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise PipelineError(f"param 'evaluate.nets' must be a non-empty list of network names, got {names!r}")
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise PipelineError(f"param 'evaluate.nets' must be a non-empty list of distinct network names, got {names!r}")
     for name in names:
         try:
             make_net(name, channels, classes, size)
