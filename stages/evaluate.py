@@ -10,8 +10,9 @@ the epochs as in DC's protocol, optional DSA augmentation), then scored on the v
 the test split. No choice (epoch, learning rate, checkpoint) is made on either split: the
 training budget is fixed in params, and test is read only to report.
 
-`--full` trains the same way on the whole prepared train split (the upper-bound row) with its
-own budget `evaluate_full.{epochs,repeats}` and writes outputs/metrics/full.json.
+`--full` trains the same networks the same way on the whole prepared train split (the
+upper-bound row) with its own budget and augmentation switch `evaluate_full.{epochs,repeats,
+augment}` and writes outputs/metrics/full.json.
 
 Metrics file (committed to git, declared as DVC metrics), accuracies in %, std over repeats
 (population std):
@@ -56,14 +57,13 @@ def net_names(params: dict, channels: int, classes: int, size: int) -> list[str]
 
 
 def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, test: ImageSet, params: dict,
-                    epochs: int, repeats: int, desc: str) -> dict:
+                    epochs: int, repeats: int, augment: bool, desc: str) -> dict:
     """Train `repeats` fresh networks per architecture on (images, labels); score them on val and test."""
     seed = param(params, "seed", int)
     device = resolve_device(params)
     lr = param(params, "evaluate.lr", float)
     batch_size = positive(params, "evaluate.batch_size")
-    augment = DifferentiableAugment(flip=param(params, "evaluate.flip", bool)) \
-        if param(params, "evaluate.augment", bool) else None
+    augment = DifferentiableAugment(flip=param(params, "evaluate.flip", bool)) if augment else None
     channels, size = images.shape[1], images.shape[2]
     names = net_names(params, channels, len(test.class_names), size)
     val_x, test_x = val.normalized(), test.normalized()
@@ -113,7 +113,8 @@ def evaluate(method: str, ipc: int, params: dict) -> dict:
     val, test = load_split("val"), load_split("test")
     images, labels, info = load_synthetic(DISTILLED / f"{method}-ipc{ipc}.pt", test)
     metrics = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
-                              positive(params, "evaluate.repeats"), f"evaluate {method} ipc{ipc}")
+                              positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
+                              f"evaluate {method} ipc{ipc}")
     return {"method": method, "ipc": ipc, **metrics, "distill": info.get("settings", {})}
 
 
@@ -121,7 +122,7 @@ def evaluate_full(params: dict) -> dict:
     train, val, test = load_split("train"), load_split("val"), load_split("test")
     metrics = train_and_score(train.normalized(), train.labels, val, test, params,
                               positive(params, "evaluate_full.epochs"), positive(params, "evaluate_full.repeats"),
-                              "evaluate full train split")
+                              param(params, "evaluate_full.augment", bool), "evaluate full train split")
     return {"method": "full", "ipc": None, **metrics, "distill": {}}
 
 

@@ -75,8 +75,8 @@ def test_unknown_architecture_fails_before_training(prepared):
 
 
 def test_full_train_split_upper_bound(prepared):
-    set_params(prepared, **{"evaluate_full.epochs": 2, "evaluate_full.repeats": 1})
+    set_params(prepared, **{"evaluate_full.epochs": 2, "evaluate_full.repeats": 1, "evaluate_full.augment": False})
     run_stage(evaluate, "--full")
     m = metrics_of(prepared, "full")
     assert m["method"] == "full" and m["ipc"] is None and m["train_images"] == len(load_split("train"))
-    assert m["epochs"] == 2 and len(m["test_accuracies"]) == 1 and 0 <= m["test_accuracy_mean"] <= 100
+    assert m["epochs"] == 2 and m["augment"] is False and len(m["test_accuracies"]) == 1 and 0 <= m["test_accuracy_mean"] <= 100
