@@ -1,16 +1,27 @@
 """evaluate: train fresh networks on one synthetic set -> outputs/metrics/{method}-ipc{K}.json
 
     python -m stages.evaluate --method dm --ipc 10
+    python -m stages.evaluate --full          # upper bound: the whole prepared train split
 
-`evaluate.repeats` networks (seeds seed+0, seed+1, ...) are trained from scratch
-on the synthetic set only, then scored on the validation and the test split.
-No choice (epoch, learning rate, checkpoint) is made on either split: the
+For every architecture in `evaluate.nets` (names of stages.nets, e.g. convnet3, resnet18,
+vgg11:instance), `repeats` networks (seeds seed+0, seed+1, ...) are trained from scratch on
+the synthetic set only (SGD momentum 0.9, weight decay 5e-4, lr `evaluate.lr` x0.1 at half
+the epochs as in DC's protocol, optional DSA augmentation), then scored on the validation and
+the test split. No choice (epoch, learning rate, checkpoint) is made on either split: the
 training budget is fixed in params, and test is read only to report.
 
-Metrics file (committed to git, declared as DVC metrics):
-  test_accuracy_mean, test_accuracy_std (in %, population std over repeats),
-  val_accuracy_mean, test_accuracies (per repeat), plus method, ipc, net,
-  epochs, repeats, seed and versions.
+`--full` trains the same networks the same way on the whole prepared train split (the
+upper-bound row) with its own budget and augmentation switch `evaluate_full.{epochs,repeats,
+augment}` and writes outputs/metrics/full.json.
+
+Metrics file (committed to git, declared as DVC metrics), accuracies in %, std over repeats
+(population std):
+  test_accuracy_mean, test_accuracy_std, val_accuracy_mean, test_accuracies: the first
+      architecture of `evaluate.nets` (the default net, read by `report` and `dvc metrics`)
+  net (that name), nets (all names), architectures: {name: {test_accuracy_mean,
+      test_accuracy_std, val_accuracy_mean, val_accuracy_std, test_accuracies, val_accuracies}}
+  method, ipc (null for --full), train_images, epochs, repeats, lr, batch_size, augment, seed,
+  distill (the synthetic set's settings; empty for --full), versions
 """
 from __future__ import annotations
 
@@ -21,67 +32,118 @@ import numpy as np
 import torch
 
 from stages.augment import DifferentiableAugment
-from stages.data import load_split, normalize
-from stages.io import PipelineError, load_tensors, save_json
+from stages.data import ImageSet, denormalize, load_split, normalize
 from stages.distill import DISTILLED
+from stages.io import PipelineError, load_tensors, save_json
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
 from stages.train import accuracy, train_classifier
 
 METRICS = Path("outputs/metrics")
+FULL = METRICS / "full.json"
 
 
-def evaluate(method: str, ipc: int, params: dict) -> dict:
+def net_names(params: dict, channels: int, classes: int, size: int) -> list[str]:
+    """`evaluate.nets`, each checked by building it for this input before any training."""
+    names = param(params, "evaluate.nets", list)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise PipelineError(f"param 'evaluate.nets' must be a non-empty list of distinct network names, got {names!r}")
+    for name in names:
+        try:
+            make_net(name, channels, classes, size)
+        except PipelineError as exc:
+            raise PipelineError(f"param 'evaluate.nets': {exc}") from exc
+    return names
+
+
+def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, test: ImageSet, params: dict,
+                    epochs: int, repeats: int, augment: bool, desc: str) -> dict:
+    """Train `repeats` fresh networks per architecture on (images, labels); score them on val and test."""
     seed = param(params, "seed", int)
     device = resolve_device(params)
-    repeats = positive(params, "evaluate.repeats")
-    epochs = positive(params, "evaluate.epochs")
-    net_name = param(params, "evaluate.net", str)
     lr = param(params, "evaluate.lr", float)
     batch_size = positive(params, "evaluate.batch_size")
-    augment = DifferentiableAugment(flip=param(params, "evaluate.flip", bool)) \
-        if param(params, "evaluate.augment", bool) else None
-
-    synthetic = load_tensors(DISTILLED / f"{method}-ipc{ipc}.pt")
-    images, labels = synthetic["images"].float(), synthetic["labels"].long()
-    val, test = load_split("val"), load_split("test")
-    if list(images.shape[1:]) != list(test.images.shape[1:]):
-        raise PipelineError(f"synthetic images {tuple(images.shape[1:])} do not match the dataset's "
-                            f"{tuple(test.images.shape[1:])}")
-    if synthetic["mean"] != test.mean:
-        images = normalize(((images * torch.tensor(synthetic["std"]).view(1, -1, 1, 1) +
-                             torch.tensor(synthetic["mean"]).view(1, -1, 1, 1)).clamp(0, 1) * 255), test.mean, test.std)
-    val_x, test_x = val.normalized(), test.normalized()
+    augment = DifferentiableAugment(flip=param(params, "evaluate.flip", bool)) if augment else None
     channels, size = images.shape[1], images.shape[2]
-    test_acc, val_acc = [], []
-    for r in range(repeats):
-        seed_everything(seed + r)
-        net = make_net(net_name, channels, len(test.class_names), size)
-        train_classifier(net, images, labels, epochs, device, lr=lr, batch_size=batch_size, augment=augment,
-                         seed=seed + r, desc=f"evaluate {method} ipc{ipc} #{r + 1}/{repeats}")
-        val_acc.append(100 * accuracy(net, val_x, val.labels, device))
-        test_acc.append(100 * accuracy(net, test_x, test.labels, device))
+    names = net_names(params, channels, len(test.class_names), size)
+    val_x, test_x = val.normalized(), test.normalized()
+    results = {}
+    for name in names:
+        test_acc, val_acc = [], []
+        for r in range(repeats):
+            seed_everything(seed + r)
+            net = make_net(name, channels, len(test.class_names), size)
+            train_classifier(net, images, labels, epochs, device, lr=lr, batch_size=batch_size, augment=augment,
+                             seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}")
+            val_acc.append(100 * accuracy(net, val_x, val.labels, device))
+            test_acc.append(100 * accuracy(net, test_x, test.labels, device))
+        results[name] = {
+            "test_accuracy_mean": round(float(np.mean(test_acc)), 2),
+            "test_accuracy_std": round(float(np.std(test_acc)), 2),
+            "val_accuracy_mean": round(float(np.mean(val_acc)), 2),
+            "val_accuracy_std": round(float(np.std(val_acc)), 2),
+            "test_accuracies": [round(a, 2) for a in test_acc],
+            "val_accuracies": [round(a, 2) for a in val_acc],
+        }
+    default = results[names[0]]
     return {
-        "method": method, "ipc": ipc, "net": net_name, "epochs": epochs, "repeats": repeats, "lr": lr,
-        "augment": augment is not None, "seed": seed,
-        "test_accuracy_mean": round(float(np.mean(test_acc)), 2),
-        "test_accuracy_std": round(float(np.std(test_acc)), 2),
-        "val_accuracy_mean": round(float(np.mean(val_acc)), 2),
-        "test_accuracies": [round(a, 2) for a in test_acc],
-        "distill": synthetic["info"].get("settings", {}),
+        "net": names[0], "nets": names, "architectures": results, "train_images": int(len(labels)),
+        "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "augment": augment is not None,
+        "seed": seed, **{k: default[k] for k in ("test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean",
+                                                  "test_accuracies")},
         "versions": versions(),
     }
 
 
+def load_synthetic(path, test: ImageSet) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A distilled set's images in the dataset's normalisation, its labels and its info."""
+    synthetic = load_tensors(path)
+    images, labels = synthetic["images"].float(), synthetic["labels"].long()
+    if list(images.shape[1:]) != list(test.images.shape[1:]):
+        raise PipelineError(f"{path}: synthetic images {tuple(images.shape[1:])} do not match the dataset's "
+                            f"{tuple(test.images.shape[1:])}")
+    if len(labels) != len(images):
+        raise PipelineError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if synthetic["mean"] != test.mean or synthetic["std"] != test.std:
+        images = normalize(denormalize(images, synthetic["mean"], synthetic["std"]) * 255, test.mean, test.std)
+    return images, labels, synthetic["info"]
+
+
+def evaluate(method: str, ipc: int, params: dict) -> dict:
+    val, test = load_split("val"), load_split("test")
+    images, labels, info = load_synthetic(DISTILLED / f"{method}-ipc{ipc}.pt", test)
+    metrics = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
+                              positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
+                              f"evaluate {method} ipc{ipc}")
+    return {"method": method, "ipc": ipc, **metrics, "distill": info.get("settings", {})}
+
+
+def evaluate_full(params: dict) -> dict:
+    train, val, test = load_split("train"), load_split("val"), load_split("test")
+    metrics = train_and_score(train.normalized(), train.labels, val, test, params,
+                              positive(params, "evaluate_full.epochs"), positive(params, "evaluate_full.repeats"),
+                              param(params, "evaluate_full.augment", bool), "evaluate full train split")
+    return {"method": "full", "ipc": None, **metrics, "distill": {}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--ipc", required=True, type=int)
+    parser.add_argument("--method")
+    parser.add_argument("--ipc", type=int)
+    parser.add_argument("--full", action="store_true", help="train on the whole train split (upper bound)")
     args = parser.parse_args()
-    metrics = evaluate(args.method, args.ipc, load_params())
-    path = save_json(metrics, METRICS / f"{args.method}-ipc{args.ipc}.json")
-    print(f"{args.method} IPC {args.ipc}: test accuracy {metrics['test_accuracy_mean']:.2f} ± "
-          f"{metrics['test_accuracy_std']:.2f} % -> {path}")
+    params = load_params()
+    if args.full:
+        metrics, path = evaluate_full(params), FULL
+    elif args.method and args.ipc:
+        metrics = evaluate(args.method, args.ipc, params)
+        path = METRICS / f"{args.method}-ipc{args.ipc}.json"
+    else:
+        parser.error("give --method and --ipc, or --full")
+    save_json(metrics, path)
+    for name, m in metrics["architectures"].items():
+        print(f"{metrics['method']} IPC {metrics['ipc']} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± "
+              f"{m['test_accuracy_std']:.2f} % -> {path}")
 
 
 if __name__ == "__main__":

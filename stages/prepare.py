@@ -14,13 +14,29 @@ Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
 | captions   | list<string>  | source captions (empty where the source has none) |
 
 Schema metadata `dataset`: name, source, class_names, channels, height, width,
-per-channel mean/std of the train split, split sizes, seed.
+per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
+ImageNet class folders, for the ImageNet subsets).
 The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
+
+Datasets (`prepare.dataset`, read from `prepare.source`):
+  fashion_mnist   the four idx files (.gz ok)
+  image_folder    root/<class>/*.png|jpg, or root/train/<class>/* + root/test/<class>/*
+  cifar10         the standard python archive cifar-10-python.tar.gz (the file, its folder, or
+                  the extracted cifar-10-batches-py folder); test = its test_batch
+  imagenette, imagewoof, imnet_a ... imnet_e, imnet_birds, imnet_fruits, imnet_cats
+                  the 10-class ImageNet subsets of the multi-modal paper (class lists of GLaD,
+                  IMAGENET_SUBSETS: indices into the sorted 1000 ImageNet class folders),
+                  from an ImageNet root with train/<wnid>/ and val/<wnid>/ (val sorted into
+                  class folders); test = ImageNet val. Each image: shorter side resized to
+                  `prepare.image_size` (the paper: 128 or 256), centre crop, RGB.
 """
 from __future__ import annotations
 
 import gzip
+import io
+import pickle
 import struct
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +50,41 @@ from stages.params import load_params, param, positive
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# The ImageNet subsets of the multi-modal paper, as defined by GLaD (Cazenavette et al.) and, for ImageNette,
+# ImageWoof, Birds, Fruits and Cats, by MTT: (index into the sorted ImageNet-1k class folders, class name).
+IMAGENET_SUBSETS = {
+    "imagenette": [(0, "tench"), (217, "English springer"), (482, "cassette player"), (491, "chain saw"),
+                   (497, "church"), (566, "French horn"), (569, "garbage truck"), (571, "gas pump"),
+                   (574, "golf ball"), (701, "parachute")],
+    "imagewoof": [(193, "Australian terrier"), (182, "Border terrier"), (258, "Samoyed"), (162, "beagle"),
+                  (155, "Shih-Tzu"), (167, "English foxhound"), (159, "Rhodesian ridgeback"), (273, "dingo"),
+                  (207, "golden retriever"), (229, "Old English sheepdog")],
+    "imnet_a": [(255, "Leonberg"), (376, "proboscis monkey"), (984, "rapeseed"), (364, "three-toed sloth"),
+                (500, "cliff dwelling"), (986, "yellow lady's slipper"), (333, "hamster"), (576, "gondola"),
+                (148, "killer whale"), (135, "limpkin")],
+    "imnet_b": [(129, "spoonbill"), (916, "web site"), (90, "lorikeet"), (275, "African hunting dog"),
+                (995, "earthstar"), (874, "trolleybus"), (102, "echidna"), (259, "Pomeranian"), (685, "odometer"),
+                (139, "ruddy turnstone")],
+    "imnet_c": [(565, "freight car"), (94, "hummingbird"), (554, "fireboat"), (535, "disk brake"),
+                (92, "bee eater"), (392, "rock beauty"), (291, "lion"), (136, "European gallinule"),
+                (324, "cabbage butterfly"), (11, "goldfinch")],
+    "imnet_d": [(9, "ostrich"), (258, "Samoyed"), (13, "junco"), (262, "Brabancon griffon"), (19, "chickadee"),
+                (339, "sorrel"), (321, "admiral"), (24, "great grey owl"), (93, "hornbill"), (322, "ringlet")],
+    "imnet_e": [(816, "spindle"), (96, "toucan"), (100, "black swan"), (145, "king penguin"),
+                (739, "potter's wheel"), (713, "photocopier"), (783, "screw"), (76, "tarantula"),
+                (688, "oscilloscope"), (326, "lycaenid")],
+    "imnet_birds": [(84, "peacock"), (130, "flamingo"), (88, "macaw"), (144, "pelican"), (145, "king penguin"),
+                    (22, "bald eagle"), (96, "toucan"), (9, "ostrich"), (100, "black swan"),
+                    (89, "sulphur-crested cockatoo")],
+    "imnet_fruits": [(953, "pineapple"), (954, "banana"), (949, "strawberry"), (950, "orange"), (951, "lemon"),
+                     (957, "pomegranate"), (952, "fig"), (945, "bell pepper"), (943, "cucumber"),
+                     (948, "Granny Smith")],
+    "imnet_cats": [(281, "tabby cat"), (282, "tiger cat"), (283, "Persian cat"), (284, "Siamese cat"),
+                   (285, "Egyptian cat"), (291, "lion"), (292, "tiger"), (290, "jaguar"), (289, "snow leopard"),
+                   (287, "lynx")],
+}
+DATASETS = ("fashion_mnist", "image_folder", "cifar10", *IMAGENET_SUBSETS)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -101,6 +152,83 @@ def load_image_folder(root: Path, size: int, channels: int, test_fraction: float
     return out, class_names
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only dicts, lists and numpy arrays: a CIFAR batch needs nothing else."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_cifar10(source: Path):
+    """The python archive: data_batch_1..5 (train) and test_batch, each {data: N x 3072 uint8, labels}."""
+    if source.is_dir() and (source / "cifar-10-python.tar.gz").exists():
+        source = source / "cifar-10-python.tar.gz"
+    if source.is_dir() and (source / "cifar-10-batches-py").is_dir():
+        source = source / "cifar-10-batches-py"
+    if source.is_file():
+        try:
+            with tarfile.open(source, "r:*") as tar:
+                files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise PipelineError(f"{source}: unreadable CIFAR-10 archive ({exc})") from exc
+    else:
+        files = {f.name: f.read_bytes() for f in source.glob("*_batch*") if f.is_file()}
+    out = {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        images, labels = [], []
+        for name in names:
+            if name not in files:
+                raise PipelineError(f"{source}: no {name}; point prepare.source at cifar-10-python.tar.gz")
+            try:
+                batch = _ArrayUnpickler(io.BytesIO(files[name]), encoding="bytes").load()
+                data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
+                raise PipelineError(f"{source}: {name} is not a CIFAR-10 batch ({exc})") from exc
+            if len(data) != len(labels[-1]):
+                raise PipelineError(f"{source}: {name} has {len(data)} images but {len(labels[-1])} labels")
+            images.append(data.transpose(0, 2, 3, 1))
+        labels = np.concatenate(labels)
+        out[split] = (np.concatenate(images), labels, [[] for _ in labels])
+    return out, CIFAR10_CLASSES
+
+
+def resize_center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side to `size` (bilinear), then the central size x size crop."""
+    from PIL import Image
+    img = Image.fromarray(array)
+    scale = size / min(img.size)
+    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((w, h), Image.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def load_imagenet_subset(root: Path, subset: str, size: int):
+    """Classes IMAGENET_SUBSETS[subset] of an ImageNet root with train/<wnid>/ and val/<wnid>/."""
+    folders = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) if (root / "train").is_dir() else []
+    if len(folders) != 1000:
+        raise PipelineError(f"{root}/train: expected the 1000 ImageNet class folders (the subsets index their "
+                            f"sorted list), found {len(folders)}")
+    classes = [(folders[i], name) for i, name in IMAGENET_SUBSETS[subset]]
+    out = {}
+    for split, directory in (("train", root / "train"), ("test", root / "val")):
+        files = [(f, label) for label, (wnid, _) in enumerate(classes) for f in sorted((directory / wnid).glob("*"))
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+        for label, (wnid, name) in enumerate(classes):
+            if not any(lab == label for _, lab in files):
+                raise PipelineError(f"{directory / wnid}: no images of class '{name}' (ImageNet val must be sorted "
+                                    "into class folders val/<wnid>/)")
+        images = [resize_center_crop(decode_image(f.read_bytes(), str(f), "RGB"), size)
+                  for f, _ in tqdm(files, desc=f"read {subset} {split}", disable=len(files) < 2000)]
+        out[split] = (np.stack(images), np.array([lab for _, lab in files], dtype=np.int64), [[] for _ in files])
+    return out, [name for _, name in classes], [wnid for wnid, _ in classes]
+
+
 def stratified_sample(labels: np.ndarray, count, seed: int) -> np.ndarray:
     """Sorted indices of count(n_class) seeded random items per class."""
     rng = np.random.default_rng(seed)
@@ -130,15 +258,20 @@ def to_table(images, labels, captions, uids, split, class_names) -> pa.Table:
 def main() -> None:
     params = load_params()
     seed = param(params, "seed", int)
-    name = param(params, "prepare.dataset", str, choices=("fashion_mnist", "image_folder"))
+    name = param(params, "prepare.dataset", str, choices=DATASETS)
     root = Path(param(params, "prepare.source", str))
-    if not root.is_dir():
+    if not root.is_dir() and not (name == "cifar10" and root.is_file()):
         raise PipelineError(f"param 'prepare.source': {root} is not a directory")
     val_per_class = param(params, "prepare.val_per_class", int)
     max_train = param(params, "prepare.max_train_per_class", int, 0)
     rows_per_shard = positive(params, "prepare.rows_per_shard")
+    source_classes = None
     if name == "fashion_mnist":
         splits, class_names = load_fashion_mnist(root)
+    elif name == "cifar10":
+        splits, class_names = load_cifar10(root)
+    elif name in IMAGENET_SUBSETS:
+        splits, class_names, source_classes = load_imagenet_subset(root, name, positive(params, "prepare.image_size"))
     else:
         splits, class_names = load_image_folder(root, positive(params, "prepare.image_size"),
                                                 param(params, "prepare.channels", int, choices=(1, 3)),
@@ -170,6 +303,7 @@ def main() -> None:
         "mean": [round(float(v), 6) for v in train_pixels.mean(0)],
         "std": [round(float(v), 6) for v in train_pixels.std(0)],
         "sizes": {s: int(len(p[1])) for s, p in parts.items()},
+        **({"source_classes": source_classes} if source_classes else {}),
     }
     for split, (imgs, labs, caps, ids) in parts.items():
         for old in PREPARED.glob(f"{split}-*.parquet"):

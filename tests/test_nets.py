@@ -1,0 +1,51 @@
+"""The network zoo: every architecture trains on 28x28 greyscale and 32x32 colour input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stages.io import PipelineError
+from stages.nets import NETWORKS, make_net
+
+torch.set_num_threads(1)
+ARCHITECTURES = ["convnet3", "convnet", "resnet18", "vgg11", "alexnet", "vit", "resnet18:instance", "vgg11:instance"]
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_trains_and_loss_drops(name, channels, size):
+    torch.manual_seed(0)
+    x, y = torch.randn(10, channels, size, size), torch.arange(10)
+    net = make_net(name, channels, 10, size)
+    assert net.embed(x).dim() == 2 and net(x).shape == (10, 10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)  # the evaluation protocol's optimiser
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_convnet_depth_from_resolution():
+    for size, depth in ((28, 3), (32, 3), (64, 4), (128, 5), (256, 6)):
+        net = make_net("convnet", 3, 10, size)
+        assert sum(isinstance(m, torch.nn.AvgPool2d) for m in net.modules()) == depth
+
+
+def test_norm_suffix_changes_the_norm_layer():
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in make_net("convnet3:batch", 1, 10, 28).modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in make_net("convnet3", 1, 10, 28).modules())
+
+
+@pytest.mark.parametrize("name,match", [("resnet50", "unknown network 'resnet50'; valid: convnet"),
+                                        ("vgg11:weird", "unknown norm 'weird'"),
+                                        ("vit:batch", "vit takes only norm 'layer'")])
+def test_bad_names_are_clear_errors(name, match):
+    with pytest.raises(PipelineError, match=match):
+        make_net(name, 3, 10, 32)
+
+
+def test_every_registered_name_is_tested():
+    assert {n.partition(":")[0] for n in ARCHITECTURES} | {"convnet4", "convnet5", "convnet6"} == set(NETWORKS)
