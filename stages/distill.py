@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import torch.nn.functional as F
 
