@@ -29,6 +29,8 @@ Methods (the optimising ones run on stages/engine.py with the losses of stages/m
              (masks from stage `ground`). A synthetic image keeps the mask of the real
              image it was initialised from: the paper does not say how synthetic
              images are masked, and this keeps the object region where it started.
+             `full_term: dc` pairs the masked DM term with full-image gradient matching
+             instead (the paper's pairing; then the dc keys apply: lr, net_lr, loops).
   dc         Dataset Condensation (Zhao et al. 2021): per outer iteration a fresh ConvNet-3;
              `outer_loop` pixel steps on DC's layer-wise gradient distance (per class, real
              vs synthetic), with `inner_loop` epochs of training the network on the synthetic
@@ -170,12 +172,14 @@ def _loops(params: dict, section: str, ipc: int) -> tuple[int, int]:
 
 
 def gradient_matching(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
-                      masks: torch.Tensor | None = None, resume: bool = False):
+                      masks: torch.Tensor | None = None, resume: bool = False, masked_term: str = "dc"):
     """DC / DSA (and masked DC with `masks`). Each iteration (DC's outer iteration) starts a freshly
     initialised network; `outer_loop` times, the synthetic pixels take one step on the layer-wise
     gradient distance summed over classes, and between those steps the network trains `inner_loop`
     epochs on the (detached) synthetic set (SGD, lr `net_lr`, batch `net_batch`, with the same DSA
-    augmentation when `augment` is on, as in DSA)."""
+    augmentation when `augment` is on, as in DSA). With `masks`, the masked term is gradient matching
+    (`masked_term` "dc": masked DC) or DM's distribution gap under the same network ("dm": masked DM
+    as the multi-modal paper pairs it, with full-image gradient matching)."""
     iterations = positive(params, f"{section}.iterations")
     net_name = param(params, f"{section}.net", str)
     net_lr = param(params, f"{section}.net_lr", float)
@@ -207,8 +211,9 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
                     if full_weight else torch.zeros((), device=device)
                 if masks is not None and masked_weight:
                     real_masked, syn_masked = real * masks[idx].to(device), syn * syn_masks
-                    loss = loss + masked_weight * gradient_match(net, augment(real_masked, aug_seed),
-                                                                 augment(syn_masked, aug_seed), classes)
+                    match = gradient_match if masked_term == "dc" else distribution_gap
+                    loss = loss + masked_weight * match(net, augment(real_masked, aug_seed),
+                                                        augment(syn_masked, aug_seed), classes)
             engine.update(loss)
             if outer == outer_loop - 1:
                 break
@@ -292,8 +297,12 @@ def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed:
                                                                "pool_net": net_name}
     init = random_selection(train, ipc, seed)
     masks = load_foreground_masks(train.uids, *train.images.shape[2:]) if method.startswith("masked_") else None
-    run = distribution_matching if method in ("dm", "masked_dm") else gradient_matching
-    images, history = run(train, init, params, section, device, seed, masks=masks, resume=resume)
+    if method == "masked_dm" and param(params, f"{section}.full_term", str, "dm", choices=("dm", "dc")) == "dc":
+        images, history = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
+    elif method in ("dm", "masked_dm"):
+        images, history = distribution_matching(train, init, params, section, device, seed, masks, resume)
+    else:
+        images, history = gradient_matching(train, init, params, section, device, seed, masks, resume)
     return images, init, history, {}
 
 

@@ -93,24 +93,33 @@ def test_dc_runs_outer_and_inner_loops(prepared):
     assert not torch.equal(synthetic, train.normalized()[init])
 
 
-def test_masked_dc_moves_only_foreground_pixels_and_ignores_background(prepared):
+@pytest.mark.parametrize("masked_term", ["dc", "dm"])
+def test_masked_terms_move_only_foreground_pixels(prepared, masked_term):
+    """masked_dc, and masked_dm paired with gradient matching (full_term: dc), with the full term off."""
     train = load_split("train")
     params = load_params()
     params["distill"]["masked_dc"].update(full_weight=0.0, masked_weight=1.0)
     init = random_selection(train, 1, seed=0)
     masks = torch.zeros(len(train), 1, 28, 28)
     masks[:, :, 5:20, 5:20] = 1
-    synthetic, _ = gradient_matching(train, init, params, "distill.masked_dc", CPU, 0, masks)
+    synthetic, _ = gradient_matching(train, init, params, "distill.masked_dc", CPU, 0, masks, masked_term=masked_term)
     changed = synthetic != train.normalized()[init]
     assert changed[:, :, 5:20, 5:20].any() and not changed[masks[init] == 0].any()
+
+
+def test_masked_dc_ignores_real_background(prepared):
+    train = load_split("train")
+    synthetic = train.normalized()[random_selection(train, 1, seed=0)]
+    masks = torch.zeros(10, 1, 28, 28)
+    masks[:, :, 5:20, 5:20] = 1
     # the masked term sees real images only through their foreground
     torch.manual_seed(0)
     net = make_net("convnet3", 1, 10, 28)
     real = class_major(train)[::10]
-    noisy = real + (1 - masks[:10]) * torch.randn_like(real)
-    m = masks[:10]
-    assert torch.equal(gradient_match(net, real * m, synthetic * m[:10], 10),
-                       gradient_match(net, noisy * m, synthetic * m[:10], 10))
+    noisy = real + (1 - masks) * torch.randn_like(real)
+    assert torch.equal(gradient_match(net, real * masks, synthetic * masks, 10),
+                       gradient_match(net, noisy * masks, synthetic * masks, 10))
+    assert not torch.equal(gradient_match(net, real, synthetic, 10), gradient_match(net, noisy, synthetic, 10))
 
 
 def test_mask_shape_mismatch_is_a_clear_error(prepared):
