@@ -97,9 +97,8 @@ class Engine:
         self._losses.append(loss.item())
 
     def run(self, iterations: int, step) -> tuple[torch.Tensor, list[float]]:
-        from dvclive import Live
         start = self._load_checkpoint(iterations) if self.resume else 0
-        live = Live(dir=str(LIVE / self.name), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        live = _live()(dir=str(LIVE / self.name), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
         for it in tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2):
             torch.manual_seed(self.seed * 100003 + it)
             self._losses = []
@@ -150,6 +149,18 @@ class Engine:
             self.scaler.load_state_dict(ckpt["scaler"])
         print(f"--resume: continuing {self.name} from iteration {ckpt['iteration']} ({path})")
         return ckpt["iteration"]
+
+
+def _live():
+    """DVCLive's logger without its DVC/Git integration: we only want the loss files. (Inside
+    `dvc repro` that integration opens the repository and fails in a Git repo with no commits.)"""
+    from dvclive import Live
+
+    class LossLog(Live):
+        def _init_dvc(self):
+            self._dvc_file = None
+
+    return LossLog
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, class_names, mean, std, path: Path, title: str):
