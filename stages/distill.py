@@ -1,17 +1,22 @@
 """distill: build a synthetic set for one (method, IPC) -> data/distilled/{method}-ipc{K}.pt
 
-    python -m stages.distill --method dm --ipc 10
+    python -m stages.distill --method dm --ipc 10 [--resume]
 
 The output is a tensor file (stages.io.load_tensors) with:
-  images       float32 [C*K, channels, H, W], normalised with the dataset mean/std
-  labels       int64   [C*K], class-major (K images of class 0, then class 1, ...)
-  source_uids  list of the real train images each synthetic image started from
+  images       float32 [N, channels, H, W], normalised with the dataset mean/std; N = C*K, except
+               dsdm with factor l: N = C*K*l^2 decoded images (what evaluation trains on)
+  labels       int64   [N], class-major (the images of class 0, then class 1, ...)
+  source_uids  list of the real train images each image started from (one per entry of `images`)
   mean, std    the normalisation, to turn images back into pixels
   loss         float32 [iterations] loss curve (empty for selection methods)
-  info         method, ipc, seed, settings and library versions
-plus a PNG grid `outputs/figures/distilled/{method}-ipc{K}.png` (one row per class).
+  info         method, ipc, seed, settings, engine settings and library versions
+  encoded, factor, pool_net   dsdm only: the stored C*K images (l x l tiles each) and l
+plus a PNG grid `outputs/figures/distilled/{method}-ipc{K}.png` (one row per class; dsdm: encoded).
+Optimising methods also write a DVCLive loss curve and periodic grids under
+`outputs/distill/{method}-ipc{K}/` and checkpoints `data/checkpoints/{method}-ipc{K}.pt` that
+`--resume` continues from (stages/engine.py); the result is byte-identical to an uninterrupted run.
 
-Methods:
+Methods (the optimising ones run on stages/engine.py with the losses of stages/matching.py):
   random     K seeded random real train images per class
   kmeans     the real image nearest to each per-class k-means centre (stage `select`)
   herding    per-class herding coreset of image features (stage `select`)
@@ -24,8 +29,19 @@ Methods:
              (masks from stage `ground`). A synthetic image keeps the mask of the real
              image it was initialised from: the paper does not say how synthetic
              images are masked, and this keeps the object region where it started.
-             The paper pairs the masked term with full-image gradient matching (DC);
-             here the full-image term is DM's.
+             `full_term: dc` pairs the masked DM term with full-image gradient matching
+             instead (the paper's pairing; then the dc keys apply: lr, net_lr, loops).
+  dc         Dataset Condensation (Zhao et al. 2021): per outer iteration a fresh ConvNet-3;
+             `outer_loop` pixel steps on DC's layer-wise gradient distance (per class, real
+             vs synthetic), with `inner_loop` epochs of training the network on the synthetic
+             set between them. No augmentation.
+  dsa        dc with differentiable siamese augmentation (stages/augment.py) on real and
+             synthetic images and in the network updates.
+  masked_dc  dsa's gradient-matching term on full images plus the same term on
+             foreground-masked images (masks as in masked_dm), weights in params.
+  dsdm       Diversified Semantic Distribution Matching: a network drawn each iteration from
+             the pool of stage `pretrain`; prototype + covariance + historical-prototype
+             (EMA memory per pool network) losses; IDC factor l (l^2 tiles per stored image).
 """
 from __future__ import annotations
 
@@ -34,17 +50,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+
+import torch.nn.functional as F
 
 from stages.augment import DifferentiableAugment
-from stages.data import ImageSet, denormalize, load_foreground_masks, load_split
-from stages.io import PipelineError, read_parquet, save_figure, save_tensors
+from stages.data import ImageSet, load_foreground_masks, load_split
+from stages.engine import Engine, RealBatches, draw_seed, save_grid
+from stages.io import PipelineError, load_tensors, read_parquet, save_tensors
+from stages.matching import (class_means, distribution_gap, dsdm_terms, factor_decode, factor_encode,
+                             gradient_match)
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
 
 DISTILLED = Path("data/distilled")
 GRIDS = Path("outputs/figures/distilled")
 SELECTIONS = Path("data/selections")
+PRETRAINED = Path("data/pretrained/pool.pt")
 
 
 def random_selection(train: ImageSet, ipc: int, seed: int) -> list[int]:
@@ -71,107 +92,226 @@ def selection(train: ImageSet, method: str, ipc: int) -> list[int]:
     return [position[u] for _, _, u in rows]
 
 
-def class_means(features: torch.Tensor, classes: int) -> torch.Tensor:
-    return features.view(classes, -1, features.shape[1]).mean(1)
+def _show(train: ImageSet, name: str):
+    """The engine's grid callback: synthetic images (one row per class) at an iteration."""
+    classes = len(train.class_names)
+
+    def show(images, path):
+        labels = torch.arange(classes).repeat_interleave(len(images) // classes)
+        save_grid(images, labels, train.class_names, train.mean, train.std, path, f"{name}, {path.stem}")
+    return show
+
+
+def _augmentation(params: dict, section: str):
+    if param(params, f"{section}.augment", bool):
+        return DifferentiableAugment(flip=param(params, f"{section}.flip", bool))
+    return lambda x, seed: x
+
+
+def _checked_masks(masks: torch.Tensor, train: ImageSet) -> torch.Tensor:
+    expected = (len(train), 1, *train.images.shape[2:])
+    if tuple(masks.shape) != expected:
+        raise PipelineError(f"foreground masks have shape {tuple(masks.shape)}, expected {expected} "
+                            f"(one 1-channel mask per train image)")
+    return masks
 
 
 def distribution_matching(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
-                          masks: torch.Tensor | None = None):
-    """Optimise synthetic pixels so that class-mean embeddings of random ConvNets match the real ones.
-
-    All classes go through the network in one batch (instance norm is per-sample, so this equals
-    a per-class loop). With `masks`, the masked term is added with weight `masked_weight`.
-    """
+                          masks: torch.Tensor | None = None, resume: bool = False):
+    """DM (and masked DM with `masks`): optimise synthetic pixels so that the class-mean embeddings
+    under a freshly initialised network (new weights every iteration) match those of real batches.
+    The masked term is added with weight `masked_weight`, the full-image term has `full_weight`."""
     iterations = positive(params, f"{section}.iterations")
-    batch_real = positive(params, f"{section}.batch_real")
-    lr = param(params, f"{section}.lr", float)
-    momentum = param(params, f"{section}.momentum", float)
     net_name = param(params, f"{section}.net", str)
     full_weight = param(params, f"{section}.full_weight", float, 1.0)
     masked_weight = param(params, f"{section}.masked_weight", float, 0.0)
-    augment = DifferentiableAugment(flip=param(params, f"{section}.flip", bool)) \
-        if param(params, f"{section}.augment", bool) else (lambda x, seed: x)
-    classes = len(train.class_names)
+    augment = _augmentation(params, section)
+    batches = RealBatches(train, positive(params, f"{section}.batch_real"), f"{section}.batch_real")
+    classes, (channels, size) = batches.classes, train.images.shape[1:3]
+    name = f"{section.split('.')[-1]}-ipc{len(init) // classes}"
+    engine = Engine(name, batches.images[init], params, section, device, seed, resume, _show(train, name))
+    if masks is not None:
+        masks = _checked_masks(masks, train)
+        syn_masks = masks[init].to(device)
+
+    def step(it):
+        net = make_net(net_name, channels, classes, size).to(device)
+        net.requires_grad_(False)
+        idx = batches.sample(engine.gen)
+        real = batches.images[idx].to(device)
+        aug_seed = draw_seed(engine.gen)
+        syn = engine.syn
+        with engine.autocast():
+            loss = full_weight * distribution_gap(net, augment(real, aug_seed), augment(syn, aug_seed), classes) \
+                if full_weight else torch.zeros((), device=device)
+            if masks is not None and masked_weight:
+                real_masked, syn_masked = real * masks[idx].to(device), syn * syn_masks
+                loss = loss + masked_weight * distribution_gap(net, augment(real_masked, aug_seed),
+                                                               augment(syn_masked, aug_seed), classes)
+        engine.update(loss)
+
+    return engine.run(iterations, step)
+
+
+DC_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}  # DC's (outer_loop, inner_loop) by IPC
+
+
+def _loops(params: dict, section: str, ipc: int) -> tuple[int, int]:
+    loops = []
+    for key, position in (("outer_loop", 0), ("inner_loop", 1)):
+        value = param(params, f"{section}.{key}", (int, str), "auto")
+        if value == "auto":
+            if ipc not in DC_LOOPS:
+                raise PipelineError(f"param '{section}.{key}' is 'auto', which DC defines only for IPC "
+                                    f"{', '.join(map(str, DC_LOOPS))}; set it to an integer for IPC {ipc}")
+            value = DC_LOOPS[ipc][position]
+        elif isinstance(value, str) or value <= 0:
+            raise PipelineError(f"param '{section}.{key}' must be 'auto' or a positive integer, got {value!r}")
+        loops.append(value)
+    return loops[0], loops[1]
+
+
+def gradient_matching(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
+                      masks: torch.Tensor | None = None, resume: bool = False, masked_term: str = "dc"):
+    """DC / DSA (and masked DC with `masks`). Each iteration (DC's outer iteration) starts a freshly
+    initialised network; `outer_loop` times, the synthetic pixels take one step on the layer-wise
+    gradient distance summed over classes, and between those steps the network trains `inner_loop`
+    epochs on the (detached) synthetic set (SGD, lr `net_lr`, batch `net_batch`, with the same DSA
+    augmentation when `augment` is on, as in DSA). With `masks`, the masked term is gradient matching
+    (`masked_term` "dc": masked DC) or DM's distribution gap under the same network ("dm": masked DM
+    as the multi-modal paper pairs it, with full-image gradient matching)."""
+    iterations = positive(params, f"{section}.iterations")
+    net_name = param(params, f"{section}.net", str)
+    net_lr = param(params, f"{section}.net_lr", float)
+    net_batch = positive(params, f"{section}.net_batch", int, 256)
+    full_weight = param(params, f"{section}.full_weight", float, 1.0)
+    masked_weight = param(params, f"{section}.masked_weight", float, 0.0)
+    augment = _augmentation(params, section)
+    batches = RealBatches(train, positive(params, f"{section}.batch_real"), f"{section}.batch_real")
+    classes, (channels, size) = batches.classes, train.images.shape[1:3]
     ipc = len(init) // classes
-    _, channels, height, width = train.images.shape
+    outer_loop, inner_loop = _loops(params, section, ipc)
+    name = f"{section.split('.')[-1]}-ipc{ipc}"
+    engine = Engine(name, batches.images[init], params, section, device, seed, resume, _show(train, name))
+    syn_labels = torch.arange(classes, device=device).repeat_interleave(ipc)
+    if masks is not None:
+        masks = _checked_masks(masks, train)
+        syn_masks = masks[init].to(device)
 
-    real_all = train.normalized()
-    labels = train.labels.numpy()
-    by_class = [torch.from_numpy(np.flatnonzero(labels == c)) for c in range(classes)]
-    for c, members in enumerate(by_class):
-        if len(members) < batch_real:
-            raise PipelineError(f"param '{section}.batch_real' = {batch_real} is larger than class "
-                                f"'{train.class_names[c]}' ({len(members)} train images)")
-    syn = real_all[init].clone().to(device).requires_grad_(True)
-    syn_masks = masks[init].to(device) if masks is not None else None
-    opt = torch.optim.SGD([syn], lr=lr, momentum=momentum)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for it in tqdm(range(iterations), desc=f"{section} ipc{ipc}", mininterval=2):
-        torch.manual_seed(seed * 100003 + it)
-        net = make_net(net_name, channels, classes, height).to(device)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        idx = torch.cat([m[torch.randperm(len(m), generator=gen)[:batch_real]] for m in by_class])
-        real = real_all[idx].to(device)
-        aug_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    def step(it):
+        net = make_net(net_name, channels, classes, size).to(device)
+        net_opt = torch.optim.SGD(net.parameters(), lr=net_lr)
+        for outer in range(outer_loop):
+            idx = batches.sample(engine.gen)
+            real = batches.images[idx].to(device)
+            aug_seed = draw_seed(engine.gen)
+            syn = engine.syn
+            with engine.autocast():
+                loss = full_weight * gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed), classes) \
+                    if full_weight else torch.zeros((), device=device)
+                if masks is not None and masked_weight:
+                    real_masked, syn_masked = real * masks[idx].to(device), syn * syn_masks
+                    match = gradient_match if masked_term == "dc" else distribution_gap
+                    loss = loss + masked_weight * match(net, augment(real_masked, aug_seed),
+                                                        augment(syn_masked, aug_seed), classes)
+            engine.update(loss)
+            if outer == outer_loop - 1:
+                break
+            images = engine.syn.detach()
+            for _ in range(inner_loop):
+                order = torch.randperm(len(images), generator=engine.gen).to(device)
+                for start in range(0, len(order), net_batch):
+                    batch = order[start:start + net_batch]
+                    with engine.autocast():
+                        ce = F.cross_entropy(net(augment(images[batch], draw_seed(engine.gen))), syn_labels[batch])
+                    net_opt.zero_grad(set_to_none=True)
+                    ce.backward()
+                    net_opt.step()
 
-        def term(real_x, syn_x):
+    return engine.run(iterations, step)
+
+
+def load_pool(device) -> tuple[str, list]:
+    """The pre-trained networks of stage `pretrain` (frozen, eval mode)."""
+    pool = load_tensors(PRETRAINED)
+    nets = []
+    for state in pool["states"]:
+        net = make_net(pool["net"], pool["channels"], pool["classes"], pool["image_size"])
+        net.load_state_dict(state)
+        nets.append(net.to(device).eval().requires_grad_(False))
+    return pool["net"], nets
+
+
+def dsdm(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int, resume: bool = False):
+    """DSDM: prototype + lambda_diversity * covariance + lambda_history * historical-prototype matching
+    under a network drawn each iteration from the pre-trained pool, with IDC's factor: `init` holds
+    factor^2 real images per synthetic slot, packed as tiles; the loss sees the decoded (upsampled)
+    tiles. Each pool network keeps its own EMA memory of synthetic prototypes (rate `ema`); its
+    historical term is 0 until that network has been used once (the paper's h^(1) = 0)."""
+    iterations = positive(params, f"{section}.iterations")
+    factor = positive(params, f"{section}.factor")
+    lambda_div = param(params, f"{section}.lambda_diversity", float)
+    lambda_hist = param(params, f"{section}.lambda_history", float)
+    ema = param(params, f"{section}.ema", float)
+    augment = _augmentation(params, section)
+    batches = RealBatches(train, positive(params, f"{section}.batch_real"), f"{section}.batch_real")
+    classes = batches.classes
+    net_name, pool = load_pool(device)
+    name = f"dsdm-ipc{len(init) // classes // factor**2}"
+    engine = Engine(name, factor_encode(batches.images[init], factor), params, section, device, seed, resume,
+                    _show(train, name))
+    dim = pool[0].embed(batches.images[:1].to(device)).shape[1]
+    engine.state = {"memory": torch.zeros(len(pool), classes, dim, device=device),
+                    "used": torch.zeros(len(pool), dtype=torch.bool, device=device)}
+
+    def step(it):
+        m = int(torch.randint(len(pool), (1,), generator=engine.gen))
+        net, memory, used = pool[m], engine.state["memory"], engine.state["used"]
+        idx = batches.sample(engine.gen)
+        real = batches.images[idx].to(device)
+        aug_seed = draw_seed(engine.gen)
+        with engine.autocast():
             with torch.no_grad():
-                real_mean = class_means(net.embed(augment(real_x, aug_seed)), classes)
-            syn_mean = class_means(net.embed(augment(syn_x, aug_seed)), classes)
-            return ((real_mean - syn_mean) ** 2).sum()
+                real_features = net.embed(augment(real, aug_seed))
+            syn_features = net.embed(augment(factor_decode(engine.syn, factor), aug_seed))
+            proto, diversity, hist = dsdm_terms(real_features, syn_features, memory[m] if used[m] else None, classes)
+            loss = proto + lambda_div * diversity + lambda_hist * hist
+        engine.update(loss)
+        with torch.no_grad(), engine.autocast():
+            prototypes = class_means(net.embed(factor_decode(engine.syn, factor)), classes).float()
+        memory[m] = ema * memory[m] + (1 - ema) * prototypes if used[m] else prototypes
+        used[m] = True
 
-        loss = full_weight * term(real, syn) if full_weight else torch.zeros((), device=device)
-        if masks is not None and masked_weight:
-            loss = loss + masked_weight * term(real * masks[idx].to(device), syn * syn_masks)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-    return syn.detach().cpu(), history
+    syn, history = engine.run(iterations, step)
+    return syn, history, net_name
 
 
-def masked_dm(train, init, params, device, seed):
-    masks = load_foreground_masks(train.uids, *train.images.shape[2:])
-    return distribution_matching(train, init, params, "distill.masked_dm", device, seed, masks)
+def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed: int, resume: bool):
+    """Run an optimising method -> (images, label/source indices into train, loss history, extra outputs)."""
+    section = f"distill.{method}"
+    if method == "dsdm":
+        factor = positive(params, f"{section}.factor")
+        init = random_selection(train, ipc * factor**2, seed)
+        encoded, history, net_name = dsdm(train, init, params, section, device, seed, resume)
+        return factor_decode(encoded, factor), init, history, {"encoded": encoded.contiguous(), "factor": factor,
+                                                               "pool_net": net_name}
+    init = random_selection(train, ipc, seed)
+    masks = load_foreground_masks(train.uids, *train.images.shape[2:]) if method.startswith("masked_") else None
+    if method == "masked_dm" and param(params, f"{section}.full_term", str, "dm", choices=("dm", "dc")) == "dc":
+        images, history = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
+    elif method in ("dm", "masked_dm"):
+        images, history = distribution_matching(train, init, params, section, device, seed, masks, resume)
+    else:
+        images, history = gradient_matching(train, init, params, section, device, seed, masks, resume)
+    return images, init, history, {}
 
 
 SELECTED = ("kmeans", "herding", "kcenter")  # real images chosen by stage `select`
-METHODS = {
-    "random": None,
-    "kmeans": None,
-    "herding": None,
-    "kcenter": None,
-    "dm": lambda train, init, params, device, seed: distribution_matching(train, init, params, "distill.dm",
-                                                                          device, seed),
-    "masked_dm": masked_dm,
-}
+METHODS = ("random", "kmeans", "herding", "kcenter", "dm", "masked_dm", "dc", "dsa", "masked_dc", "dsdm")
+OPTIMISED = ("dm", "masked_dm", "dc", "dsa", "masked_dc", "dsdm")
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, class_names, mean, std, path: Path, title: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    classes = len(class_names)
-    ipc = len(labels) // classes
-    cols = min(ipc, 10)
-    pixels = denormalize(images, mean, std).permute(0, 2, 3, 1).numpy()
-    fig, axes = plt.subplots(classes, cols, figsize=(cols * 0.9 + 1.5, classes * 0.9), squeeze=False)
-    for c in range(classes):
-        for j in range(cols):
-            ax = axes[c, j]
-            img = pixels[c * ipc + j]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[c, 0].set_ylabel(class_names[c], rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def distill(method: str, ipc: int, params: dict) -> Path:
+def distill(method: str, ipc: int, params: dict, resume: bool = False) -> Path:
     if method not in METHODS:
         raise PipelineError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if ipc <= 0:
@@ -180,20 +320,23 @@ def distill(method: str, ipc: int, params: dict) -> Path:
     seed_everything(seed)
     device = resolve_device(params)
     train = load_split("train")
-    init = selection(train, method, ipc) if method in SELECTED else random_selection(train, ipc, seed)
-    if METHODS[method] is None:
-        images, history = train.normalized()[init], []
+    extra = {}
+    if method in OPTIMISED:
+        images, init, history, extra = optimise(method, train, ipc, params, device, seed, resume)
     else:
-        images, history = METHODS[method](train, init, params, device, seed)
+        init = selection(train, method, ipc) if method in SELECTED else random_selection(train, ipc, seed)
+        images, history = train.normalized()[init], []
     labels = train.labels[init]
     settings = param(params, f"distill.{method}", dict, {})
     out = DISTILLED / f"{method}-ipc{ipc}.pt"
     save_tensors({"images": images.contiguous(), "labels": labels, "source_uids": [train.uids[i] for i in init],
                   "mean": train.mean, "std": train.std, "loss": torch.tensor(history, dtype=torch.float32),
-                  "info": {"method": method, "ipc": ipc, "seed": seed, "settings": settings,
-                           "device": str(device), "versions": versions()}}, out)
-    save_grid(images, labels, train.class_names, train.mean, train.std, GRIDS / f"{method}-ipc{ipc}.png",
-              f"{method}, IPC {ipc}")
+                  **extra, "info": {"method": method, "ipc": ipc, "seed": seed, "settings": settings,
+                                    "engine": param(params, "distill.engine", dict, {}) if method in OPTIMISED else {},
+                                    "device": str(device), "versions": versions()}}, out)
+    shown = extra.get("encoded", images)
+    save_grid(shown, torch.arange(len(train.class_names)).repeat_interleave(len(shown) // len(train.class_names)),
+              train.class_names, train.mean, train.std, GRIDS / f"{method}-ipc{ipc}.png", f"{method}, IPC {ipc}")
     return out
 
 
@@ -201,8 +344,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True)
     parser.add_argument("--ipc", required=True, type=int)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from data/checkpoints/{method}-ipc{K}.pt (same settings required)")
     args = parser.parse_args()
-    out = distill(args.method, args.ipc, load_params())
+    out = distill(args.method, args.ipc, load_params(), resume=args.resume)
     print(f"wrote {out}")
 
 

@@ -6,7 +6,8 @@ import torch
 from stages import distill, evaluate, report, select
 from stages.augment import DifferentiableAugment
 from stages.data import load_split
-from stages.distill import class_means, distribution_matching, random_selection
+from stages.distill import distribution_matching, random_selection
+from stages.matching import class_means
 from stages.io import PipelineError, load_tensors
 from stages.nets import make_net
 from stages.params import load_params
@@ -67,17 +68,20 @@ def test_augmentation_is_differentiable_and_replayable():
 @pytest.fixture
 def selected(annotated):
     run_stage(select)
+    for method in ("dc", "dsa", "masked_dc"):
+        set_params(annotated, **{f"distill.{method}.iterations": 2, f"distill.{method}.batch_real": 4,
+                                 f"distill.{method}.outer_loop": 2, f"distill.{method}.inner_loop": 1})
     return annotated
 
 
-@pytest.mark.parametrize("method", ["random", "kmeans", "herding", "kcenter", "dm", "masked_dm"])
+@pytest.mark.parametrize("method", ["random", "kmeans", "herding", "kcenter", "dm", "masked_dm", "dsa"])
 def test_distill_methods_write_sets_and_grids(selected, method):
     run_stage(distill, "--method", method, "--ipc", "2")
     out = load_tensors(f"data/distilled/{method}-ipc2.pt")
     assert out["images"].shape == (20, 1, 28, 28)
     assert out["labels"].tolist() == [c for c in range(10) for _ in range(2)]
     assert len(out["source_uids"]) == 20 and out["info"]["method"] == method
-    assert len(out["loss"]) == (3 if method in ("dm", "masked_dm") else 0)
+    assert len(out["loss"]) == {"dm": 3, "masked_dm": 3, "dsa": 2, "masked_dc": 2}.get(method, 0)
     assert (selected / f"outputs/figures/distilled/{method}-ipc2.png").stat().st_size > 0
 
 
@@ -91,7 +95,7 @@ def test_distill_is_deterministic(selected):
 
 
 def test_unknown_method_lists_valid(selected):
-    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, dm, masked_dm"):
+    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, dm, masked_dm, dc, dsa, masked_dc, dsdm"):
         run_stage(distill, "--method", "mtt", "--ipc", "1")
 
 

@@ -1,0 +1,190 @@
+"""The shared distillation engine and the DC / DSA / masked DC / DSDM losses on tiny data."""
+import pytest
+import torch
+
+from benchmarks.speed import distribution_gap_loop, gradient_match_loop
+from stages import distill, pretrain
+from stages.augment import DifferentiableAugment
+from stages.data import load_split
+from stages.distill import gradient_matching, random_selection
+from stages.io import PipelineError, load_tensors
+from stages.matching import (covariance, distribution_gap, dsdm_terms, factor_decode, factor_encode,
+                             gradient_match)
+from stages.nets import make_net
+from stages.params import load_params
+from tests.conftest import run_stage, set_params
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+TINY_DC = {"iterations": 2, "batch_real": 4, "outer_loop": 2, "inner_loop": 1}
+
+
+@pytest.fixture
+def prepared(project):
+    from stages import prepare
+    run_stage(prepare)
+    for method in ("dc", "dsa", "masked_dc"):
+        set_params(project, **{f"distill.{method}.{k}": v for k, v in TINY_DC.items()})
+    set_params(project, **{"distill.dsdm.iterations": 3, "distill.dsdm.batch_real": 4,
+                           "pretrain.models": 2, "pretrain.epochs": 1})
+    return project
+
+
+def class_major(train):
+    order = torch.argsort(train.labels, stable=True)
+    return train.normalized()[order]
+
+
+def test_batched_losses_equal_the_per_class_loop():
+    torch.manual_seed(0)
+    net = make_net("convnet3", 1, 3, 28)
+    real, syn = torch.randn(12, 1, 28, 28), torch.randn(6, 1, 28, 28)
+    assert torch.allclose(distribution_gap(net, real, syn, 3), distribution_gap_loop(net, real, syn, 3), rtol=1e-4)
+    assert torch.allclose(gradient_match(net, real, syn, 3), gradient_match_loop(net, real, syn, 3), rtol=1e-4)
+
+
+def test_gradient_matching_of_identical_sets_is_zero():
+    torch.manual_seed(0)
+    net = make_net("convnet3", 1, 3, 28)
+    images = torch.randn(6, 1, 28, 28)
+    same = gradient_match(net, images, images.clone(), 3)
+    different = gradient_match(net, images, torch.randn(6, 1, 28, 28), 3)
+    assert same.item() < 1e-3 and different.item() > 10
+
+
+def test_covariance_and_factor_layout():
+    features = torch.randn(2 * 5, 4)
+    cov = covariance(features, 2)
+    assert torch.allclose(cov[1], torch.cov(features[5:].T, correction=0), atol=1e-6)
+    images = torch.rand(8, 1, 28, 28)
+    packed = factor_encode(images, 2)
+    assert packed.shape == (2, 1, 28, 28)
+    assert torch.allclose(packed[0, :, :14, 14:], torch.nn.functional.avg_pool2d(images[1:2], 2)[0])
+    assert factor_decode(packed, 2).shape == (8, 1, 28, 28)
+    with pytest.raises(PipelineError, match="not divisible by the factor 3"):
+        factor_encode(images, 3)
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["dc", "dsa"])
+def test_gradient_matching_loss_decreases(prepared, augment):
+    """A few pixel steps under one network (as within DC's outer loop) reduce the DC / DSA loss."""
+    train = load_split("train")
+    real = class_major(train)
+    syn = train.normalized()[random_selection(train, 1, seed=0)].requires_grad_(True)
+    aug = DifferentiableAugment() if augment else (lambda x, seed: x)
+    torch.manual_seed(0)
+    net = make_net("convnet3", 1, 10, 28)
+    opt = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+    losses = []
+    for _ in range(5):
+        loss = gradient_match(net, aug(real, 7), aug(syn, 7), 10)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.95 * losses[0]
+
+
+def test_dc_runs_outer_and_inner_loops(prepared):
+    train = load_split("train")
+    init = random_selection(train, 1, seed=0)
+    synthetic, history = gradient_matching(train, init, load_params(), "distill.dc", CPU, seed=0)
+    assert len(history) == TINY_DC["iterations"] and all(h > 0 for h in history)
+    assert not torch.equal(synthetic, train.normalized()[init])
+
+
+@pytest.mark.parametrize("masked_term", ["dc", "dm"])
+def test_masked_terms_move_only_foreground_pixels(prepared, masked_term):
+    """masked_dc, and masked_dm paired with gradient matching (full_term: dc), with the full term off."""
+    train = load_split("train")
+    params = load_params()
+    params["distill"]["masked_dc"].update(full_weight=0.0, masked_weight=1.0)
+    init = random_selection(train, 1, seed=0)
+    masks = torch.zeros(len(train), 1, 28, 28)
+    masks[:, :, 5:20, 5:20] = 1
+    synthetic, _ = gradient_matching(train, init, params, "distill.masked_dc", CPU, 0, masks, masked_term=masked_term)
+    changed = synthetic != train.normalized()[init]
+    assert changed[:, :, 5:20, 5:20].any() and not changed[masks[init] == 0].any()
+
+
+def test_masked_dc_ignores_real_background(prepared):
+    train = load_split("train")
+    synthetic = train.normalized()[random_selection(train, 1, seed=0)]
+    masks = torch.zeros(10, 1, 28, 28)
+    masks[:, :, 5:20, 5:20] = 1
+    # the masked term sees real images only through their foreground
+    torch.manual_seed(0)
+    net = make_net("convnet3", 1, 10, 28)
+    real = class_major(train)[::10]
+    noisy = real + (1 - masks) * torch.randn_like(real)
+    assert torch.equal(gradient_match(net, real * masks, synthetic * masks, 10),
+                       gradient_match(net, noisy * masks, synthetic * masks, 10))
+    assert not torch.equal(gradient_match(net, real, synthetic, 10), gradient_match(net, noisy, synthetic, 10))
+
+
+def test_mask_shape_mismatch_is_a_clear_error(prepared):
+    train = load_split("train")
+    with pytest.raises(PipelineError, match=r"foreground masks have shape \(100, 1, 14, 14\)"):
+        gradient_matching(train, random_selection(train, 1, 0), load_params(), "distill.masked_dc", CPU, 0,
+                          torch.ones(len(train), 1, 14, 14))
+
+
+def test_bad_engine_params_are_clear_errors(prepared):
+    set_params(prepared, **{"distill.engine.precision": "bf16"})
+    with pytest.raises(PipelineError, match="'distill.engine.precision' = bf16 needs a CUDA device"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")
+    set_params(prepared, **{"distill.engine.precision": "fp32", "distill.dc.outer_loop": "auto"})
+    with pytest.raises(PipelineError, match="'distill.dc.outer_loop' is 'auto', which DC defines only for IPC 1, 10"):
+        run_stage(distill, "--method", "dc", "--ipc", "2")
+
+
+def test_dsdm_loss_decreases_and_output_is_decoded(prepared):
+    run_stage(pretrain)
+    pool = load_tensors("data/pretrained/pool.pt")
+    assert len(pool["states"]) == 2 and len(pool["val_accuracy"]) == 2
+    set_params(prepared, **{"distill.dsdm.iterations": 8, "distill.dsdm.augment": False})
+    run_stage(distill, "--method", "dsdm", "--ipc", "1")
+    out = load_tensors("data/distilled/dsdm-ipc1.pt")
+    assert out["images"].shape == (40, 1, 28, 28) and out["encoded"].shape == (10, 1, 28, 28)
+    assert out["labels"].tolist() == [c for c in range(10) for _ in range(4)] and len(out["source_uids"]) == 40
+    train = load_split("train")
+    real = class_major(train)
+    init = train.normalized()[random_selection(train, 4, 0)]
+    _, nets = distill.load_pool(CPU)
+
+    def objective(images):
+        total = 0.0
+        with torch.no_grad():
+            for net in nets:
+                proto, div, _ = dsdm_terms(net.embed(real), net.embed(images), None, 10)
+                total += (proto + 50 * div).item()
+        return total
+
+    start = factor_decode(factor_encode(init, 2), 2)
+    assert objective(out["images"]) < 0.9 * objective(start)
+
+
+@pytest.mark.parametrize("method", ["dm", "dsa", "dsdm"])
+def test_resume_gives_the_same_bytes(prepared, method):
+    if method == "dsdm":
+        run_stage(pretrain)
+    section = f"distill.{method}"
+    set_params(prepared, **{f"{section}.iterations": 4, "distill.engine.checkpoint_every": 2})
+    run_stage(distill, "--method", method, "--ipc", "1")
+    uninterrupted = (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes()
+    (prepared / f"data/checkpoints/{method}-ipc1.pt").unlink()
+    set_params(prepared, **{f"{section}.iterations": 2})  # the "interrupted" run stops after 2 iterations
+    run_stage(distill, "--method", method, "--ipc", "1")
+    assert load_tensors(f"data/checkpoints/{method}-ipc1.pt")["iteration"] == 2
+    set_params(prepared, **{f"{section}.iterations": 4})
+    run_stage(distill, "--method", method, "--ipc", "1", "--resume")
+    assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == uninterrupted
+    assert (prepared / f"outputs/distill/{method}-ipc1/metrics.json").exists()
+
+
+def test_resume_refuses_other_settings(prepared):
+    set_params(prepared, **{"distill.dm.iterations": 2})
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    set_params(prepared, **{"distill.dm.lr": 0.5})
+    with pytest.raises(PipelineError, match="written with other settings"):
+        run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
