@@ -33,6 +33,10 @@ herding: greedily add the image that brings the running mean closest to the clas
 (Welling 2009). kcenter: greedy k-center, start at the image nearest the class mean, then
 repeatedly add the image farthest from everything chosen so far.
 
+`data/selections/forgetting-ipc{K}.parquet`: same columns, the K most forgotten train images of each class
+(all train images, not only LOF inliers) from stage `forgetting`'s counts: never learned first, then most
+forgetting events, then most misclassified presentations, then uid.
+
 `pds_prototypes` (PDS cluster matching) is a library function here; it needs image and
 text features in one joint space (CLIP), which the offline encoders do not give.
 
@@ -51,7 +55,8 @@ from tqdm import tqdm
 
 from stages.data import dataset_info
 from stages.embed import load_features
-from stages.io import PipelineError, read_parquet, write_parquet
+from stages.forgetting import EVENTS
+from stages.io import PipelineError, read_parquet, read_parquet_metadata, write_parquet
 from stages.params import int_list, load_params, param, positive
 
 SELECTIONS = Path("data/selections")
@@ -111,6 +116,25 @@ def k_center(features: np.ndarray, k: int) -> np.ndarray:
 
 
 CORESETS = {"herding": lambda x, k, seed: herding(x, k), "kcenter": lambda x, k, seed: k_center(x, k)}
+
+
+def most_forgotten(events: pa.Table, class_names: list, ipcs: list[int]) -> dict:
+    """{K: rows} of the K most forgotten train images per class: never learned first, then most forgetting
+    events, then most misclassified presentations, then uid."""
+    uids = np.array(events["uid"].to_pylist())
+    labels = np.array(events["label"].to_pylist())
+    order = np.lexsort((uids, -np.array(events["misclassified"].to_pylist()),
+                        -np.array(events["forgetting_events"].to_pylist()), np.array(events["learned"].to_pylist())))
+    rows = {k: [] for k in ipcs}
+    for c, name in enumerate(class_names):
+        ranked = order[labels[order] == c]
+        for k in ipcs:
+            if k > len(ranked):
+                raise PipelineError(f"IPC {k} (param 'distill.ipcs') is larger than class '{name}', which has "
+                                    f"{len(ranked)} train images in {EVENTS}")
+            rows[k] += [{"label": c, "class_name": name, "rank": r, "uid": str(uids[i])}
+                        for r, i in enumerate(ranked[:k])]
+    return rows
 
 
 def pds_prototypes(image: np.ndarray, text: np.ndarray, clusters: int, prune_ratio: float = 0.2, seed: int = 0,
@@ -210,7 +234,13 @@ def main() -> None:
     for (coreset, k), chosen in coreset_rows.items():
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"{coreset}-ipc{k}.parquet",
                       {"selection": {"method": coreset, "ipc": k, "seed": seed}})
-    print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means, herding and k-center for IPC {ipcs}")
+    events = read_parquet(EVENTS, ["uid", "label", "forgetting_events", "learned", "misclassified"])
+    for k, chosen in most_forgotten(events, class_names, ipcs).items():
+        write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"forgetting-ipc{k}.parquet",
+                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed,
+                                     "events": read_parquet_metadata(EVENTS).get("forgetting", {})}})
+    print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means, herding, k-center and "
+          f"forgetting for IPC {ipcs}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     sh(project, "git", "init", "-q")
     sh(project, "dvc", "init", "-q")
     out = sh(project, "dvc", "repro")
-    stages = {"prepare", "tag", "ground", "caption", "describe", "embed_image", "embed_text", "select", "report"}
+    stages = {"prepare", "tag", "ground", "caption", "describe", "embed_image", "embed_text", "forgetting", "select",
+              "report"}
     runs = {f"{s}@{m}-{k}" for s in ("distill", "evaluate") for m in ("random", "kmeans", "dm", "masked_dm")
             for k in (1, 2)}
     assert ran(out) == stages | runs
