@@ -20,6 +20,23 @@
 | cluster_size | int32         | inliers in the cluster                        |
 | center       | list<float32> | the cluster centre in image-feature space     |
 
+`data/prototypes/text-ipc{K}.parquet` (`python -m stages.select --text`, DVC stage `select_text`, its own stage so
+that a description change never touches the image selections), VLCP text prototypes, one row per (class,
+cluster) of `kmeans-ipc{K}`, clusters being k-means' assignment of the LOF inliers to their nearest centre:
+
+| column      | type         | meaning                                                        |
+|-------------|--------------|----------------------------------------------------------------|
+| label       | int64        |                                                                |
+| class_name  | string       |                                                                |
+| cluster     | int32        | the k-means cluster (same numbering as kmeans-ipc{K})           |
+| uid         | string       | the train image whose description was chosen                   |
+| description | string       | the text prototype (that image's description)                  |
+| words       | list<string> | the cluster's top words (`select.text_top_k`), most used first |
+| score       | int32        | summed cluster counts of the top words the description uses    |
+
+Words used by more than `select.text_threshold` of a class's descriptions are non-representative and never
+top words (the VLCP supplement gives β = 0.7 and k = 30 without defining them further; this is our reading).
+
 `data/selections/{herding,kcenter}-ipc{K}.parquet`, one row per chosen image (on LOF inliers):
 
 | column     | type   | meaning                                               |
@@ -44,15 +61,20 @@ Only the train split is used (val and test never feed a selection).
 """
 from __future__ import annotations
 
+import argparse
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from sklearn.neighbors import LocalOutlierFactor
 from tqdm import tqdm
 
+from stages.annotate import read_annotations
 from stages.data import dataset_info
 from stages.embed import load_features
 from stages.forgetting import EVENTS
@@ -60,6 +82,7 @@ from stages.io import PipelineError, read_parquet, read_parquet_metadata, write_
 from stages.params import int_list, load_params, param, positive
 
 SELECTIONS = Path("data/selections")
+PROTOTYPES = Path("data/prototypes")
 
 
 def lof_inliers(features: np.ndarray, n_neighbors: int, contamination: float, seed: int):
@@ -116,6 +139,33 @@ def k_center(features: np.ndarray, k: int) -> np.ndarray:
 
 
 CORESETS = {"herding": lambda x, k, seed: herding(x, k), "kcenter": lambda x, k, seed: k_center(x, k)}
+
+
+def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.ndarray, k: int, threshold: float,
+                    top_k: int) -> list[tuple[int, list[str], int]]:
+    """VLCP text prototypes of one class: for each of its k image clusters, (index of the chosen description,
+    the cluster's top words, the description's score).
+
+    Words (lower-case, English stop words removed) used by more than `threshold` of all the class's descriptions
+    are non-representative: they describe the class, not a cluster. A cluster's top words are its `top_k` most
+    used remaining words (counted once per description); each member description scores the summed counts of
+    the top words it uses, and the best one is the text prototype (ties: the image nearest the centre).
+    """
+    bags = [set(re.findall(r"[a-z]+", text.lower())) - ENGLISH_STOP_WORDS for text in descriptions]
+    used_by = Counter(word for bag in bags for word in bag)
+    common = {word for word, n in used_by.items() if n > threshold * len(bags)}
+    out = []
+    for j in range(k):
+        members = np.flatnonzero(assign == j)
+        if len(members) == 0:
+            raise PipelineError(f"image cluster {j} has no members to take a text prototype from")
+        members = members[np.argsort(distance[members], kind="stable")]
+        counts = Counter(word for i in members for word in bags[i] - common)
+        top = sorted(counts, key=lambda word: (-counts[word], word))[:top_k]
+        scores = [sum(counts[word] for word in bags[i] if word in top) for i in members]
+        best = int(np.argmax(scores))
+        out.append((int(members[best]), top, scores[best]))
+    return out
 
 
 def most_forgotten(events: pa.Table, class_names: list, ipcs: list[int]) -> dict:
@@ -179,7 +229,61 @@ def pds_prototypes(image: np.ndarray, text: np.ndarray, clusters: int, prune_rat
             "nearest_text": nearest_text}
 
 
-def main() -> None:
+def train_features(kind: str):
+    """(uids, labels, float32 vectors) of the train split's features of one kind."""
+    index, vectors = load_features(kind)
+    train_uids = set(read_parquet("data/prepared/train", ["uid"])["uid"].to_pylist())
+    uids = np.array(index["uid"].to_pylist())
+    in_train = np.array([u in train_uids for u in uids], bool)
+    return uids[in_train], np.array(index["label"].to_pylist())[in_train], vectors[in_train]
+
+
+def main_text() -> None:
+    """Text prototypes for the image clusters of every kmeans-ipc{K} selection -> data/prototypes/text-ipc{K}."""
+    params = load_params()
+    ipcs = int_list(params, "distill.ipcs")
+    threshold = param(params, "select.text_threshold", float)
+    if not 0 < threshold <= 1:
+        raise PipelineError(f"param 'select.text_threshold' must be in (0, 1], got {threshold}")
+    top_k = positive(params, "select.text_top_k")
+    uids, labels, vectors = train_features("image")
+    outlier = dict(zip(*(read_parquet(SELECTIONS / "lof.parquet", ["uid", "outlier"])[c].to_pylist()
+                         for c in ("uid", "outlier"))))
+    descriptions = read_annotations("descriptions", ["uid", "description"])
+    description_of = dict(zip(descriptions["uid"].to_pylist(), descriptions["description"].to_pylist()))
+    schema = pa.schema([("label", pa.int64()), ("class_name", pa.string()), ("cluster", pa.int32()),
+                        ("uid", pa.string()), ("description", pa.string()), ("words", pa.list_(pa.string())),
+                        ("score", pa.int32())])
+    for k in ipcs:
+        clusters = read_parquet(SELECTIONS / f"kmeans-ipc{k}.parquet", ["label", "class_name", "cluster", "center"])
+        rows = []
+        for c in sorted(set(clusters["label"].to_pylist())):
+            mine = [i for i, lab in enumerate(clusters["label"].to_pylist()) if lab == c]
+            name = clusters["class_name"][mine[0]].as_py()
+            centres = np.array([clusters["center"][i].as_py() for i in mine], np.float32)[
+                np.argsort([clusters["cluster"][i].as_py() for i in mine])]
+            members = np.flatnonzero((labels == c) & ~np.array([outlier.get(u, True) for u in uids]))
+            if centres.shape[1] != vectors.shape[1]:
+                raise PipelineError(f"kmeans-ipc{k} centres are {centres.shape[1]}-d but image features are "
+                                    f"{vectors.shape[1]}-d: re-run `dvc repro select`")
+            missing = [u for u in uids[members] if u not in description_of]
+            if missing:
+                raise PipelineError(f"train image {missing[0]} has no row in data/annotations/descriptions.parquet; "
+                                    "re-run `dvc repro describe`")
+            distance = ((vectors[members][:, None] - centres[None]) ** 2).sum(-1)
+            assign = distance.argmin(1)  # k-means' own assignment: each inlier to its nearest centre
+            texts = [description_of[u] for u in uids[members]]
+            chosen = text_prototypes(texts, assign, distance.min(1), k, threshold, top_k)
+            rows += [{"label": c, "class_name": name, "cluster": j, "uid": str(uids[members[i]]),
+                      "description": texts[i], "words": words, "score": score}
+                     for j, (i, words, score) in enumerate(chosen)]
+        write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"text-ipc{k}.parquet",
+                      {"selection": {"method": "text", "ipc": k, "threshold": threshold, "top_k": top_k}})
+    print(f"text prototypes for IPC {ipcs} -> {PROTOTYPES}")
+
+
+def main_images() -> None:
+    """LOF, k-means prototypes and coresets -> data/selections/."""
     params = load_params()
     seed = param(params, "seed", int)
     ipcs = int_list(params, "distill.ipcs")
@@ -190,12 +294,7 @@ def main() -> None:
     n_init = positive(params, "select.kmeans_n_init")
     class_names = dataset_info()["class_names"]
 
-    index, vectors = load_features("image")
-    train_uids = set(read_parquet("data/prepared/train", ["uid"])["uid"].to_pylist())
-    uids = np.array(index["uid"].to_pylist())
-    labels = np.array(index["label"].to_pylist())
-    in_train = np.array([u in train_uids for u in uids])
-    uids, labels, vectors = uids[in_train], labels[in_train], vectors[in_train]
+    uids, labels, vectors = train_features("image")
 
     scores = np.zeros(len(uids), np.float32)
     inlier = np.ones(len(uids), bool)
@@ -239,8 +338,14 @@ def main() -> None:
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"forgetting-ipc{k}.parquet",
                       {"selection": {"method": "forgetting", "ipc": k, "seed": seed,
                                      "events": read_parquet_metadata(EVENTS).get("forgetting", {})}})
-    print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means, herding, k-center and "
-          f"forgetting for IPC {ipcs}")
+    print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means (+ text prototypes), herding, "
+          f"k-center and forgetting for IPC {ipcs}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="select: image selections, or (--text) text prototypes")
+    parser.add_argument("--text", action="store_true", help="text prototypes of the k-means clusters")
+    main_text() if parser.parse_args().text else main_images()
 
 
 if __name__ == "__main__":

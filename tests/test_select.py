@@ -36,6 +36,20 @@ def test_select_stage_outputs_and_determinism(annotated):
     run_stage(select)
     assert (annotated / "data/selections/kmeans-ipc2.parquet").read_bytes() == first
 
+    run_stage(select, "--text")  # text prototypes of the kmeans clusters
+    text = read_parquet("data/prototypes/text-ipc2.parquet")
+    assert text.num_rows == 20
+    assert list(zip(text["label"].to_pylist(), text["cluster"].to_pylist())) == \
+        list(zip(kmeans["label"].to_pylist(), kmeans["cluster"].to_pylist()))
+    described = read_parquet("data/annotations/descriptions.parquet", ["uid", "description"])
+    description_of = dict(zip(described["uid"].to_pylist(), described["description"].to_pylist()))
+    assert all(description_of[u] == d for u, d in zip(text["uid"].to_pylist(), text["description"].to_pylist()))
+    words = text["words"].to_pylist()
+    assert all(len(w) <= 30 for w in words) and sum(len(w) > 0 for w in words) >= 10
+    first = (annotated / "data/prototypes/text-ipc2.parquet").read_bytes()
+    run_stage(select, "--text")
+    assert (annotated / "data/prototypes/text-ipc2.parquet").read_bytes() == first
+
 
 def test_ipc_larger_than_class_names_class(annotated):
     set_params(annotated, **{"distill.ipcs": [1, 50]})
@@ -99,3 +113,23 @@ def test_coreset_selections_written(annotated):
     for method in ("herding", "kcenter"):
         table = read_parquet(f"data/selections/{method}-ipc2.parquet")
         assert table.num_rows == 20 and table["rank"].to_pylist()[:2] == [0, 1]
+
+
+def test_text_prototypes_pick_each_clusters_own_words():
+    common = "a shirt photographed in the studio"  # in every description: non-representative
+    texts = [f"{common}, red striped cotton", f"{common}, red striped", f"{common}, red collar",
+             f"{common}, blue dotted", f"{common}, blue wool", f"{common}, blue pocket dotted wool"]
+    assign = np.array([0, 0, 0, 1, 1, 1])
+    out = select.text_prototypes(texts, assign, np.zeros(6), 2, threshold=0.7, top_k=3)
+    (i0, words0, _), (i1, words1, _) = out
+    assert words0 == ["red", "striped", "collar"] and words1 == ["blue", "dotted", "wool"]
+    assert i0 == 0 and i1 == 5  # the descriptions using most of their cluster's top words
+    assert not {"shirt", "studio", "photographed"} & set(words0 + words1)
+    out = select.text_prototypes(texts, assign, np.zeros(6), 2, threshold=1.0, top_k=1)
+    assert out[0][1] == ["photographed"]  # with no threshold the class-wide words win
+
+
+def test_text_prototype_ties_go_to_the_image_nearest_the_centre():
+    texts = ["grey boot", "grey boot", "grey boot"]
+    out = select.text_prototypes(texts, np.zeros(3, int), np.array([0.5, 0.1, 0.3]), 1, threshold=1.0, top_k=30)
+    assert out[0][0] == 1
