@@ -182,8 +182,8 @@ def build_encoder(params, key: str, registry: dict, device):
 
 
 def write_features(kind: str, index: dict, vectors: np.ndarray, encoder: str, settings: dict,
-                   rows_per_shard: int) -> None:
-    with atomic_path(FEATURES / kind) as tmp:
+                   rows_per_shard: int, root=FEATURES) -> None:
+    with atomic_path(Path(root) / kind) as tmp:
         tmp.mkdir()
         for i, start in enumerate(range(0, max(len(vectors), 1), rows_per_shard)):
             save_npy(vectors[start:start + rows_per_shard].astype(np.float16), tmp / f"vectors-{i:05d}.npy")

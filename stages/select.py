@@ -20,7 +20,7 @@
 | cluster_size | int32         | inliers in the cluster                        |
 | center       | list<float32> | the cluster centre in image-feature space     |
 
-`data/prototypes/text-ipc{K}.parquet` (`python -m stages.select --text`, DVC stage `select_text`, its own stage so
+`data/prototypes/text-ipc{K}.parquet` (`python -m stages.select --multimodal`, DVC stage `prototypes`, its own stage so
 that a description change never touches the image selections), VLCP text prototypes, one row per (class,
 cluster) of `kmeans-ipc{K}`, clusters being k-means' assignment of the LOF inliers to their nearest centre:
 
@@ -54,8 +54,19 @@ repeatedly add the image farthest from everything chosen so far.
 (all train images, not only LOF inliers) from stage `forgetting`'s counts: never learned first, then most
 forgetting events, then most misclassified presentations, then uid.
 
-`pds_prototypes` (PDS cluster matching) is a library function here; it needs image and
-text features in one joint space (CLIP), which the offline encoders do not give.
+`data/prototypes/pds-{M}.parquet` (same stage, one file per M in `select.pds.clusters`), PDS on the train
+split's image / whole-image-caption pairs in one space (`select.pds.features`: `aligned` = stage align's
+learned space, `embed` = data/features when both encoders are the same CLIP); one row per prototype:
+
+| column        | type          | meaning                                                          |
+|---------------|---------------|------------------------------------------------------------------|
+| prototype     | int32         | 0..M-1                                                           |
+| image_cluster | int32         | mini-batch k-means cluster of the images                         |
+| text_cluster  | int32         | its Hungarian match among the caption clusters                   |
+| shared        | int32         | kept pairs in both clusters (0: the prototypes are the centres)  |
+| uid           | string        | image of the real caption nearest the text prototype             |
+| caption       | string        | that caption                                                     |
+| image, text   | list<float32> | the image and text prototypes (mean of the shared pairs)         |
 
 Only the train split is used (val and test never feed a selection).
 """
@@ -76,7 +87,8 @@ from tqdm import tqdm
 
 from stages.annotate import read_annotations
 from stages.data import dataset_info
-from stages.embed import load_features
+from stages.align import ALIGNED, image_caption_pairs
+from stages.embed import FEATURES, feature_metadata, load_features
 from stages.forgetting import EVENTS
 from stages.io import PipelineError, read_parquet, read_parquet_metadata, write_parquet
 from stages.params import int_list, load_params, param, positive
@@ -238,8 +250,42 @@ def train_features(kind: str):
     return uids[in_train], np.array(index["label"].to_pylist())[in_train], vectors[in_train]
 
 
-def main_text() -> None:
-    """Text prototypes for the image clusters of every kmeans-ipc{K} selection -> data/prototypes/text-ipc{K}."""
+def pds_selection(params: dict) -> None:
+    """PDS on the train split's image / whole-image-caption pairs -> data/prototypes/pds-{M}.parquet."""
+    seed = param(params, "seed", int)
+    prune_ratio = param(params, "select.pds.prune_ratio", float)
+    source = param(params, "select.pds.features", str, choices=("aligned", "embed"))
+    root = ALIGNED if source == "aligned" else FEATURES
+    spaces = {kind: feature_metadata(kind, root).get("settings", {}).get("space") for kind in ("image", "caption")}
+    if spaces["image"] != spaces["caption"]:
+        raise PipelineError(f"PDS needs image and caption features in one space, but {root}/image is in "
+                            f"{spaces['image']!r} and {root}/caption in {spaces['caption']!r}: use one CLIP for "
+                            "both embed encoders, or param 'select.pds.features' = aligned (stage align)")
+    image_index, image_vectors = load_features("image", root)
+    caption_index, caption_vectors = load_features("caption", root)
+    uids, image, text = image_caption_pairs("train", image_index, image_vectors, caption_index, caption_vectors)
+    captions = read_annotations("captions", ["uid", "instance_id", "caption"])
+    caption_of = {u: c for u, i, c in zip(*(captions[k].to_pylist() for k in ("uid", "instance_id", "caption")))
+                  if i == -1}
+    schema = pa.schema([("prototype", pa.int32()), ("image_cluster", pa.int32()), ("text_cluster", pa.int32()),
+                        ("shared", pa.int32()), ("uid", pa.string()), ("caption", pa.string()),
+                        ("image", pa.list_(pa.float32())), ("text", pa.list_(pa.float32()))])
+    for clusters in int_list(params, "select.pds.clusters"):
+        out = pds_prototypes(image, text, clusters, prune_ratio, seed)
+        rows = [{"prototype": m, "image_cluster": int(i), "text_cluster": int(j), "shared": int(n),
+                 "uid": uids[t], "caption": caption_of[uids[t]], "image": img.tolist(), "text": txt.tolist()}
+                for m, ((i, j), n, t, img, txt) in enumerate(zip(out["matches"], out["shared"], out["nearest_text"],
+                                                                out["image"], out["text"]))]
+        write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"pds-{clusters}.parquet",
+                      {"selection": {"method": "pds", "clusters": clusters, "prune_ratio": prune_ratio,
+                                     "features": source, "space": spaces["image"], "pairs": len(uids),
+                                     "kept": len(out["kept"]), "pairless": int((out["shared"] == 0).sum()),
+                                     "seed": seed}})
+
+
+def main_multimodal() -> None:
+    """Text prototypes for the image clusters of every kmeans-ipc{K} selection -> data/prototypes/text-ipc{K},
+    and PDS prototypes -> data/prototypes/pds-{M}."""
     params = load_params()
     ipcs = int_list(params, "distill.ipcs")
     threshold = param(params, "select.text_threshold", float)
@@ -279,7 +325,8 @@ def main_text() -> None:
                      for j, (i, words, score) in enumerate(chosen)]
         write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"text-ipc{k}.parquet",
                       {"selection": {"method": "text", "ipc": k, "threshold": threshold, "top_k": top_k}})
-    print(f"text prototypes for IPC {ipcs} -> {PROTOTYPES}")
+    pds_selection(params)
+    print(f"text prototypes for IPC {ipcs} and PDS prototypes -> {PROTOTYPES}")
 
 
 def main_images() -> None:
@@ -343,9 +390,9 @@ def main_images() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="select: image selections, or (--text) text prototypes")
-    parser.add_argument("--text", action="store_true", help="text prototypes of the k-means clusters")
-    main_text() if parser.parse_args().text else main_images()
+    parser = argparse.ArgumentParser(description="select: image selections, or (--multimodal) text and PDS prototypes")
+    parser.add_argument("--multimodal", action="store_true", help="text prototypes and PDS prototypes")
+    main_multimodal() if parser.parse_args().multimodal else main_images()
 
 
 if __name__ == "__main__":

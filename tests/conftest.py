@@ -49,6 +49,8 @@ def tiny_params(source: Path) -> dict:
     params["embed"].update(input_size=32, batch_size=64)
     params["select"]["lof_neighbors"] = 3
     params["select"]["forgetting"]["epochs"] = 2
+    params["select"]["pds"]["clusters"] = [5]
+    params["align"].update(epochs=3, batch_size=32)
     params["distill"]["ipcs"] = [1, 2]
     for method in ("dm", "masked_dm"):
         params["distill"][method].update(iterations=3, batch_real=4)

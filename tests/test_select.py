@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
-from stages import select
+from stages import align, select
+from stages.embed import load_features
 from stages.io import PipelineError, read_parquet
 from stages.select import kmeans_prototypes, lof_inliers
 from tests.conftest import run_stage, set_params
@@ -36,7 +39,14 @@ def test_select_stage_outputs_and_determinism(annotated):
     run_stage(select)
     assert (annotated / "data/selections/kmeans-ipc2.parquet").read_bytes() == first
 
-    run_stage(select, "--text")  # text prototypes of the kmeans clusters
+    run_stage(align)  # learned joint space of the offline features, then text and PDS prototypes
+    metrics = json.loads((annotated / "outputs/metrics/align.json").read_text())
+    assert metrics["val_pairs"] == 20 and metrics["unaligned"] is None  # EfficientNet and MiniLM: two spaces
+    assert set(metrics["aligned"]["image_to_text"]) == {"R@1", "R@5", "R@10"}
+    for kind in ("image", "caption"):
+        _, aligned = load_features(kind, annotated / "data/aligned")
+        assert aligned.shape[1] == 256 and np.allclose(np.linalg.norm(aligned, axis=1), 1, atol=1e-2)
+    run_stage(select, "--multimodal")
     text = read_parquet("data/prototypes/text-ipc2.parquet")
     assert text.num_rows == 20
     assert list(zip(text["label"].to_pylist(), text["cluster"].to_pylist())) == \
@@ -46,9 +56,14 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert all(description_of[u] == d for u, d in zip(text["uid"].to_pylist(), text["description"].to_pylist()))
     words = text["words"].to_pylist()
     assert all(len(w) <= 30 for w in words) and sum(len(w) > 0 for w in words) >= 10
-    first = (annotated / "data/prototypes/text-ipc2.parquet").read_bytes()
-    run_stage(select, "--text")
-    assert (annotated / "data/prototypes/text-ipc2.parquet").read_bytes() == first
+    pds = read_parquet("data/prototypes/pds-5.parquet")
+    assert pds.num_rows == 5 and sorted(pds["image_cluster"].to_pylist()) == list(range(5))
+    assert sum(pds["shared"].to_pylist()) <= 80  # 100 train pairs, 20% pruned
+    assert all(len(v) == 256 for v in pds["image"].to_pylist())
+    first = [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in ("text-ipc2", "pds-5")]
+    run_stage(align)
+    run_stage(select, "--multimodal")
+    assert [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in ("text-ipc2", "pds-5")] == first
 
 
 def test_ipc_larger_than_class_names_class(annotated):
