@@ -68,6 +68,10 @@ learned space, `embed` = data/features when both encoders are the same CLIP); on
 | caption       | string        | that caption                                                     |
 | image, text   | list<float32> | the image and text prototypes (mean of the shared pairs)         |
 
+Figures (DVC outs, in git): `outputs/figures/selection/kmeans-ipc{K}.png`, per class (first 10) a 2-D PCA of
+the image features with LOF outliers, k-means centres and chosen images marked, and
+`outputs/figures/selection/images-ipc{K}.png`, the chosen images (one row per class).
+
 Only the train split is used (val and test never feed a selection).
 """
 from __future__ import annotations
@@ -90,11 +94,12 @@ from stages.data import dataset_info
 from stages.align import ALIGNED, image_caption_pairs
 from stages.embed import FEATURES, feature_metadata, load_features
 from stages.forgetting import EVENTS
-from stages.io import PipelineError, read_parquet, read_parquet_metadata, write_parquet
+from stages.io import PipelineError, read_parquet, read_parquet_metadata, save_figure, write_parquet
 from stages.params import int_list, load_params, param, positive
 
 SELECTIONS = Path("data/selections")
 PROTOTYPES = Path("data/prototypes")
+FIGURES = Path("outputs/figures/selection")
 
 
 def lof_inliers(features: np.ndarray, n_neighbors: int, contamination: float, seed: int):
@@ -241,6 +246,61 @@ def pds_prototypes(image: np.ndarray, text: np.ndarray, clusters: int, prune_rat
             "nearest_text": nearest_text}
 
 
+def selection_figures(uids, labels, vectors, inlier, kmeans_rows: list, class_names: list, k: int,
+                      max_classes: int = 10) -> None:
+    """outputs/figures/selection/kmeans-ipc{k}.png: per class (the first `max_classes`), a 2-D PCA of the image
+    features with LOF outliers, k-means centres and the chosen images marked; images-ipc{k}.png: the chosen
+    images, one row per class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    from stages.data import decode_images
+    shown = class_names[:max_classes]
+    cols = min(len(shown), 5)
+    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.2 * cols, 3.0 * -(-len(shown) // cols)),
+                             squeeze=False)
+    position = {u: i for i, u in enumerate(uids)}
+    for c, (ax, name) in enumerate(zip(axes.flat, shown)):
+        members = np.flatnonzero(labels == c)
+        mine = [r for r in kmeans_rows if r["label"] == c]
+        pca = PCA(2, svd_solver="full").fit(vectors[members])
+        xy = pca.transform(vectors[members])
+        out = ~inlier[members]
+        ax.scatter(*xy[~out].T, s=4, c="0.7", label="inlier")
+        ax.scatter(*xy[out].T, s=14, c="tab:red", marker="x", label="LOF outlier")
+        centres = pca.transform(np.array([r["center"] for r in mine], np.float32))
+        ax.scatter(*centres.T, s=80, c="black", marker="*", label="k-means centre")
+        chosen = pca.transform(vectors[[position[r["uid"]] for r in mine]])
+        ax.scatter(*chosen.T, s=60, facecolors="none", edgecolors="tab:blue", label="chosen image")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"LOF + k-means, IPC {k}: PCA of each class's image features", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, FIGURES / f"kmeans-ipc{k}.png")
+    plt.close(fig)
+
+    table = read_parquet("data/prepared/train", ["uid", "image"])
+    blob = dict(zip(table["uid"].to_pylist(), table["image"].to_pylist()))
+    fig, axes = plt.subplots(len(shown), k, figsize=(0.9 * k + 1.5, 0.9 * len(shown)), squeeze=False)
+    for c, name in enumerate(shown):
+        mine = sorted((r for r in kmeans_rows if r["label"] == c), key=lambda r: r["cluster"])
+        pixels = decode_images([blob[r["uid"]] for r in mine], [r["uid"] for r in mine], channels=3)
+        for j, ax in enumerate(axes[c]):
+            ax.imshow(pixels[j].transpose(1, 2, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(f"kmeans, IPC {k}: the real image nearest each centre", fontsize=9)
+    save_figure(fig, FIGURES / f"images-ipc{k}.png")
+    plt.close(fig)
+
+
 def train_features(kind: str):
     """(uids, labels, float32 vectors) of the train split's features of one kind."""
     index, vectors = load_features(kind)
@@ -375,6 +435,7 @@ def main_images() -> None:
     for k in ipcs:
         write_parquet(pa.Table.from_pylist(rows[k], schema=schema), SELECTIONS / f"kmeans-ipc{k}.parquet",
                       {"selection": {"method": "kmeans", "ipc": k, "n_init": n_init, "seed": seed}})
+        selection_figures(uids, labels, vectors, inlier, rows[k], class_names, k)
     coreset_schema = pa.schema([("label", pa.int64()), ("class_name", pa.string()), ("rank", pa.int32()),
                                 ("uid", pa.string())])
     for (coreset, k), chosen in coreset_rows.items():

@@ -35,9 +35,12 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert kmeans.num_rows == 20 and sorted(set(kmeans["label"].to_pylist())) == list(range(10))
     lof = read_parquet("data/selections/lof.parquet")
     assert lof.num_rows == 100
-    first = (annotated / "data/selections/kmeans-ipc2.parquet").read_bytes()
+    outputs = [annotated / p for p in ("data/selections/kmeans-ipc2.parquet", "outputs/figures/selection/kmeans-ipc2.png",
+                                       "outputs/figures/selection/images-ipc2.png")]
+    first = [p.read_bytes() for p in outputs]
+    assert all(b[:4] == b"\x89PNG" for b in first[1:])  # PCA scatter and grid of the chosen images
     run_stage(select)
-    assert (annotated / "data/selections/kmeans-ipc2.parquet").read_bytes() == first
+    assert [p.read_bytes() for p in outputs] == first
 
     run_stage(align)  # learned joint space of the offline features, then text and PDS prototypes
     metrics = json.loads((annotated / "outputs/metrics/align.json").read_text())
@@ -148,3 +151,4 @@ def test_text_prototype_ties_go_to_the_image_nearest_the_centre():
     texts = ["grey boot", "grey boot", "grey boot"]
     out = select.text_prototypes(texts, np.zeros(3, int), np.array([0.5, 0.1, 0.3]), 1, threshold=1.0, top_k=30)
     assert out[0][0] == 1
+
