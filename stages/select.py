@@ -37,6 +37,12 @@ cluster) of `kmeans-ipc{K}`, clusters being k-means' assignment of the LOF inlie
 Words used by more than `select.text_threshold` of a class's descriptions are non-representative and never
 top words (the VLCP supplement gives β = 0.7 and k = 30 without defining them further; this is our reading).
 
+`data/prototypes/pairs-{method}-{N}.parquet` (same stage; `select.pair_coresets`: methods random, herding,
+kcenter and sizes N), coresets over the train split's image / whole-image-caption pairs that ignore labels, as
+for unlabelled image-text data; a pair's feature is its image and caption features concatenated. Columns:
+`rank` int32 (order of choice), `uid` (the image), `caption` (its whole-image caption), `label` (for reference
+only). Forgetting over pairs (it needs a retrieval model trained on the pairs) is not implemented.
+
 `data/selections/{herding,kcenter}-ipc{K}.parquet`, one row per chosen image (on LOF inliers):
 
 | column     | type   | meaning                                               |
@@ -343,6 +349,41 @@ def pds_selection(params: dict) -> None:
                                      "seed": seed}})
 
 
+PAIR_CORESETS = {"random": lambda x, k, seed: np.random.default_rng(seed).choice(len(x), k, replace=False),
+                 "herding": lambda x, k, seed: herding(x, k), "kcenter": lambda x, k, seed: k_center(x, k)}
+
+
+def pair_coresets(params: dict) -> None:
+    """Coresets over the train split's image / whole-image-caption pairs, ignoring labels (for unlabelled
+    image-text data) -> data/prototypes/pairs-{method}-{N}.parquet. A pair is the concatenation of its
+    image and caption features (each L2-normalised, so the two modalities weigh the same)."""
+    seed = param(params, "seed", int)
+    methods = param(params, "select.pair_coresets.methods", list)
+    unknown = [m for m in methods if m not in PAIR_CORESETS]
+    if unknown:
+        raise PipelineError(f"unknown pair coreset {unknown[0]!r} (param 'select.pair_coresets.methods'); valid: "
+                            f"{', '.join(PAIR_CORESETS)}")
+    image_index, image_vectors = load_features("image")
+    caption_index, caption_vectors = load_features("caption")
+    uids, image, text = image_caption_pairs("train", image_index, image_vectors, caption_index, caption_vectors)
+    pairs = np.concatenate([image, text], 1)
+    label_of = dict(zip(image_index["uid"].to_pylist(), image_index["label"].to_pylist()))
+    captions = read_annotations("captions", ["uid", "instance_id", "caption"])
+    caption_of = {u: c for u, i, c in zip(*(captions[k].to_pylist() for k in ("uid", "instance_id", "caption")))
+                  if i == -1}
+    schema = pa.schema([("rank", pa.int32()), ("uid", pa.string()), ("caption", pa.string()), ("label", pa.int64())])
+    for size in int_list(params, "select.pair_coresets.sizes"):
+        if size > len(uids):
+            raise PipelineError(f"pair coreset size {size} (param 'select.pair_coresets.sizes') is larger than the "
+                                f"{len(uids)} train pairs")
+        for method in methods:
+            chosen = PAIR_CORESETS[method](pairs, size, seed)
+            rows = [{"rank": r, "uid": uids[i], "caption": caption_of[uids[i]], "label": label_of[uids[i]]}
+                    for r, i in enumerate(chosen)]
+            write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"pairs-{method}-{size}.parquet",
+                          {"selection": {"method": method, "size": size, "seed": seed, "over": "pairs"}})
+
+
 def main_multimodal() -> None:
     """Text prototypes for the image clusters of every kmeans-ipc{K} selection -> data/prototypes/text-ipc{K},
     and PDS prototypes -> data/prototypes/pds-{M}."""
@@ -386,7 +427,8 @@ def main_multimodal() -> None:
         write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"text-ipc{k}.parquet",
                       {"selection": {"method": "text", "ipc": k, "threshold": threshold, "top_k": top_k}})
     pds_selection(params)
-    print(f"text prototypes for IPC {ipcs} and PDS prototypes -> {PROTOTYPES}")
+    pair_coresets(params)
+    print(f"text prototypes for IPC {ipcs}, PDS prototypes and pair coresets -> {PROTOTYPES}")
 
 
 def main_images() -> None:

@@ -50,6 +50,7 @@ def tiny_params(source: Path) -> dict:
     params["select"]["lof_neighbors"] = 3
     params["select"]["forgetting"]["epochs"] = 2
     params["select"]["pds"]["clusters"] = [5]
+    params["select"]["pair_coresets"]["sizes"] = [10]
     params["align"].update(epochs=3, batch_size=32)
     params["distill"]["ipcs"] = [1, 2]
     for method in ("dm", "masked_dm"):

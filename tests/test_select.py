@@ -35,7 +35,8 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert kmeans.num_rows == 20 and sorted(set(kmeans["label"].to_pylist())) == list(range(10))
     lof = read_parquet("data/selections/lof.parquet")
     assert lof.num_rows == 100
-    outputs = [annotated / p for p in ("data/selections/kmeans-ipc2.parquet", "outputs/figures/selection/kmeans-ipc2.png",
+    outputs = [annotated / p for p in ("data/selections/kmeans-ipc2.parquet",
+                                       "outputs/figures/selection/kmeans-ipc2.png",
                                        "outputs/figures/selection/images-ipc2.png")]
     first = [p.read_bytes() for p in outputs]
     assert all(b[:4] == b"\x89PNG" for b in first[1:])  # PCA scatter and grid of the chosen images
@@ -59,14 +60,18 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert all(description_of[u] == d for u, d in zip(text["uid"].to_pylist(), text["description"].to_pylist()))
     words = text["words"].to_pylist()
     assert all(len(w) <= 30 for w in words) and sum(len(w) > 0 for w in words) >= 10
+    for method in ("random", "herding", "kcenter"):  # coresets over pairs, labels ignored
+        pairs = read_parquet(f"data/prototypes/pairs-{method}-10.parquet")
+        assert pairs["rank"].to_pylist() == list(range(10)) and len(set(pairs["uid"].to_pylist())) == 10
     pds = read_parquet("data/prototypes/pds-5.parquet")
     assert pds.num_rows == 5 and sorted(pds["image_cluster"].to_pylist()) == list(range(5))
     assert sum(pds["shared"].to_pylist()) <= 80  # 100 train pairs, 20% pruned
     assert all(len(v) == 256 for v in pds["image"].to_pylist())
-    first = [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in ("text-ipc2", "pds-5")]
+    names = ("text-ipc2", "pds-5", "pairs-kcenter-10")
+    first = [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in names]
     run_stage(align)
     run_stage(select, "--multimodal")
-    assert [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in ("text-ipc2", "pds-5")] == first
+    assert [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in names] == first
 
 
 def test_ipc_larger_than_class_names_class(annotated):
