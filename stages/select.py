@@ -1,4 +1,7 @@
-"""select: LOF outlier removal, per-class k-means prototypes and coresets on image features -> data/selections/
+"""select: LOF, k-means prototypes and coresets -> data/selections/; text, PDS and pair prototypes -> data/prototypes/
+
+    python -m stages.select                # DVC stage select: lof, kmeans, herding, kcenter, forgetting + figures
+    python -m stages.select --multimodal   # DVC stage prototypes: text-ipcK, pds-M, pairs-method-N
 
 `data/selections/lof.parquet`, one row per train image:
 
