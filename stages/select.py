@@ -283,6 +283,8 @@ def selection_figures(uids, labels, vectors, inlier, kmeans_rows: list, class_na
         ax.scatter(*centres.T, s=80, c="black", marker="*", label="k-means centre")
         chosen = pca.transform(vectors[[position[r["uid"]] for r in mine]])
         ax.scatter(*chosen.T, s=60, facecolors="none", edgecolors="tab:blue", label="chosen image")
+        for (x0, y0), (x1, y1) in zip(centres, chosen):  # nearest in feature space, not always in 2-D
+            ax.plot([x0, x1], [y0, y1], c="tab:blue", lw=0.6)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
