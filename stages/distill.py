@@ -21,6 +21,7 @@ Methods (the optimising ones run on stages/engine.py with the losses of stages/m
   kmeans     the real image nearest to each per-class k-means centre (stage `select`)
   herding    per-class herding coreset of image features (stage `select`)
   kcenter    per-class greedy k-center coreset of image features (stage `select`)
+  forgetting per-class most-forgotten train images (stages `forgetting` and `select`)
   dm         Distribution Matching (Zhao & Bilen): pixels initialised from the `random`
              images, optimised so that the mean embedding of each class under a freshly
              initialised ConvNet-3 (new weights every iteration) matches that of a batch
@@ -81,7 +82,7 @@ def random_selection(train: ImageSet, ipc: int, seed: int) -> list[int]:
 
 
 def selection(train: ImageSet, method: str, ipc: int) -> list[int]:
-    """The real images stage `select` chose for `method` (kmeans, herding, kcenter), class-major."""
+    """The real images stage `select` chose for `method` (kmeans, herding, kcenter, forgetting), class-major."""
     path = SELECTIONS / f"{method}-ipc{ipc}.parquet"
     if not path.exists():
         raise PipelineError(f"{path} is missing: IPC {ipc} must be listed in 'distill.ipcs' and `select` run")
@@ -306,8 +307,9 @@ def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed:
     return images, init, history, {}
 
 
-SELECTED = ("kmeans", "herding", "kcenter")  # real images chosen by stage `select`
-METHODS = ("random", "kmeans", "herding", "kcenter", "dm", "masked_dm", "dc", "dsa", "masked_dc", "dsdm")
+SELECTED = ("kmeans", "herding", "kcenter", "forgetting")  # real images chosen by stage `select`
+METHODS = ("random", "kmeans", "herding", "kcenter", "forgetting", "dm", "masked_dm", "dc", "dsa", "masked_dc",
+           "dsdm")
 OPTIMISED = ("dm", "masked_dm", "dc", "dsa", "masked_dc", "dsdm")
 
 

@@ -48,7 +48,12 @@ def tiny_params(source: Path) -> dict:
     params["tag"].update(input_size=32, batch_size=64)
     params["embed"].update(input_size=32, batch_size=64)
     params["select"]["lof_neighbors"] = 3
+    params["select"]["forgetting"]["epochs"] = 2
+    params["select"]["pds"]["clusters"] = [5]
+    params["select"]["pair_coresets"]["sizes"] = [10]
+    params["align"].update(epochs=3, batch_size=32)
     params["distill"]["ipcs"] = [1, 2]
+    params["distill"]["methods"] = ["random", "kmeans", "dm", "masked_dm"]
     for method in ("dm", "masked_dm"):
         params["distill"][method].update(iterations=3, batch_real=4)
     params["evaluate"].update(epochs=2, repeats=2)
@@ -92,10 +97,11 @@ def run_stage(module, *args, monkeypatch=None):
 
 @pytest.fixture
 def annotated(project):
-    """The tiny project after prepare, the annotation stages and both embed stages."""
-    from stages import caption, describe, embed, ground, prepare, tag
+    """The tiny project after prepare, the annotation stages, both embed stages and forgetting (all `select` reads)."""
+    from stages import caption, describe, embed, forgetting, ground, prepare, tag
     for module in (prepare, tag, ground, caption, describe):
         run_stage(module)
     run_stage(embed, "--modality", "image")
     run_stage(embed, "--modality", "text")
+    run_stage(forgetting)
     return project

@@ -32,14 +32,14 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     sh(project, "git", "init", "-q")
     sh(project, "dvc", "init", "-q")
     out = sh(project, "dvc", "repro")
-    stages = {"prepare", "tag", "ground", "caption", "describe", "embed_image", "embed_text", "select", "pretrain",
-              "report", "evaluate_full"}
+    stages = {"prepare", "tag", "ground", "caption", "describe", "embed_image", "embed_text", "forgetting", "select",
+              "align", "prototypes", "pretrain", "report", "evaluate_full"}
     runs = {f"{s}@{m}-{k}" for s in ("distill", "evaluate") for m in ("random", "kmeans", "dm", "masked_dm")
             for k in (1, 2)}
     assert ran(out) == stages | runs
 
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
-    shown = next(iter(metrics.values()))["data"]
+    shown = {k: v for k, v in next(iter(metrics.values()))["data"].items() if not k.endswith("align.json")}
     assert len(shown) == 9 and all("test_accuracy_mean" in v["data"] for v in shown.values())
     assert "| masked_dm | 2 |" in (project / "outputs/report.md").read_text()
 
@@ -49,7 +49,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert ran(sh(project, "dvc", "repro")) == {r for r in runs if r.startswith("evaluate")} | {"report"}
 
     set_params(project, **{"caption.image_template": "an image of a {class_name}"})
-    assert ran(sh(project, "dvc", "repro")) == {"caption", "describe", "embed_text", "report"}
+    assert ran(sh(project, "dvc", "repro")) == {"caption", "describe", "embed_text", "align", "prototypes", "report"}
 
     # a colleague clones, pulls from the shared remote and has everything without recomputing
     remote = tmp_path / "remote"

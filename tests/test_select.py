@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
-from stages import select
+from stages import align, select
+from stages.embed import load_features
 from stages.io import PipelineError, read_parquet
 from stages.select import kmeans_prototypes, lof_inliers
 from tests.conftest import run_stage, set_params
@@ -32,9 +35,43 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert kmeans.num_rows == 20 and sorted(set(kmeans["label"].to_pylist())) == list(range(10))
     lof = read_parquet("data/selections/lof.parquet")
     assert lof.num_rows == 100
-    first = (annotated / "data/selections/kmeans-ipc2.parquet").read_bytes()
+    outputs = [annotated / p for p in ("data/selections/kmeans-ipc2.parquet",
+                                       "outputs/figures/selection/kmeans-ipc2.png",
+                                       "outputs/figures/selection/images-ipc2.png")]
+    first = [p.read_bytes() for p in outputs]
+    assert all(b[:4] == b"\x89PNG" for b in first[1:])  # PCA scatter and grid of the chosen images
     run_stage(select)
-    assert (annotated / "data/selections/kmeans-ipc2.parquet").read_bytes() == first
+    assert [p.read_bytes() for p in outputs] == first
+
+    run_stage(align)  # learned joint space of the offline features, then text and PDS prototypes
+    metrics = json.loads((annotated / "outputs/metrics/align.json").read_text())
+    assert metrics["val_pairs"] == 20 and metrics["unaligned"] is None  # EfficientNet and MiniLM: two spaces
+    assert set(metrics["aligned"]["image_to_text"]) == {"R@1", "R@5", "R@10"}
+    for kind in ("image", "caption"):
+        _, aligned = load_features(kind, annotated / "data/aligned")
+        assert aligned.shape[1] == 256 and np.allclose(np.linalg.norm(aligned, axis=1), 1, atol=1e-2)
+    run_stage(select, "--multimodal")
+    text = read_parquet("data/prototypes/text-ipc2.parquet")
+    assert text.num_rows == 20
+    assert list(zip(text["label"].to_pylist(), text["cluster"].to_pylist())) == \
+        list(zip(kmeans["label"].to_pylist(), kmeans["cluster"].to_pylist()))
+    described = read_parquet("data/annotations/descriptions.parquet", ["uid", "description"])
+    description_of = dict(zip(described["uid"].to_pylist(), described["description"].to_pylist()))
+    assert all(description_of[u] == d for u, d in zip(text["uid"].to_pylist(), text["description"].to_pylist()))
+    words = text["words"].to_pylist()
+    assert all(len(w) <= 30 for w in words) and sum(len(w) > 0 for w in words) >= 10
+    for method in ("random", "herding", "kcenter"):  # coresets over pairs, labels ignored
+        pairs = read_parquet(f"data/prototypes/pairs-{method}-10.parquet")
+        assert pairs["rank"].to_pylist() == list(range(10)) and len(set(pairs["uid"].to_pylist())) == 10
+    pds = read_parquet("data/prototypes/pds-5.parquet")
+    assert pds.num_rows == 5 and sorted(pds["image_cluster"].to_pylist()) == list(range(5))
+    assert sum(pds["shared"].to_pylist()) <= 80  # 100 train pairs, 20% pruned
+    assert all(len(v) == 256 for v in pds["image"].to_pylist())
+    names = ("text-ipc2", "pds-5", "pairs-kcenter-10")
+    first = [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in names]
+    run_stage(align)
+    run_stage(select, "--multimodal")
+    assert [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in names] == first
 
 
 def test_ipc_larger_than_class_names_class(annotated):
@@ -99,3 +136,24 @@ def test_coreset_selections_written(annotated):
     for method in ("herding", "kcenter"):
         table = read_parquet(f"data/selections/{method}-ipc2.parquet")
         assert table.num_rows == 20 and table["rank"].to_pylist()[:2] == [0, 1]
+
+
+def test_text_prototypes_pick_each_clusters_own_words():
+    common = "a shirt photographed in the studio"  # in every description: non-representative
+    texts = [f"{common}, red striped cotton", f"{common}, red striped", f"{common}, red collar",
+             f"{common}, blue dotted", f"{common}, blue wool", f"{common}, blue pocket dotted wool"]
+    assign = np.array([0, 0, 0, 1, 1, 1])
+    out = select.text_prototypes(texts, assign, np.zeros(6), 2, threshold=0.7, top_k=3)
+    (i0, words0, _), (i1, words1, _) = out
+    assert words0 == ["red", "striped", "collar"] and words1 == ["blue", "dotted", "wool"]
+    assert i0 == 0 and i1 == 5  # the descriptions using most of their cluster's top words
+    assert not {"shirt", "studio", "photographed"} & set(words0 + words1)
+    out = select.text_prototypes(texts, assign, np.zeros(6), 2, threshold=1.0, top_k=1)
+    assert out[0][1] == ["photographed"]  # with no threshold the class-wide words win
+
+
+def test_text_prototype_ties_go_to_the_image_nearest_the_centre():
+    texts = ["grey boot", "grey boot", "grey boot"]
+    out = select.text_prototypes(texts, np.zeros(3, int), np.array([0.5, 0.1, 0.3]), 1, threshold=1.0, top_k=30)
+    assert out[0][0] == 1
+

@@ -1,0 +1,145 @@
+"""align: a learned joint space for the offline image and text features -> data/aligned/, outputs/metrics/align.json
+
+    python -m stages.align
+
+The offline encoders (EfficientNet-Lite0 images, MiniLM texts) do not share a space. Two small
+projection heads (one linear layer per modality to `align.dim`, L2-normalised, with a learned
+temperature as in CLIP) are trained with the symmetric contrastive (InfoNCE) loss on the train split's
+image / whole-image-caption pairs (`instance_id` -1). Training is its own cached DVC stage.
+
+Outputs:
+  data/aligned/heads.pt            state dicts of the heads, settings, loss curve, seed, versions
+  data/aligned/{image,caption}/    every image and caption feature projected, in the format of
+                                   data/features/<kind>/ (float16 shards + index), `settings.space` = "aligned"
+  outputs/metrics/align.json       retrieval recall@1/5/10 on the val split's pairs, image->text and
+                                   text->image, beside chance (K / number of val pairs)
+
+Recall counts a hit when the true partner is among the K most similar; candidates exactly as similar as
+the true partner (e.g. identical template captions of other images) do not push it down.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stages.embed import feature_metadata, load_features, write_features
+from stages.io import PipelineError, read_parquet, save_json, save_tensors
+from stages.params import load_params, param, positive, seed_everything, versions
+
+ALIGNED = Path("data/aligned")
+METRICS = Path("outputs/metrics/align.json")
+RECALL_AT = (1, 5, 10)
+
+
+class Heads(nn.Module):
+    """One linear projection per modality into a shared, L2-normalised space, and a learned temperature."""
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int):
+        super().__init__()
+        self.image = nn.Linear(image_dim, dim)
+        self.text = nn.Linear(text_dim, dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def project_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(x), dim=1)
+
+    def project_text(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text(x), dim=1)
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        logits = self.log_scale.exp().clamp(max=100) * self.project_image(image) @ self.project_text(text).T
+        target = torch.arange(len(image))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def train_heads(image: torch.Tensor, text: torch.Tensor, *, dim: int, epochs: int, batch_size: int, lr: float,
+                seed: int) -> tuple[Heads, list[float]]:
+    seed_everything(seed)
+    heads = Heads(image.shape[1], text.shape[1], dim)
+    opt = torch.optim.Adam(heads.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in tqdm(range(epochs), desc="align", mininterval=2):
+        order = torch.randperm(len(image), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss = heads.loss(image[idx], text[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(order))
+    return heads, history
+
+
+def recall_at(similarity: np.ndarray, ks=RECALL_AT) -> dict:
+    """Recall@K of row i retrieving column i (%)."""
+    true = np.diag(similarity)[:, None]
+    rank = (similarity > true).sum(1)
+    return {f"R@{k}": round(float(100 * (rank < k).mean()), 2) for k in ks}
+
+
+def retrieval(image: np.ndarray, text: np.ndarray) -> dict:
+    similarity = image @ text.T
+    return {"image_to_text": recall_at(similarity), "text_to_image": recall_at(similarity.T)}
+
+
+def image_caption_pairs(split: str, image_index, image_vectors, caption_index, caption_vectors):
+    """Row-aligned (uids, image features, whole-image caption features) of one split."""
+    uids = set(read_parquet(f"data/prepared/{split}", ["uid"])["uid"].to_pylist())
+    caption_row = {u: r for r, (u, i) in enumerate(zip(caption_index["uid"].to_pylist(),
+                                                        caption_index["instance_id"].to_pylist())) if i == -1}
+    rows = [(u, r) for r, u in enumerate(image_index["uid"].to_pylist()) if u in uids and u in caption_row]
+    if not rows:
+        raise PipelineError(f"no {split} images with a whole-image caption (instance_id -1) in data/features")
+    return ([u for u, _ in rows], image_vectors[[r for _, r in rows]],
+            caption_vectors[[caption_row[u] for u, _ in rows]])
+
+
+def main() -> None:
+    params = load_params()
+    seed = param(params, "seed", int)
+    settings = {"dim": positive(params, "align.dim"), "epochs": positive(params, "align.epochs"),
+                "batch_size": positive(params, "align.batch_size"), "lr": positive(params, "align.lr", float)}
+    image_index, image_vectors = load_features("image")
+    caption_index, caption_vectors = load_features("caption")
+    _, train_image, train_text = image_caption_pairs("train", image_index, image_vectors, caption_index,
+                                                     caption_vectors)
+    val_uids, val_image, val_text = image_caption_pairs("val", image_index, image_vectors, caption_index,
+                                                        caption_vectors)
+    heads, history = train_heads(torch.from_numpy(train_image), torch.from_numpy(train_text), seed=seed, **settings)
+    heads.eval()
+    with torch.no_grad():
+        aligned_image = heads.project_image(torch.from_numpy(image_vectors)).numpy()
+        aligned_caption = heads.project_text(torch.from_numpy(caption_vectors)).numpy()
+        val_aligned = retrieval(heads.project_image(torch.from_numpy(val_image)).numpy(),
+                                heads.project_text(torch.from_numpy(val_text)).numpy())
+    encoders = {kind: feature_metadata(kind) for kind in ("image", "caption")}
+    same_space = encoders["image"].get("settings", {}).get("space") == encoders["caption"].get("settings", {}).get(
+        "space") and val_image.shape[1] == val_text.shape[1]
+    metrics = {"val_pairs": len(val_uids), "aligned": val_aligned,
+               "unaligned": retrieval(val_image, val_text) if same_space else None,
+               "chance": {f"R@{k}": round(100 * min(k, len(val_uids)) / len(val_uids), 2) for k in RECALL_AT},
+               "train_pairs": len(train_image), "final_train_loss": round(history[-1], 4), "settings": settings,
+               "encoders": {k: v.get("encoder") for k, v in encoders.items()}, "seed": seed}
+    space = {"space": "aligned", "heads": str(ALIGNED / "heads.pt")} | settings
+    write_features("image", {"uid": image_index["uid"].to_pylist(), "label": image_index["label"].to_pylist()},
+                   aligned_image, "aligned:" + str(encoders["image"].get("encoder")), space, 50000, root=ALIGNED)
+    write_features("caption", {c: caption_index[c].to_pylist() for c in ("uid", "label", "instance_id")},
+                   aligned_caption, "aligned:" + str(encoders["caption"].get("encoder")), space, 50000, root=ALIGNED)
+    save_tensors({"state_dict": heads.state_dict(), "settings": settings, "loss": torch.tensor(history),
+                  "seed": seed, "versions": versions()}, ALIGNED / "heads.pt")
+    save_json(metrics, METRICS)
+    print(f"align: val recall image->text {val_aligned['image_to_text']}, text->image "
+          f"{val_aligned['text_to_image']} over {len(val_uids)} pairs -> {METRICS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""forgetting: forgetting events of every train image under the shared ConvNet -> data/forgetting/events.parquet
+
+    python -m stages.forgetting
+
+Forgetting events (Toneva et al., 2019; a coreset baseline of MTT-VL): a network is trained on the
+train split, and every time an image is presented in a mini-batch its correctness is read off that same
+forward pass (before the update). A forgetting event is a presentation at which an image that was
+classified correctly at its previous presentation is misclassified. Images never classified correctly
+are the most forgotten of all. Training is its own cached stage; stage `select` turns the counts into the
+`forgetting-ipc{K}` selections (per class, the K most forgotten images).
+
+`data/forgetting/events.parquet`, one row per train image:
+
+| column            | type   | meaning                                                     |
+|-------------------|--------|-------------------------------------------------------------|
+| uid               | string | train image                                                 |
+| label             | int64  |                                                             |
+| forgetting_events | int32  | correct -> incorrect transitions over all presentations     |
+| learned           | bool   | classified correctly at least once                          |
+| misclassified     | int32  | presentations at which it was misclassified                 |
+
+Metadata `forgetting`: the settings (`select.forgetting`), seed, device and library versions.
+Network and optimiser are those of evaluation (`select.forgetting.net`, SGD momentum 0.9, weight decay
+5e-4), without augmentation, at a constant learning rate.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stages.data import load_split
+from stages.io import write_parquet
+from stages.nets import make_net
+from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
+
+EVENTS = Path("data/forgetting/events.parquet")
+
+
+class ForgettingCounter:
+    """Per-example forgetting statistics, updated with the correctness of each presentation."""
+
+    def __init__(self, n: int):
+        self.previous = np.zeros(n, bool)
+        self.events = np.zeros(n, np.int32)
+        self.learned = np.zeros(n, bool)
+        self.misclassified = np.zeros(n, np.int32)
+
+    def update(self, index: np.ndarray, correct: np.ndarray) -> None:
+        self.events[index] += self.previous[index] & ~correct
+        self.learned[index] |= correct
+        self.misclassified[index] += ~correct
+        self.previous[index] = correct
+
+
+def count_forgetting(images: torch.Tensor, labels: torch.Tensor, classes: int, *, net: str, epochs: int,
+                     batch_size: int, lr: float, device, seed: int) -> ForgettingCounter:
+    """Train `net` on normalised images and count forgetting events of every example."""
+    seed_everything(seed)
+    model = make_net(net, images.shape[1], classes, images.shape[2]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(seed)
+    counter = ForgettingCounter(len(labels))
+    model.train()
+    for _ in tqdm(range(epochs), desc="forgetting", mininterval=2):
+        order = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            logits = model(images[idx].to(device))
+            target = labels[idx].to(device)
+            counter.update(idx.numpy(), (logits.argmax(1) == target).cpu().numpy())
+            loss = F.cross_entropy(logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return counter
+
+
+def main() -> None:
+    params = load_params()
+    seed = param(params, "seed", int)
+    device = resolve_device(params)
+    settings = {"net": param(params, "select.forgetting.net", str),
+                "epochs": positive(params, "select.forgetting.epochs"),
+                "batch_size": positive(params, "select.forgetting.batch_size"),
+                "lr": positive(params, "select.forgetting.lr", float)}
+    train = load_split("train")
+    counter = count_forgetting(train.normalized(), train.labels, len(train.class_names), device=device, seed=seed,
+                               **settings)
+    write_parquet({"uid": train.uids, "label": train.labels.numpy(), "forgetting_events": counter.events,
+                   "learned": counter.learned, "misclassified": counter.misclassified}, EVENTS,
+                  {"forgetting": {"settings": settings, "seed": seed, "device": str(device), "versions": versions()}})
+    print(f"forgetting: {int((counter.events > 0).sum())} of {len(counter.events)} train images forgotten at least "
+          f"once, {int((~counter.learned).sum())} never learned -> {EVENTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from stages import forgetting, select
+from stages.forgetting import ForgettingCounter, count_forgetting
+from stages.io import PipelineError, read_parquet
+from tests.conftest import run_stage, set_params
+
+torch.set_num_threads(1)
+
+
+def test_counter_counts_correct_to_incorrect_transitions():
+    counter = ForgettingCounter(3)
+    history = [[1, 0, 0], [0, 0, 1], [1, 0, 1], [0, 0, 0]]  # presentations x examples, 1 = correct
+    for correct in history:
+        counter.update(np.arange(3), np.array(correct, bool))
+    assert counter.events.tolist() == [2, 0, 1]
+    assert counter.learned.tolist() == [True, False, True]
+    assert counter.misclassified.tolist() == [2, 4, 2]
+
+
+def test_mislabelled_examples_are_the_most_forgotten():
+    gen = torch.Generator().manual_seed(0)
+    n = 200
+    labels = torch.arange(n) % 2
+    patterns = torch.zeros(2, 1, 16, 16)
+    patterns[0, :, :8], patterns[1, :, 8:] = 1, 1
+    images = patterns[labels] + torch.randn(n, 1, 16, 16, generator=gen)
+    flipped = torch.zeros(n, dtype=torch.bool)
+    flipped[torch.randperm(n, generator=gen)[:20]] = True
+    counter = count_forgetting(images, torch.where(flipped, 1 - labels, labels), 2, net="convnet3", epochs=8,
+                               batch_size=32, lr=0.01, device="cpu", seed=0)
+    ranked = np.lexsort((-counter.misclassified, -counter.events, counter.learned))
+    assert flipped.numpy()[ranked[:20]].sum() >= 15  # 20 of 200 labels flipped; random would give ~2
+
+
+def test_forgetting_stage_and_selection(annotated):
+    events_file = annotated / "data/forgetting/events.parquet"
+    first = events_file.read_bytes()  # written by the fixture
+    events = read_parquet(events_file)
+    assert events.num_rows == 100 and events.column_names == ["uid", "label", "forgetting_events", "learned",
+                                                               "misclassified"]
+    run_stage(forgetting)
+    assert events_file.read_bytes() == first  # same seed, same bytes
+
+    run_stage(select)
+    chosen = read_parquet("data/selections/forgetting-ipc2.parquet")
+    assert chosen.num_rows == 20 and chosen.column_names == ["label", "class_name", "rank", "uid"]
+    stats = {u: (not l, e, m) for u, l, e, m in zip(*(events[c].to_pylist() for c in
+                                                         ("uid", "learned", "forgetting_events", "misclassified")))}
+    labels = dict(zip(events["uid"].to_pylist(), events["label"].to_pylist()))
+    for c in range(10):
+        picked = [u for u, lab in zip(chosen["uid"].to_pylist(), chosen["label"].to_pylist()) if lab == c]
+        rest = [u for u in labels if labels[u] == c and u not in picked]
+        assert min(stats[u] for u in picked) >= max(stats[u] for u in rest)  # nothing left is more forgotten
+
+
+def test_forgetting_ipc_larger_than_class():
+    events = pa.table({"uid": ["a", "b", "c"], "label": [0, 0, 1], "forgetting_events": [0, 1, 0],
+                       "learned": [True, True, False], "misclassified": [0, 2, 3]})
+    assert [r["uid"] for r in select.most_forgotten(events, ["A", "B"], [1])[1]] == ["b", "c"]
+    with pytest.raises(PipelineError, match="IPC 2 .* class 'B', which has 1 train images"):
+        select.most_forgotten(events, ["A", "B"], [2])
