@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from stages.data import load_split
 from stages.io import write_parquet
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
+from stages.train import train_classifier
 
 EVENTS = Path("data/forgetting/events.parquet")
 
@@ -58,24 +57,16 @@ class ForgettingCounter:
 
 def count_forgetting(images: torch.Tensor, labels: torch.Tensor, classes: int, *, net: str, epochs: int,
                      batch_size: int, lr: float, device, seed: int) -> ForgettingCounter:
-    """Train `net` on normalised images and count forgetting events of every example."""
+    """Train `net` on normalised images with the shared loop and count forgetting events of every example."""
     seed_everything(seed)
-    model = make_net(net, images.shape[1], classes, images.shape[2]).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    gen = torch.Generator().manual_seed(seed)
+    model = make_net(net, images.shape[1], classes, images.shape[2])
     counter = ForgettingCounter(len(labels))
-    model.train()
-    for _ in tqdm(range(epochs), desc="forgetting", mininterval=2):
-        order = torch.randperm(len(labels), generator=gen)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            logits = model(images[idx].to(device))
-            target = labels[idx].to(device)
-            counter.update(idx.numpy(), (logits.argmax(1) == target).cpu().numpy())
-            loss = F.cross_entropy(logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def record(idx, logits, targets):
+        counter.update(idx.cpu().numpy(), (logits.argmax(1) == targets).cpu().numpy())
+
+    train_classifier(model, images, labels, epochs, device, lr=lr, batch_size=batch_size, seed=seed,
+                     desc="forgetting", decay=False, on_batch=record)
     return counter
 
 

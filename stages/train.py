@@ -10,15 +10,18 @@ from stages.augment import DifferentiableAugment
 
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: int, device, *, lr: float = 0.01,
                      batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
-                     augment: DifferentiableAugment | None = None, seed: int = 0, desc: str = "train"):
-    """SGD with momentum; lr x0.1 at half the epochs (the DC/DM evaluation protocol).
+                     augment: DifferentiableAugment | None = None, seed: int = 0, desc: str = "train",
+                     decay: bool = True, on_batch=None):
+    """SGD with momentum; lr x0.1 at half the epochs (the DC/DM evaluation protocol) unless `decay` is False.
+
+    `on_batch(idx, logits, targets)` sees every mini-batch's (detached) logits before its update.
 
     NCHW throughout: on CPU, GroupNorm (instance norm) in channels-last is ~5x slower.
     """
     gen = torch.Generator().manual_seed(seed)
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2] if decay else [], gamma=0.1)
     images, labels = images.to(device), labels.to(device)
     net.train()
     for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2):
@@ -28,7 +31,10 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
             x = images[idx]
             if augment is not None:
                 x = augment(x, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            loss = F.cross_entropy(net(x), labels[idx])
+            logits = net(x)
+            if on_batch is not None:
+                on_batch(idx, logits.detach(), labels[idx])
+            loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
