@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -60,15 +61,20 @@ def tiny_params(source: Path) -> dict:
     return params
 
 
-@pytest.fixture
-def project(tmp_path, fashion_dir, monkeypatch) -> Path:
-    """A copy of the pipeline (code, dvc.yaml, tiny params.yaml) in a temp dir, made the cwd."""
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path, fashion_dir: Path) -> Path:
+    """A copy of the pipeline (code, dvc.yaml, tiny params.yaml) in `root`."""
+    root.mkdir(parents=True)
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", "tag_vocabulary.txt"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(fashion_dir), sort_keys=False))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, fashion_dir, monkeypatch) -> Path:
+    """A throw-away project directory, made the cwd."""
+    root = make_project(tmp_path / "project", fashion_dir)
     monkeypatch.chdir(root)
     return root
 
@@ -95,13 +101,28 @@ def run_stage(module, *args, monkeypatch=None):
         sys.argv = old
 
 
-@pytest.fixture
-def annotated(project):
-    """The tiny project after prepare, the annotation stages, both embed stages and forgetting (all `select` reads)."""
+@pytest.fixture(scope="session")
+def annotated_template(tmp_path_factory, fashion_dir) -> Path:
+    """Built once: a project after prepare, the annotation stages, both embed stages and forgetting."""
     from stages import caption, describe, embed, forgetting, ground, prepare, tag
-    for module in (prepare, tag, ground, caption, describe):
-        run_stage(module)
-    run_stage(embed, "--modality", "image")
-    run_stage(embed, "--modality", "text")
-    run_stage(forgetting)
-    return project
+    root = make_project(tmp_path_factory.mktemp("annotated") / "project", fashion_dir)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for module in (prepare, tag, ground, caption, describe):
+            run_stage(module)
+        run_stage(embed, "--modality", "image")
+        run_stage(embed, "--modality", "text")
+        run_stage(forgetting)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def annotated(tmp_path, annotated_template, monkeypatch) -> Path:
+    """A fresh copy of the annotated project (everything `select` reads), made the cwd."""
+    root = tmp_path / "project"
+    shutil.copytree(annotated_template, root)
+    monkeypatch.chdir(root)
+    return root

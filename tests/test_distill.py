@@ -95,7 +95,7 @@ def test_distill_is_deterministic(selected):
 
 
 def test_unknown_method_lists_valid(selected):
-    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, dm, masked_dm, dc, dsa, masked_dc, dsdm"):
+    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, forgetting, dm, masked_dm, dc, dsa, masked_dc, dsdm"):
         run_stage(distill, "--method", "mtt", "--ipc", "1")
 
 
