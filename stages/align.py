@@ -11,6 +11,9 @@ Outputs:
   data/aligned/heads.pt            state dicts of the heads, settings, loss curve, seed, versions
   data/aligned/{image,caption}/    every image and caption feature projected, in the format of
                                    data/features/<kind>/ (float16 shards + index), `settings.space` = "aligned"
+  data/aligned/pair_forgetting.parquet   per train pair: uid, forgetting_events, learned, misclassified, counted
+                                   during training (a pair is correct when image and caption retrieve each other
+                                   within the mini-batch); the `forgetting` pair coreset reads it
   outputs/metrics/align.json       retrieval recall@1/5/10 on the val split's pairs, image->text and
                                    text->image, beside chance (K / number of val pairs)
 
@@ -29,10 +32,12 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.embed import feature_metadata, load_features, write_features
-from stages.io import PipelineError, read_parquet, save_json, save_tensors
+from stages.forgetting import ForgettingCounter
+from stages.io import PipelineError, read_parquet, save_json, save_tensors, write_parquet
 from stages.params import load_params, param, positive, seed_everything, versions
 
 ALIGNED = Path("data/aligned")
+PAIR_EVENTS = ALIGNED / "pair_forgetting.parquet"
 METRICS = Path("outputs/metrics/align.json")
 RECALL_AT = (1, 5, 10)
 
@@ -52,14 +57,19 @@ class Heads(nn.Module):
     def project_text(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(x), dim=1)
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        logits = self.log_scale.exp().clamp(max=100) * self.project_image(image) @ self.project_text(text).T
+    def logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100) * self.project_image(image) @ self.project_text(text).T
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.logits(image, text) if logits is None else logits
         target = torch.arange(len(image))
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def train_heads(image: torch.Tensor, text: torch.Tensor, *, dim: int, epochs: int, batch_size: int, lr: float,
-                seed: int) -> tuple[Heads, list[float]]:
+                seed: int, counter: ForgettingCounter | None = None) -> tuple[Heads, list[float]]:
+    """Contrastive training; with `counter`, a pair counts as correct at a presentation when, within its
+    mini-batch, its image retrieves its caption and its caption retrieves its image (pair forgetting events)."""
     seed_everything(seed)
     heads = Heads(image.shape[1], text.shape[1], dim)
     opt = torch.optim.Adam(heads.parameters(), lr=lr)
@@ -70,7 +80,13 @@ def train_heads(image: torch.Tensor, text: torch.Tensor, *, dim: int, epochs: in
         total = 0.0
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            loss = heads.loss(image[idx], text[idx])
+            logits = heads.logits(image[idx], text[idx])
+            if counter is not None:
+                with torch.no_grad():
+                    diagonal = torch.arange(len(idx))
+                    correct = (logits.argmax(1) == diagonal) & (logits.argmax(0) == diagonal)
+                counter.update(idx.numpy(), correct.numpy())
+            loss = heads.loss(image[idx], text[idx], logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -110,11 +126,13 @@ def main() -> None:
                 "batch_size": positive(params, "align.batch_size"), "lr": positive(params, "align.lr", float)}
     image_index, image_vectors = load_features("image")
     caption_index, caption_vectors = load_features("caption")
-    _, train_image, train_text = image_caption_pairs("train", image_index, image_vectors, caption_index,
-                                                     caption_vectors)
+    train_uids, train_image, train_text = image_caption_pairs("train", image_index, image_vectors, caption_index,
+                                                              caption_vectors)
     val_uids, val_image, val_text = image_caption_pairs("val", image_index, image_vectors, caption_index,
                                                         caption_vectors)
-    heads, history = train_heads(torch.from_numpy(train_image), torch.from_numpy(train_text), seed=seed, **settings)
+    counter = ForgettingCounter(len(train_uids))
+    heads, history = train_heads(torch.from_numpy(train_image), torch.from_numpy(train_text), seed=seed,
+                                 counter=counter, **settings)
     heads.eval()
     with torch.no_grad():
         aligned_image = heads.project_image(torch.from_numpy(image_vectors)).numpy()
@@ -136,6 +154,9 @@ def main() -> None:
                    aligned_caption, "aligned:" + str(encoders["caption"].get("encoder")), space, 50000, root=ALIGNED)
     save_tensors({"state_dict": heads.state_dict(), "settings": settings, "loss": torch.tensor(history),
                   "seed": seed, "versions": versions()}, ALIGNED / "heads.pt")
+    write_parquet({"uid": train_uids, "forgetting_events": counter.events, "learned": counter.learned,
+                   "misclassified": counter.misclassified}, PAIR_EVENTS,
+                  {"forgetting": {"over": "pairs", "settings": settings, "seed": seed}})
     save_json(metrics, METRICS)
     print(f"align: val recall image->text {val_aligned['image_to_text']}, text->image "
           f"{val_aligned['text_to_image']} over {len(val_uids)} pairs -> {METRICS}")

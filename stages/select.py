@@ -41,10 +41,12 @@ Words used by more than `select.text_threshold` of a class's descriptions are no
 top words (the VLCP supplement gives β = 0.7 and k = 30 without defining them further; this is our reading).
 
 `data/prototypes/pairs-{method}-{N}.parquet` (same stage; `select.pair_coresets`: methods random, herding,
-kcenter and sizes N), coresets over the train split's image / whole-image-caption pairs that ignore labels, as
+kcenter, forgetting and sizes N), coresets over the train split's image / whole-image-caption pairs that ignore labels, as
 for unlabelled image-text data; a pair's feature is its image and caption features concatenated. Columns:
 `rank` int32 (order of choice), `uid` (the image), `caption` (its whole-image caption), `label` (for reference
-only). Forgetting over pairs (it needs a retrieval model trained on the pairs) is not implemented.
+only). `forgetting` over pairs ranks them by the forgetting events stage align counted while training its
+contrastive heads (a pair is correct at a presentation when its image and caption retrieve each other
+within the mini-batch), most forgotten first as for the per-class coreset.
 
 `data/selections/{herding,kcenter}-ipc{K}.parquet`, one row per chosen image (on LOF inliers):
 
@@ -100,7 +102,7 @@ from tqdm import tqdm
 
 from stages.annotate import read_annotations
 from stages.data import dataset_info
-from stages.align import ALIGNED, image_caption_pairs
+from stages.align import ALIGNED, PAIR_EVENTS, image_caption_pairs
 from stages.embed import FEATURES, feature_metadata, load_features
 from stages.forgetting import EVENTS
 from stages.io import PipelineError, read_parquet, read_parquet_metadata, save_figure, write_parquet
@@ -194,13 +196,18 @@ def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.nd
     return out
 
 
+def forgetting_order(events: pa.Table) -> np.ndarray:
+    """Rows of `events`, most forgotten first: never learned, then most forgetting events, then most
+    misclassified presentations, then uid."""
+    return np.lexsort((np.array(events["uid"].to_pylist()), -np.array(events["misclassified"].to_pylist()),
+                       -np.array(events["forgetting_events"].to_pylist()), np.array(events["learned"].to_pylist())))
+
+
 def most_forgotten(events: pa.Table, class_names: list, ipcs: list[int]) -> dict:
-    """{K: rows} of the K most forgotten train images per class: never learned first, then most forgetting
-    events, then most misclassified presentations, then uid."""
+    """{K: rows} of the K most forgotten train images per class (order of `forgetting_order`)."""
     uids = np.array(events["uid"].to_pylist())
     labels = np.array(events["label"].to_pylist())
-    order = np.lexsort((uids, -np.array(events["misclassified"].to_pylist()),
-                        -np.array(events["forgetting_events"].to_pylist()), np.array(events["learned"].to_pylist())))
+    order = forgetting_order(events)
     rows = {k: [] for k in ipcs}
     for c, name in enumerate(class_names):
         ranked = order[labels[order] == c]
@@ -354,8 +361,20 @@ def pds_selection(params: dict) -> None:
                                      "seed": seed}})
 
 
-PAIR_CORESETS = {"random": lambda x, k, seed: np.random.default_rng(seed).choice(len(x), k, replace=False),
-                 "herding": lambda x, k, seed: herding(x, k), "kcenter": lambda x, k, seed: k_center(x, k)}
+def most_forgotten_pairs(uids: list[str], k: int) -> np.ndarray:
+    """Positions in `uids` of the k most forgotten pairs during stage align's contrastive training."""
+    events = read_parquet(PAIR_EVENTS, ["uid", "forgetting_events", "learned", "misclassified"])
+    position = {u: i for i, u in enumerate(uids)}
+    missing = [u for u in events["uid"].to_pylist() if u not in position]
+    if missing or events.num_rows != len(uids):
+        raise PipelineError(f"{PAIR_EVENTS} does not cover the train pairs (e.g. {missing[:1]}): re-run stage align")
+    ranked = [position[events["uid"][i].as_py()] for i in forgetting_order(events)[:k]]
+    return np.array(ranked)
+
+
+PAIR_CORESETS = {"random": lambda x, uids, k, seed: np.random.default_rng(seed).choice(len(x), k, replace=False),
+                 "herding": lambda x, uids, k, seed: herding(x, k), "kcenter": lambda x, uids, k, seed: k_center(x, k),
+                 "forgetting": lambda x, uids, k, seed: most_forgotten_pairs(uids, k)}
 
 
 def pair_coresets(params: dict) -> None:
@@ -382,7 +401,7 @@ def pair_coresets(params: dict) -> None:
             raise PipelineError(f"pair coreset size {size} (param 'select.pair_coresets.sizes') is larger than the "
                                 f"{len(uids)} train pairs")
         for method in methods:
-            chosen = PAIR_CORESETS[method](pairs, size, seed)
+            chosen = PAIR_CORESETS[method](pairs, uids, size, seed)
             rows = [{"rank": r, "uid": uids[i], "caption": caption_of[uids[i]], "label": label_of[uids[i]]}
                     for r, i in enumerate(chosen)]
             write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"pairs-{method}-{size}.parquet",

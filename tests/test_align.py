@@ -1,7 +1,11 @@
 import numpy as np
 import torch
 
+import pyarrow as pa
+
 from stages.align import recall_at, retrieval, train_heads
+from stages.forgetting import ForgettingCounter
+from stages.select import forgetting_order
 
 torch.set_num_threads(1)
 
@@ -26,3 +30,19 @@ def test_heads_learn_a_joint_space_for_two_unrelated_encoders():
     assert val["image_to_text"]["R@10"] > 50 and val["text_to_image"]["R@10"] > 50  # chance: 10%
     again, _ = train_heads(image[:500], text[:500], dim=16, epochs=30, batch_size=100, lr=0.01, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(heads.state_dict().values(), again.state_dict().values()))
+
+
+def test_mismatched_pairs_are_the_most_forgotten():
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(400, 8))
+    image = latent @ rng.normal(size=(8, 40)) + 0.1 * rng.normal(size=(400, 40))
+    text = latent @ rng.normal(size=(8, 24)) + 0.1 * rng.normal(size=(400, 24))
+    text[:20] = text[rng.permutation(np.arange(200, 400))[:20]]  # 20 pairs whose caption belongs elsewhere
+    image, text = (torch.tensor(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=torch.float32)
+                   for x in (image, text))
+    counter = ForgettingCounter(400)
+    train_heads(image, text, dim=16, epochs=20, batch_size=100, lr=0.01, seed=0, counter=counter)
+    events = pa.table({"uid": [f"{i:03d}" for i in range(400)], "forgetting_events": counter.events,
+                       "learned": counter.learned, "misclassified": counter.misclassified})
+    top = forgetting_order(events)[:20]
+    assert (top < 20).sum() >= 15

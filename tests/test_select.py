@@ -60,7 +60,7 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert all(description_of[u] == d for u, d in zip(text["uid"].to_pylist(), text["description"].to_pylist()))
     words = text["words"].to_pylist()
     assert all(len(w) <= 30 for w in words) and sum(len(w) > 0 for w in words) >= 10
-    for method in ("random", "herding", "kcenter"):  # coresets over pairs, labels ignored
+    for method in ("random", "herding", "kcenter", "forgetting"):  # coresets over pairs, labels ignored
         pairs = read_parquet(f"data/prototypes/pairs-{method}-10.parquet")
         assert pairs["rank"].to_pylist() == list(range(10)) and len(set(pairs["uid"].to_pylist())) == 10
     pds = read_parquet("data/prototypes/pds-5.parquet")
