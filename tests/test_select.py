@@ -80,6 +80,13 @@ def test_ipc_larger_than_class_names_class(annotated):
         run_stage(select)
 
 
+def test_empty_class_names_class(annotated, monkeypatch):
+    info = select.dataset_info()
+    monkeypatch.setattr(select, "dataset_info", lambda: {**info, "class_names": info["class_names"] + ["unicorn"]})
+    with pytest.raises(PipelineError, match="class 'unicorn' has no train images"):
+        run_stage(select)
+
+
 def test_herding_mean_error_shrinks_with_k():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 16))
