@@ -117,6 +117,15 @@ def _checked_masks(masks: torch.Tensor, train: ImageSet) -> torch.Tensor:
     return masks
 
 
+def weighted_sum(terms, device) -> torch.Tensor:
+    """Sum of weight * term() over (weight, term) pairs; a term whose weight is 0 is not computed."""
+    loss = torch.zeros((), device=device)
+    for weight, term in terms:
+        if weight:
+            loss = loss + weight * term()
+    return loss
+
+
 def distribution_matching(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
                           masks: torch.Tensor | None = None, resume: bool = False):
     """DM (and masked DM with `masks`): optimise synthetic pixels so that the class-mean embeddings
@@ -143,12 +152,11 @@ def distribution_matching(train: ImageSet, init: list[int], params: dict, sectio
         aug_seed = draw_seed(engine.gen)
         syn = engine.syn
         with engine.autocast():
-            loss = full_weight * distribution_gap(net, augment(real, aug_seed), augment(syn, aug_seed), classes) \
-                if full_weight else torch.zeros((), device=device)
-            if masks is not None and masked_weight:
-                real_masked, syn_masked = real * masks[idx].to(device), syn * syn_masks
-                loss = loss + masked_weight * distribution_gap(net, augment(real_masked, aug_seed),
-                                                               augment(syn_masked, aug_seed), classes)
+            loss = weighted_sum([
+                (full_weight, lambda: distribution_gap(net, augment(real, aug_seed), augment(syn, aug_seed), classes)),
+                (masked_weight if masks is not None else 0.0, lambda: distribution_gap(
+                    net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed),
+                    classes))], device)
         engine.update(loss)
 
     return engine.run(iterations, step)
@@ -173,14 +181,16 @@ def _loops(params: dict, section: str, ipc: int) -> tuple[int, int]:
 
 
 def gradient_matching(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
-                      masks: torch.Tensor | None = None, resume: bool = False, masked_term: str = "dc"):
+                      masks: torch.Tensor | None = None, resume: bool = False, masked_term: str = "dc",
+                      extra_terms=()):
     """DC / DSA (and masked DC with `masks`). Each iteration (DC's outer iteration) starts a freshly
     initialised network; `outer_loop` times, the synthetic pixels take one step on the layer-wise
     gradient distance summed over classes, and between those steps the network trains `inner_loop`
     epochs on the (detached) synthetic set (SGD, lr `net_lr`, batch `net_batch`, with the same DSA
     augmentation when `augment` is on, as in DSA). With `masks`, the masked term is gradient matching
     (`masked_term` "dc": masked DC) or DM's distribution gap under the same network ("dm": masked DM
-    as the multi-modal paper pairs it, with full-image gradient matching)."""
+    as the multi-modal paper pairs it, with full-image gradient matching). `extra_terms` are further
+    (weight, term(syn)) pairs added to every matching step's loss (caption_match's caption term)."""
     iterations = positive(params, f"{section}.iterations")
     net_name = param(params, f"{section}.net", str)
     net_lr = param(params, f"{section}.net_lr", float)
@@ -208,13 +218,12 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
             aug_seed = draw_seed(engine.gen)
             syn = engine.syn
             with engine.autocast():
-                loss = full_weight * gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed), classes) \
-                    if full_weight else torch.zeros((), device=device)
-                if masks is not None and masked_weight:
-                    real_masked, syn_masked = real * masks[idx].to(device), syn * syn_masks
-                    match = gradient_match if masked_term == "dc" else distribution_gap
-                    loss = loss + masked_weight * match(net, augment(real_masked, aug_seed),
-                                                        augment(syn_masked, aug_seed), classes)
+                masked_match = gradient_match if masked_term == "dc" else distribution_gap
+                loss = weighted_sum([
+                    (full_weight, lambda: gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed), classes)),
+                    (masked_weight if masks is not None else 0.0, lambda: masked_match(
+                        net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed),
+                        classes))] + [(weight, lambda: term(syn)) for weight, term in extra_terms], device)
             engine.update(loss)
             if outer == outer_loop - 1:
                 break
