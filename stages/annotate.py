@@ -24,6 +24,7 @@ cache recomputes nothing. The model is loaded only when some image is new.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -38,13 +39,34 @@ from stages.data import ANNOTATIONS, PREPARED
 from stages.io import PipelineError, decode_image, read_parquet, read_parquet_metadata, write_parquet
 from stages.params import param, positive
 
-ANNOTATED_SPLITS = ("train", "val")  # the test split is never annotated: only evaluate reads it
+ANNOTATED_SPLITS = ("train", "val")  # the pipeline's annotations; the test split only by stage annotate_test
 CACHE_VERSION = 1
+# What the annotation stages read and write; `annotating` switches it (stage annotate_test).
+_TARGET = {"splits": ANNOTATED_SPLITS, "annotations": ANNOTATIONS, "cache_dir": None, "hide_labels": False}
+
+
+@contextlib.contextmanager
+def annotating(splits: tuple, annotations: Path, cache_dir: Path, hide_labels: bool):
+    """Run the annotation stages on `splits`, writing `annotations/*.parquet` and caching under `cache_dir`
+    instead of the defaults. With `hide_labels`, the stages never see a label: `label` reads as -1 and
+    `class_name` as "" (templates that name the class get an empty string)."""
+    old = dict(_TARGET)
+    _TARGET.update(splits=tuple(splits), annotations=Path(annotations), cache_dir=Path(cache_dir),
+                   hide_labels=hide_labels)
+    try:
+        yield
+    finally:
+        _TARGET.update(old)
 
 
 def load_annotation_input(columns=("uid", "label", "class_name", "image")) -> pa.Table:
-    tables = [read_parquet(PREPARED / split, list(columns)) for split in ANNOTATED_SPLITS]
-    return pa.concat_tables(tables)
+    table = pa.concat_tables([read_parquet(PREPARED / split, list(columns)) for split in _TARGET["splits"]])
+    if _TARGET["hide_labels"]:
+        for name, value in (("label", -1), ("class_name", "")):
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name,
+                                         pa.array([value] * table.num_rows, table.schema.field(name).type))
+    return table
 
 
 def build_backend(params: dict, stage: str, registry: dict):
@@ -67,15 +89,15 @@ def write_annotations(columns: dict, schema: pa.Schema, name: str, backend: str,
     schema = schema.append(pa.field("backend", pa.string()))
     table = pa.table(columns, schema=schema)
     meta = {"name": name, "backend": backend, "settings": stage_settings, **(extra_metadata or {})}
-    return write_parquet(table, ANNOTATIONS / f"{name}.parquet", {"annotation": meta})
+    return write_parquet(table, _TARGET["annotations"] / f"{name}.parquet", {"annotation": meta})
 
 
 def read_annotations(name: str, columns=None) -> pa.Table:
-    return read_parquet(ANNOTATIONS / f"{name}.parquet", columns)
+    return read_parquet(_TARGET["annotations"] / f"{name}.parquet", columns)
 
 
 def annotation_backend(name: str) -> dict:
-    return read_parquet_metadata(ANNOTATIONS / f"{name}.parquet").get("annotation", {})
+    return read_parquet_metadata(_TARGET["annotations"] / f"{name}.parquet").get("annotation", {})
 
 
 def group_by_uid(table: pa.Table, column: str) -> dict:
@@ -146,7 +168,7 @@ def digest(obj) -> str:
 
 
 def cache_dir(params: dict, stage: str, backend: str, backend_settings: dict) -> Path:
-    root = Path(param(params, "annotate.cache_dir", str))
+    root = _TARGET["cache_dir"] or Path(param(params, "annotate.cache_dir", str))
     return root / stage / f"{backend}-{digest([CACHE_VERSION, backend_settings])[:16]}"
 
 

@@ -176,7 +176,7 @@ def draw_annotations(records: list[dict], captions: dict, path=FIGURE, n: int = 
     return path
 
 
-def main() -> None:
+def main(figure: Path | None = FIGURE) -> None:
     params = load_params()
     table = load_annotation_input(("uid", "class_name", "image"))
     tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
@@ -188,7 +188,9 @@ def main() -> None:
     path = run_annotation_stage(params, "caption", "stages.caption:CAPTIONERS", SCHEMA, records, "captions")
     table = read_annotations("captions", ["uid", "instance_id", "caption"])
     captions = {(u, i): c for u, i, c in zip(*(table[k].to_pylist() for k in ("uid", "instance_id", "caption")))}
-    print(f"captioned {len(records)} images -> {path}; sample figure -> {draw_annotations(records, captions)}")
+    print(f"captioned {len(records)} images -> {path}")
+    if figure is not None:
+        print(f"sample figure -> {draw_annotations(records, captions, figure)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ The output is a tensor file (stages.io.load_tensors) with:
   loss         float32 [iterations] loss curve (empty for selection methods)
   info         method, ipc, seed, settings, engine settings and library versions
   encoded, factor, pool_net   dsdm only: the stored C*K images (l x l tiles each) and l
+  captions     caption_concat only: float32 [N, d], the caption embedding of each synthetic image
+               (stages/caption_head.py image_caption_vectors: mean of instance-caption embeddings)
+  caption_space  caption_concat only: the caption features' encoder metadata
 plus a PNG grid `outputs/figures/distilled/{method}-ipc{K}.png` (one row per class; dsdm: encoded).
 Optimising methods also write a DVCLive loss curve and periodic grids under
 `outputs/distill/{method}-ipc{K}/` and checkpoints `data/checkpoints/{method}-ipc{K}.pt` that
@@ -43,6 +46,18 @@ Methods (the optimising ones run on stages/engine.py with the losses of stages/m
   dsdm       Diversified Semantic Distribution Matching: a network drawn each iteration from
              the pool of stage `pretrain`; prototype + covariance + historical-prototype
              (EMA memory per pool network) losses; IDC factor l (l^2 tiles per stored image).
+  caption_match   the multi-modal paper's caption matching: lambda_1 (`full_weight`) x dsa's gradient
+             matching + lambda_2 (`caption_weight`) x the squared distance, summed over classes, between the
+             mean caption feature of a class's synthetic images (through the frozen differentiable head of
+             stage caption_head) and the mean caption embedding of the class's real train images. The
+             paper names neither the distance nor the target; this is our reading (a DM-style class-mean
+             match in caption space), added to every matching step of the outer loop.
+  caption_concat  the paper's caption concatenation: images distilled by dsa's gradient matching (its
+             own keys), plus a caption embedding per synthetic image (`captions: source` = its source real
+             image's, `cluster` = the mean over its k-means cluster, images initialised from the clusters'
+             nearest images of stage select). stages/evaluate.py then trains a classifier on
+             concat(penultimate features, caption embedding). Captions are instance captions only (label
+             free; a template naming the class is refused); test images use their own (stage annotate_test).
 """
 from __future__ import annotations
 
@@ -54,12 +69,15 @@ import torch
 
 import torch.nn.functional as F
 
+from stages.annotate import annotation_backend
 from stages.augment import DifferentiableAugment
+from stages.caption_head import HEAD, image_caption_vectors, load_head
 from stages.data import ImageSet, load_foreground_masks, load_split
+from stages.embed import feature_metadata, load_features
 from stages.engine import Engine, RealBatches, draw_seed, save_grid
 from stages.io import PipelineError, load_tensors, read_parquet, save_tensors
-from stages.matching import (class_means, distribution_gap, dsdm_terms, factor_decode, factor_encode,
-                             gradient_match)
+from stages.matching import (caption_gap, class_means, distribution_gap, dsdm_terms, factor_decode,
+                             factor_encode, gradient_match)
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
 
@@ -223,7 +241,7 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
                     (full_weight, lambda: gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed), classes)),
                     (masked_weight if masks is not None else 0.0, lambda: masked_match(
                         net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed),
-                        classes))] + [(weight, lambda: term(syn)) for weight, term in extra_terms], device)
+                        classes))] + [(weight, lambda term=term: term(syn)) for weight, term in extra_terms], device)
             engine.update(loss)
             if outer == outer_loop - 1:
                 break
@@ -296,6 +314,53 @@ def dsdm(train: ImageSet, init: list[int], params: dict, section: str, device, s
     return syn, history, net_name
 
 
+def caption_match(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
+                  resume: bool = False):
+    """Caption matching: lambda_1 (`full_weight`) x dsa/dc gradient matching + lambda_2 (`caption_weight`) x
+    caption_gap between the caption features of the synthetic images (through the frozen head of stage
+    caption_head) and the mean caption embedding of all real train images of each class."""
+    real = image_caption_vectors(train.uids, load_tensors(HEAD)["target"] if HEAD.exists() else "instances")
+    head, _ = load_head(device, expected_dim=real.shape[1])
+    classes = len(train.class_names)
+    has_caption = real.norm(dim=1) > 0
+    targets = torch.stack([real[(train.labels == c) & has_caption].mean(0) for c in range(classes)]).to(device)
+    if torch.isnan(targets).any():
+        raise PipelineError("caption_match: some class has no train image with a caption in data/features/caption")
+    caption_weight = param(params, f"{section}.caption_weight", float)
+    return gradient_matching(train, init, params, section, device, seed, resume=resume,
+                             extra_terms=[(caption_weight, lambda syn: caption_gap(head(syn), targets, classes))])
+
+
+def label_free_captions() -> None:
+    """caption_concat uses instance captions only; refuse a caption template that names the class."""
+    meta = annotation_backend("captions")
+    template = meta.get("settings", {}).get("instance_template", "")
+    if meta.get("backend") == "offline_template" and "{class_name}" in template:
+        raise PipelineError(f"param 'caption.instance_template' = {template!r} names the class: caption_concat "
+                            "would leak the label through the test images' captions")
+
+
+def concat_captions(train: ImageSet, init: list[int], params: dict, section: str, ipc: int) -> torch.Tensor:
+    """caption_concat: a caption embedding per synthetic image, from its source image (`captions: source`) or
+    the mean over the members of its k-means cluster (`captions: cluster`; members = the class's train
+    images nearest to that centre in data/features/image; `init` holds the clusters' nearest images)."""
+    label_free_captions()
+    real = image_caption_vectors(train.uids, "instances")
+    if param(params, f"{section}.captions", str, choices=("source", "cluster")) == "source":
+        return real[init]
+    clusters = read_parquet(SELECTIONS / f"kmeans-ipc{ipc}.parquet", ["label", "cluster", "center"]).to_pylist()
+    index, vectors = load_features("image")
+    row = {u: r for r, u in enumerate(index["uid"].to_pylist())}
+    features = torch.from_numpy(vectors[[row[u] for u in train.uids]])
+    out = []
+    for c in range(len(train.class_names)):
+        centres = torch.tensor([r["center"] for r in sorted(clusters, key=lambda r: r["cluster"]) if r["label"] == c])
+        members = torch.nonzero(train.labels == c).flatten()
+        nearest = torch.cdist(features[members], centres).argmin(1)
+        out += [F.normalize(real[members[nearest == k]].sum(0), dim=0) for k in range(len(centres))]
+    return torch.stack(out)
+
+
 def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed: int, resume: bool):
     """Run an optimising method -> (images, label/source indices into train, loss history, extra outputs)."""
     section = f"distill.{method}"
@@ -305,7 +370,17 @@ def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed:
         encoded, history, net_name = dsdm(train, init, params, section, device, seed, resume)
         return factor_decode(encoded, factor), init, history, {"encoded": encoded.contiguous(), "factor": factor,
                                                                "pool_net": net_name}
+    if method == "caption_concat":
+        cluster = param(params, f"{section}.captions", str, choices=("source", "cluster")) == "cluster"
+        init = selection(train, "kmeans", ipc) if cluster else random_selection(train, ipc, seed)
+        captions = concat_captions(train, init, params, section, ipc)
+        images, history = gradient_matching(train, init, params, section, device, seed, resume=resume)
+        return images, init, history, {"captions": captions.contiguous(),
+                                       "caption_space": feature_metadata("caption")}
     init = random_selection(train, ipc, seed)
+    if method == "caption_match":
+        images, history = caption_match(train, init, params, section, device, seed, resume)
+        return images, init, history, {}
     masks = load_foreground_masks(train.uids, *train.images.shape[2:]) if method.startswith("masked_") else None
     if method == "masked_dm" and param(params, f"{section}.full_term", str, "dm", choices=("dm", "dc")) == "dc":
         images, history = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
@@ -318,8 +393,8 @@ def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed:
 
 SELECTED = ("kmeans", "herding", "kcenter", "forgetting")  # real images chosen by stage `select`
 METHODS = ("random", "kmeans", "herding", "kcenter", "forgetting", "dm", "masked_dm", "dc", "dsa", "masked_dc",
-           "dsdm")
-OPTIMISED = ("dm", "masked_dm", "dc", "dsa", "masked_dc", "dsdm")
+           "dsdm", "caption_match", "caption_concat")
+OPTIMISED = ("dm", "masked_dm", "dc", "dsa", "masked_dc", "dsdm", "caption_match", "caption_concat")
 
 
 def distill(method: str, ipc: int, params: dict, resume: bool = False) -> Path:

@@ -235,16 +235,24 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
     return f"{len(uids)} images and {len(inst_uids)} instances with {name}"
 
 
+def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, batch_size: int, rows_per_shard: int,
+                   root=FEATURES) -> list:
+    """Encode captions.parquet (of the current annotation target) into `root`/caption; returns the caption uids."""
+    caps = read_annotations("captions", ["uid", "instance_id", "caption"])
+    cap_uids = caps["uid"].to_pylist()
+    write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
+                               "instance_id": caps["instance_id"].to_pylist()},
+                   encoder.encode(caps["caption"].to_pylist(), batch_size), name, embed_settings, rows_per_shard,
+                   root=root)
+    return cap_uids
+
+
 def embed_texts(params, device, batch_size, rows_per_shard) -> str:
     name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
     embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label"))
     label_of = dict(zip(table["uid"].to_pylist(), table["label"].to_pylist()))
-    caps = read_annotations("captions", ["uid", "instance_id", "caption"])
-    cap_uids = caps["uid"].to_pylist()
-    write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
-                               "instance_id": caps["instance_id"].to_pylist()},
-                   encoder.encode(caps["caption"].to_pylist(), batch_size), name, embed_settings, rows_per_shard)
+    cap_uids = embed_captions(encoder, name, embed_settings, label_of, batch_size, rows_per_shard)
     desc = read_annotations("descriptions", ["uid", "description"])
     desc_uids = desc["uid"].to_pylist()
     write_features("description", {"uid": desc_uids, "label": [label_of[u] for u in desc_uids]},

@@ -14,6 +14,12 @@ training budget is fixed in params, and test is read only to report.
 upper-bound row) with its own budget and augmentation switch `evaluate_full.{epochs,repeats,
 augment}` and writes outputs/metrics/full.json.
 
+caption_concat: each network becomes a CaptionConcat classifier (penultimate features ++ caption
+embedding -> linear), trained on the synthetic images with their stored caption embeddings and scored
+on val and test images with their OWN caption embeddings (mean of instance captions: val from
+data/features/caption, test from stage annotate_test's data/features_test/caption, made without labels).
+Its metrics add `test_images_without_caption` (those get a zero caption vector).
+
 Metrics file (committed to git, declared as DVC metrics), accuracies in %, std over repeats
 (population std):
   test_accuracy_mean, test_accuracy_std, val_accuracy_mean, test_accuracies: the first
@@ -30,9 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from stages.annotate_test import FEATURES_TEST
 from stages.augment import DifferentiableAugment
 from stages.data import ImageSet, denormalize, load_split, normalize
+from stages.caption_head import image_caption_vectors
 from stages.distill import DISTILLED
 from stages.io import PipelineError, load_tensors, save_json
 from stages.nets import make_net
@@ -56,9 +65,27 @@ def net_names(params: dict, channels: int, classes: int, size: int) -> list[str]
     return names
 
 
+class CaptionConcat(nn.Module):
+    """caption_concat's classifier: a network's penultimate features concatenated with the image's caption
+    embedding, then one linear layer (the network's own classifier is not used)."""
+
+    def __init__(self, net: nn.Module, caption_dim: int, classes: int):
+        super().__init__()
+        if not isinstance(getattr(net, "classifier", None), nn.Linear):
+            raise PipelineError(f"caption_concat needs a network whose last layer is a linear `classifier`; "
+                                f"{type(net).__name__} has none")
+        self.net = net
+        self.classifier = nn.Linear(net.classifier.in_features + caption_dim, classes)
+        del net.classifier
+
+    def forward(self, x: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.cat([self.net.embed(x), captions], 1))
+
+
 def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, test: ImageSet, params: dict,
-                    epochs: int, repeats: int, augment: bool, desc: str) -> dict:
-    """Train `repeats` fresh networks per architecture on (images, labels); score them on val and test."""
+                    epochs: int, repeats: int, augment: bool, desc: str, captions: tuple | None = None) -> dict:
+    """Train `repeats` fresh networks per architecture on (images, labels); score them on val and test.
+    With `captions` = (train, val, test) caption embeddings, the networks are CaptionConcat classifiers."""
     seed = param(params, "seed", int)
     device = resolve_device(params)
     lr = param(params, "evaluate.lr", float)
@@ -73,10 +100,13 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
         for r in range(repeats):
             seed_everything(seed + r)
             net = make_net(name, channels, len(test.class_names), size)
+            train_c, val_c, test_c = captions or (None, None, None)
+            if captions is not None:
+                net = CaptionConcat(net, train_c.shape[1], len(test.class_names))
             train_classifier(net, images, labels, epochs, device, lr=lr, batch_size=batch_size, augment=augment,
-                             seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}")
-            val_acc.append(100 * accuracy(net, val_x, val.labels, device))
-            test_acc.append(100 * accuracy(net, test_x, test.labels, device))
+                             seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}", captions=train_c)
+            val_acc.append(100 * accuracy(net, val_x, val.labels, device, captions=val_c))
+            test_acc.append(100 * accuracy(net, test_x, test.labels, device, captions=test_c))
         results[name] = {
             "test_accuracy_mean": round(float(np.mean(test_acc)), 2),
             "test_accuracy_std": round(float(np.std(test_acc)), 2),
@@ -109,13 +139,34 @@ def load_synthetic(path, test: ImageSet) -> tuple[torch.Tensor, torch.Tensor, di
     return images, labels, synthetic["info"]
 
 
+def concat_captions(path: Path, n: int, val: ImageSet, test: ImageSet) -> tuple:
+    """(synthetic, val, test) caption embeddings for caption_concat; val from data/features, test from stage
+    annotate_test's data/features_test (each image its own captions)."""
+    synthetic = load_tensors(path)
+    if "captions" not in synthetic:
+        raise PipelineError(f"{path} has no 'captions': it was not distilled by caption_concat")
+    train_c = synthetic["captions"].float()
+    if not (FEATURES_TEST / "caption" / "index.parquet").exists():
+        raise PipelineError(f"{FEATURES_TEST}/caption is missing: run `dvc repro annotate_test`")
+    val_c = image_caption_vectors(val.uids, "instances")
+    test_c = image_caption_vectors(test.uids, "instances", root=FEATURES_TEST)
+    for name, c, rows in (("synthetic", train_c, n), ("val", val_c, len(val)), ("test", test_c, len(test))):
+        if c.shape != (rows, train_c.shape[1]):
+            raise PipelineError(f"caption_concat: {name} caption embeddings have shape {tuple(c.shape)}, expected "
+                                f"({rows}, {train_c.shape[1]}) (one per image, the synthetic set's dimension)")
+    return train_c, val_c, test_c
+
+
 def evaluate(method: str, ipc: int, params: dict) -> dict:
     val, test = load_split("val"), load_split("test")
-    images, labels, info = load_synthetic(DISTILLED / f"{method}-ipc{ipc}.pt", test)
+    path = DISTILLED / f"{method}-ipc{ipc}.pt"
+    images, labels, info = load_synthetic(path, test)
+    captions = concat_captions(path, len(images), val, test) if method == "caption_concat" else None
     metrics = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
                               positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
-                              f"evaluate {method} ipc{ipc}")
-    return {"method": method, "ipc": ipc, **metrics, "distill": info.get("settings", {})}
+                              f"evaluate {method} ipc{ipc}", captions)
+    extra = {"test_images_without_caption": int((captions[2].norm(dim=1) == 0).sum())} if captions else {}
+    return {"method": method, "ipc": ipc, **metrics, **extra, "distill": info.get("settings", {})}
 
 
 def evaluate_full(params: dict) -> dict:

@@ -25,6 +25,15 @@ def distribution_gap(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -
     return ((real_mean - class_means(net.embed(syn), classes)) ** 2).sum()
 
 
+def caption_gap(syn_features: torch.Tensor, real_means: torch.Tensor, classes: int) -> torch.Tensor:
+    """Caption matching: sum over classes of the squared distance between the mean caption feature of the
+    synthetic images (class-major) and the mean caption embedding of the real images of the class."""
+    if syn_features.shape[1] != real_means.shape[1] or len(real_means) != classes:
+        raise PipelineError(f"caption features of the synthetic images are {tuple(syn_features.shape[1:])}-d but "
+                            f"the real class means are {tuple(real_means.shape)} (expected ({classes}, d))")
+    return ((class_means(syn_features, classes) - real_means) ** 2).sum()
+
+
 def class_gradients(net, images: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
     """Per class, the gradient of the mean cross-entropy of that class's images w.r.t. each parameter
     (a dict of [classes, *param.shape]). Differentiable w.r.t. `images`."""

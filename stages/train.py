@@ -11,10 +11,11 @@ from stages.augment import DifferentiableAugment
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: int, device, *, lr: float = 0.01,
                      batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
                      augment: DifferentiableAugment | None = None, seed: int = 0, desc: str = "train",
-                     decay: bool = True, on_batch=None):
+                     decay: bool = True, on_batch=None, captions: torch.Tensor | None = None):
     """SGD with momentum; lr x0.1 at half the epochs (the DC/DM evaluation protocol) unless `decay` is False.
 
     `on_batch(idx, logits, targets)` sees every mini-batch's (detached) logits before its update.
+    With `captions` (one vector per image), the network is called as net(x, captions[idx]) (caption_concat).
 
     NCHW throughout: on CPU, GroupNorm (instance norm) in channels-last is ~5x slower.
     """
@@ -23,6 +24,7 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2] if decay else [], gamma=0.1)
     images, labels = images.to(device), labels.to(device)
+    captions = captions.to(device) if captions is not None else None
     net.train()
     for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2):
         order = torch.randperm(len(labels), generator=gen).to(device)
@@ -31,7 +33,7 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
             x = images[idx]
             if augment is not None:
                 x = augment(x, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            logits = net(x)
+            logits = net(x) if captions is None else net(x, captions[idx])
             if on_batch is not None:
                 on_batch(idx, logits.detach(), labels[idx])
             loss = F.cross_entropy(logits, labels[idx])
@@ -43,12 +45,14 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
 
 
 @torch.no_grad()
-def accuracy(net, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int = 1024) -> float:
-    """Top-1 accuracy; `images` are already normalised float tensors."""
+def accuracy(net, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int = 1024,
+             captions: torch.Tensor | None = None) -> float:
+    """Top-1 accuracy; `images` are already normalised float tensors; `captions` as in train_classifier."""
     net.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
         x = images[start:start + batch_size].to(device)
-        correct += (net(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
+        logits = net(x) if captions is None else net(x, captions[start:start + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
     net.train()
     return correct / max(len(labels), 1)

@@ -1,0 +1,49 @@
+"""annotate_test: tags, instances, captions and caption features of the TEST split, for caption_concat
+
+    python -m stages.annotate_test
+
+caption_concat's classifier needs a caption embedding for every test image. This stage runs the same
+code and the same params as the stages tag, ground, caption and embed_text (same backends, settings
+and text encoder) on the test split only, writing under its own paths so that the pipeline's
+train/val annotations are untouched:
+
+  data/annotations_test/{tags,instances,captions}.parquet   schemas as data/annotations/ (see tag.py,
+                                                             ground.py, caption.py)
+  data/annotation_cache_test/{tag,ground,caption}/          its own content-addressed cache
+  data/features_test/caption/                                caption features as data/features/caption,
+                                                             `label` -1
+
+No label reaches it: `label` reads as -1 and `class_name` as "" for every test image (stages/annotate.py
+`annotating`), so no caption of the test split can name its class. No sample figure is drawn.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages import caption, ground, tag
+from stages.annotate import annotating, load_annotation_input
+from stages.embed import TEXT_ENCODERS, build_encoder, embed_captions
+from stages.params import load_params, positive, resolve_device
+
+ANNOTATIONS_TEST = Path("data/annotations_test")
+CACHE_TEST = Path("data/annotation_cache_test")
+FEATURES_TEST = Path("data/features_test")
+
+
+def main() -> None:
+    params = load_params()
+    with annotating(("test",), ANNOTATIONS_TEST, CACHE_TEST, hide_labels=True):
+        tag.main()
+        ground.main()
+        caption.main(figure=None)
+        table = load_annotation_input(("uid", "label"))
+        name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, resolve_device(params))
+        batch_size = positive(params, "embed.batch_size")
+        uids = embed_captions(encoder, name, {"batch_size": batch_size} | encoder.settings,
+                              dict(zip(table["uid"].to_pylist(), table["label"].to_pylist())), batch_size,
+                              positive(params, "embed.rows_per_shard", int, 50000), root=FEATURES_TEST)
+    print(f"annotate_test: {table.num_rows} test images, {len(uids)} captions -> {FEATURES_TEST}/caption")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""caption_match, caption_concat, stage caption_head and stage annotate_test on the tiny project."""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stages.data import load_split
+from stages.io import PipelineError, load_tensors, save_tensors
+from tests.conftest import run_stage, set_params
+
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FAST_GM = {"iterations": 2, "batch_real": 4, "outer_loop": 2, "inner_loop": 1}
+
+
+def fast(root, method: str, **extra) -> None:
+    set_params(root, **{f"distill.{method}.{k}": v for k, v in {**FAST_GM, **extra}.items()},
+               **{"caption_head.epochs": 2, "caption_head.width": 8})
+
+
+def test_caption_head_shape_and_training():
+    from stages.caption_head import train_head
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 1, 28, 28, generator=gen)
+    captions = torch.nn.functional.normalize(torch.randn(40, 12, generator=gen), dim=1)
+    head, history = train_head(images, captions, width=8, epochs=15, batch_size=20, lr=0.01, seed=0)
+    out = head(images)
+    assert out.shape == (40, 12)
+    assert torch.allclose(out.norm(dim=1), torch.ones(40), atol=1e-5)
+    assert history[-1] < 0.7 * history[0]
+
+
+def test_caption_losses_decrease():
+    """caption_gap alone, and lambda_1 gradient matching + lambda_2 caption_gap, fall under SGD on the pixels."""
+    from stages.caption_head import CaptionHead
+    from stages.distill import weighted_sum
+    from stages.matching import caption_gap, gradient_match
+    from stages.nets import make_net
+    torch.manual_seed(0)
+    classes = 3
+    head = CaptionHead(1, 28, 16, 8).eval().requires_grad_(False)
+    targets = torch.nn.functional.normalize(torch.randn(classes, 16), dim=1)
+    net = make_net("convnet3", 1, classes, 28)
+    real = torch.randn(classes * 4, 1, 28, 28)
+    for terms in (lambda s: [(1.0, lambda: caption_gap(head(s), targets, classes))],
+                  lambda s: [(1.0, lambda: gradient_match(net, real, s, classes)),
+                             (0.5, lambda: caption_gap(head(s), targets, classes))]):
+        syn = torch.randn(classes * 2, 1, 28, 28).requires_grad_(True)
+        opt = torch.optim.SGD([syn], lr=0.5, momentum=0.5)
+        losses = []
+        for _ in range(8):
+            loss = weighted_sum(terms(syn), "cpu")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+
+
+def test_caption_gap_shape_mismatch_is_clear():
+    from stages.matching import caption_gap
+    with pytest.raises(PipelineError, match="caption features"):
+        caption_gap(torch.zeros(6, 16), torch.zeros(3, 12), 3)
+
+
+def test_unknown_and_blip2_head_are_errors(annotated):
+    from stages import caption_head
+    set_params(annotated, **{"caption_head.head": "nope"})
+    with pytest.raises(PipelineError, match="unknown caption head 'nope'"):
+        run_stage(caption_head)
+    set_params(annotated, **{"caption_head.head": "blip2"})
+    with pytest.raises(PipelineError, match="not implemented"):
+        run_stage(caption_head)
+
+
+def test_caption_match_end_to_end(annotated):
+    from stages import caption_head, distill
+    fast(annotated, "caption_match")
+    run_stage(caption_head)
+    metrics = json.loads((annotated / "outputs/metrics/caption_head.json").read_text())
+    assert -1 <= metrics["val"]["cosine_mean"] <= 1 and metrics["val"]["pairs"] > 0
+    run_stage(distill, "--method", "caption_match", "--ipc", "1")
+    out = load_tensors(annotated / "data/distilled/caption_match-ipc1.pt")
+    assert out["images"].shape == (10, 1, 28, 28) and len(out["loss"]) == 2
+    assert out["info"]["settings"]["caption_weight"] == 1.0
+    # a head for other caption features is refused with a clear error
+    saved = load_tensors(annotated / "data/caption_head/head.pt")
+    saved["dim"] = 7
+    save_tensors(saved, annotated / "data/caption_head/head.pt")
+    with pytest.raises(PipelineError, match="7-d caption features"):
+        run_stage(distill, "--method", "caption_match", "--ipc", "1")
+
+
+def test_test_split_captions_are_label_free(annotated):
+    from stages import annotate_test
+    from stages.annotate import annotating, load_annotation_input
+    with annotating(("test",), annotated / "x", annotated / "y", hide_labels=True):
+        table = load_annotation_input(("uid", "label", "class_name"))
+    assert set(table["label"].to_pylist()) == {-1} and set(table["class_name"].to_pylist()) == {""}
+    run_stage(annotate_test)
+    captions = pq.read_table(annotated / "data/annotations_test/captions.parquet").to_pylist()
+    test = load_split("test")
+    assert captions and {c["uid"] for c in captions} <= set(test.uids)
+    class_names = test.class_names
+    for row in captions:
+        for name in class_names:
+            assert name.lower() not in row["caption"].lower(), (row, name)
+    index = pq.read_table(annotated / "data/features_test/caption/index.parquet")
+    assert index.num_rows == len(captions) and set(index["label"].to_pylist()) == {-1}
+
+
+def test_caption_concat_end_to_end(annotated):
+    from stages import annotate_test, distill, evaluate
+    fast(annotated, "caption_concat")
+    run_stage(annotate_test)
+    run_stage(distill, "--method", "caption_concat", "--ipc", "1")
+    out = load_tensors(annotated / "data/distilled/caption_concat-ipc1.pt")
+    assert out["captions"].shape == (10, 384) and out["images"].shape == (10, 1, 28, 28)
+    run_stage(evaluate, "--method", "caption_concat", "--ipc", "1")
+    metrics = json.loads((annotated / "outputs/metrics/caption_concat-ipc1.json").read_text())
+    assert 0 <= metrics["test_accuracy_mean"] <= 100 and len(metrics["test_accuracies"]) == 2
+    # synthetic captions of another dimension: a clear error naming the shapes
+    out["captions"] = out["captions"][:, :10]
+    save_tensors(out, annotated / "data/distilled/caption_concat-ipc1.pt")
+    with pytest.raises(PipelineError, match="caption embeddings have shape"):
+        run_stage(evaluate, "--method", "caption_concat", "--ipc", "1")
+
+
+def test_caption_concat_refuses_a_template_naming_the_class(annotated):
+    from stages import caption, distill
+    fast(annotated, "caption_concat")
+    set_params(annotated, **{"caption.instance_template": "a {phrase} of a {class_name}"})
+    run_stage(caption)
+    with pytest.raises(PipelineError, match="names the class"):
+        run_stage(distill, "--method", "caption_concat", "--ipc", "1")
