@@ -124,14 +124,11 @@ def score_head(head: CaptionHead, images: torch.Tensor, captions: torch.Tensor) 
             "pairs": len(images)}
 
 
-def load_head(device, expected_dim: int | None = None) -> tuple[CaptionHead, dict]:
+def load_head(device) -> tuple[CaptionHead, dict]:
     """The frozen head of stage caption_head and its saved record."""
     if not HEAD.exists():
         raise PipelineError(f"{HEAD} is missing: run `dvc repro caption_head` (python -m stages.caption_head)")
     saved = load_tensors(HEAD)
-    if expected_dim is not None and saved["dim"] != expected_dim:
-        raise PipelineError(f"{HEAD} maps to {saved['dim']}-d caption features, but the caption embeddings are "
-                            f"{expected_dim}-d; re-run `dvc repro caption_head`")
     head = CaptionHead(saved["channels"], saved["image_size"], saved["dim"], saved["width"])
     head.load_state_dict(saved["state_dict"])
     return head.to(device).eval().requires_grad_(False), saved

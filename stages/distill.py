@@ -319,8 +319,11 @@ def caption_match(train: ImageSet, init: list[int], params: dict, section: str, 
     """Caption matching: lambda_1 (`full_weight`) x dsa/dc gradient matching + lambda_2 (`caption_weight`) x
     caption_gap between the caption features of the synthetic images (through the frozen head of stage
     caption_head) and the mean caption embedding of all real train images of each class."""
-    real = image_caption_vectors(train.uids, load_tensors(HEAD)["target"] if HEAD.exists() else "instances")
-    head, _ = load_head(device, expected_dim=real.shape[1])
+    head, saved = load_head(device)
+    real = image_caption_vectors(train.uids, saved["target"])
+    if saved["dim"] != real.shape[1]:
+        raise PipelineError(f"{HEAD} maps to {saved['dim']}-d caption features, but data/features/caption is "
+                            f"{real.shape[1]}-d; re-run `dvc repro caption_head`")
     classes = len(train.class_names)
     has_caption = real.norm(dim=1) > 0
     targets = torch.stack([real[(train.labels == c) & has_caption].mean(0) for c in range(classes)]).to(device)

@@ -77,7 +77,7 @@ def table(rows: list[tuple[str, str, dict]], info: dict) -> list[str]:
 
 def main() -> None:
     params = load_params()
-    methods = param(params, "distill.methods", list)
+    methods = param(params, "distill.methods", list) + param(params, "distill.caption_methods", list, [])
     ipcs = int_list(params, "distill.ipcs")
     rows = []
     for method in methods:

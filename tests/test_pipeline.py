@@ -33,7 +33,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     sh(project, "dvc", "init", "-q")
     out = sh(project, "dvc", "repro")
     stages = {"prepare", "tag", "ground", "caption", "describe", "embed_image", "embed_text", "forgetting", "select",
-              "align", "prototypes", "pretrain", "report", "evaluate_full"}
+              "align", "prototypes", "pretrain", "report", "evaluate_full", "caption_head", "annotate_test"}
     runs = {f"{s}@{m}-{k}" for s in ("distill", "evaluate") for m in ("random", "kmeans", "dm", "masked_dm")
             for k in (1, 2)}
     assert ran(out) == stages | runs
@@ -49,7 +49,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert ran(sh(project, "dvc", "repro")) == {r for r in runs if r.startswith("evaluate")} | {"report"}
 
     set_params(project, **{"caption.image_template": "an image of a {class_name}"})
-    assert ran(sh(project, "dvc", "repro")) == {"caption", "describe", "embed_text", "align", "prototypes", "report"}
+    assert ran(sh(project, "dvc", "repro")) == {"caption", "describe", "embed_text", "align", "prototypes", "report",
+                                                "caption_head", "annotate_test"}
 
     # a colleague clones, pulls from the shared remote and has everything without recomputing
     remote = tmp_path / "remote"
