@@ -10,8 +10,12 @@ of `data/features/caption`. `caption_head.head` picks it:
            ConvNet) whose linear layer outputs the caption dimension, L2-normalised. Trained with Adam on
            the train split's (normalised image, caption embedding) pairs to maximise their cosine; scored
            on the val split's pairs.
-  blip2    BLIP-2's vision encoder + Q-Former + language projection mapped to the caption space: not
-           implemented (a PipelineError says so).
+  blip2    BLIP-2 (transformers, `caption_head.blip2.model` + `revision`, frozen): the images are turned
+           into BLIP-2's input differentiably (back to [0, 1] pixels, grey to RGB, bilinear resize to the
+           processor's size, its mean/std), then vision encoder -> Q-Former -> language projection; the
+           query outputs are averaged and a linear map, trained like the offline head on the train pairs
+           (BLIP-2's query features computed once), takes them into the caption space, L2-normalised. The
+           caption space is the text encoder's (e.g. MiniLM), which BLIP-2 does not share, hence the map.
 
 An image's caption embedding (`image_caption_vectors`) is the L2-normalised mean of the embeddings of its
 instance captions (`instance_id` >= 0: the paper captions object instances), or, with
@@ -19,9 +23,10 @@ instance captions (`instance_id` >= 0: the paper captions object instances), or,
 caption get a zero vector (they are left out of the head's training and scoring).
 
 Outputs:
-  data/caption_head/head.pt      `state_dict`, `head`, `width`, `channels`, `image_size`, `dim` (caption
-                                 dimension), `target`, `settings`, `loss` curve, `space` (the caption
-                                 features' encoder settings), seed, versions
+  data/caption_head/head.pt      `state_dict` (offline: the ConvNet; blip2: the linear map only), `head`,
+                                 `width`, `channels`, `image_size`, `dim` (caption dimension), `target`,
+                                 `mean`/`std` (the dataset's normalisation), `settings` (blip2: model, revision),
+                                 `loss` curve, `space` (the caption features' encoder settings), seed, versions
   outputs/metrics/caption_head.json   val mean cosine of head(image) and its caption embedding, val
                                  retrieval R@1/5/10 image->caption (ties do not count against), chance,
                                  pairs, settings, final train loss
@@ -37,11 +42,13 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.align import recall_at
+from stages.annotate import from_pretrained, model_source, torch_dtype
 from stages.data import ImageSet, load_split
 from stages.embed import FEATURES, feature_metadata, load_features
 from stages.io import PipelineError, load_tensors, save_json, save_tensors
+from stages.models import batched
 from stages.nets import ConvNet, convnet_depth
-from stages.params import load_params, param, positive, seed_everything, versions
+from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
 
 HEAD = Path("data/caption_head/head.pt")
 METRICS = Path("outputs/metrics/caption_head.json")
@@ -73,17 +80,69 @@ class CaptionHead(nn.Module):
         return F.normalize(self.net(x), dim=1)
 
 
+class Projection(nn.Module):
+    """A linear map into the caption space, L2-normalised (blip2's trained part)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(x), dim=1)
+
+
+class Blip2Features(nn.Module):
+    """Frozen BLIP-2 from normalised dataset images to its averaged query outputs (language-projected),
+    differentiable w.r.t. the pixels."""
+
+    def __init__(self, model, image_processor, mean, std):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.size = (image_processor.size["height"], image_processor.size["width"])
+        for name, values in (("mean", mean), ("std", std), ("blip_mean", image_processor.image_mean),
+                             ("blip_std", image_processor.image_std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x * self.std + self.mean
+        pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+        pixels = F.interpolate(pixels, size=self.size, mode="bilinear", align_corners=False)
+        pixels = (pixels - self.blip_mean) / self.blip_std
+        dtype = next(self.model.parameters()).dtype
+        return self.model.get_image_features(pixel_values=pixels.to(dtype)).pooler_output.mean(1).float()
+
+
+def load_blip2(settings: dict, mean, std, device) -> Blip2Features:
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+    params = {"caption_head": {"blip2": {"model": settings["model"], "revision": settings["revision"]}}}
+    keys = ("caption_head.blip2.model", "caption_head.blip2.revision")
+    processor = from_pretrained(Blip2Processor, params, *keys)
+    model = from_pretrained(Blip2ForConditionalGeneration, params, *keys, dtype=torch_dtype(device))
+    return Blip2Features(model, processor.image_processor, mean, std).to(device)
+
+
+class Blip2Head(nn.Module):
+    def __init__(self, features: Blip2Features, projection: Projection):
+        super().__init__()
+        self.features, self.projection = features, projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.features(x))
+
+
 def _settings(params: dict) -> dict:
     head = param(params, "caption_head.head", str)
     if head not in HEADS:
         raise PipelineError(f"unknown caption head {head!r} (param 'caption_head.head'); valid: {', '.join(HEADS)}")
+    settings = {"head": head, "target": param(params, "caption_head.target", str, choices=TARGETS),
+                "width": positive(params, "caption_head.width"), "epochs": positive(params, "caption_head.epochs"),
+                "batch_size": positive(params, "caption_head.batch_size"),
+                "lr": positive(params, "caption_head.lr", float)}
     if head == "blip2":
-        raise PipelineError("param 'caption_head.head' = blip2: mapping BLIP-2's query outputs into the caption "
-                            "space is not implemented; use 'offline'")
-    return {"head": head, "target": param(params, "caption_head.target", str, choices=TARGETS),
-            "width": positive(params, "caption_head.width"), "epochs": positive(params, "caption_head.epochs"),
-            "batch_size": positive(params, "caption_head.batch_size"),
-            "lr": positive(params, "caption_head.lr", float)}
+        model_source(params, "caption_head.blip2.model")
+        settings["blip2"] = {"model": param(params, "caption_head.blip2.model", str),
+                             "revision": param(params, "caption_head.blip2.revision", str, "main")}
+    return settings
 
 
 def _pairs(split: ImageSet, target: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,20 +151,24 @@ def _pairs(split: ImageSet, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     return split.normalized()[keep], captions[keep]
 
 
-def train_head(images: torch.Tensor, captions: torch.Tensor, *, width: int, epochs: int, batch_size: int,
-               lr: float, seed: int) -> tuple[CaptionHead, list[float]]:
-    """Adam on 1 - cosine(head(image), caption embedding)."""
-    seed_everything(seed)
-    head = CaptionHead(images.shape[1], images.shape[2], captions.shape[1], width)
+@torch.no_grad()
+def blip2_features(features: Blip2Features, images: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
+    device = features.mean.device
+    return torch.cat([features(images[sl].to(device)).cpu() for sl in batched(len(images), batch_size, desc)])
+
+
+def train_head(head: nn.Module, inputs: torch.Tensor, captions: torch.Tensor, *, epochs: int, batch_size: int,
+               lr: float, seed: int) -> tuple[nn.Module, list[float]]:
+    """Adam on 1 - cosine(head(input), caption embedding)."""
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     history = []
     for _ in tqdm(range(epochs), desc="caption_head", mininterval=2):
-        order = torch.randperm(len(images), generator=gen)
+        order = torch.randperm(len(inputs), generator=gen)
         total = 0.0
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            loss = (1 - (head(images[idx]) * captions[idx]).sum(1)).mean()
+            loss = (1 - (head(inputs[idx]) * captions[idx]).sum(1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -115,7 +178,7 @@ def train_head(images: torch.Tensor, captions: torch.Tensor, *, width: int, epoc
 
 
 @torch.no_grad()
-def score_head(head: CaptionHead, images: torch.Tensor, captions: torch.Tensor) -> dict:
+def score_head(head: nn.Module, images: torch.Tensor, captions: torch.Tensor) -> dict:
     predicted = torch.cat([head(images[i:i + 512]) for i in range(0, len(images), 512)])
     similarity = (predicted @ captions.T).numpy()
     return {"cosine_mean": round(float((predicted * captions).sum(1).mean()), 4),
@@ -124,13 +187,18 @@ def score_head(head: CaptionHead, images: torch.Tensor, captions: torch.Tensor) 
             "pairs": len(images)}
 
 
-def load_head(device) -> tuple[CaptionHead, dict]:
-    """The frozen head of stage caption_head and its saved record."""
+def load_head(device) -> tuple[nn.Module, dict]:
+    """The frozen head of stage caption_head (normalised images -> caption embeddings) and its saved record."""
     if not HEAD.exists():
         raise PipelineError(f"{HEAD} is missing: run `dvc repro caption_head` (python -m stages.caption_head)")
     saved = load_tensors(HEAD)
-    head = CaptionHead(saved["channels"], saved["image_size"], saved["dim"], saved["width"])
-    head.load_state_dict(saved["state_dict"])
+    if saved["head"] == "blip2":
+        projection = Projection(saved["state_dict"]["linear.weight"].shape[1], saved["dim"])
+        projection.load_state_dict(saved["state_dict"])
+        head = Blip2Head(load_blip2(saved["settings"]["blip2"], saved["mean"], saved["std"], device), projection)
+    else:
+        head = CaptionHead(saved["channels"], saved["image_size"], saved["dim"], saved["width"])
+        head.load_state_dict(saved["state_dict"])
     return head.to(device).eval().requires_grad_(False), saved
 
 
@@ -138,19 +206,30 @@ def main() -> None:
     params = load_params()
     seed = param(params, "seed", int)
     settings = _settings(params)
-    train_images, train_captions = _pairs(load_split("train"), settings["target"])
+    train = load_split("train")
+    train_images, train_captions = _pairs(train, settings["target"])
     val_images, val_captions = _pairs(load_split("val"), settings["target"])
     if not len(train_images) or not len(val_images):
         raise PipelineError(f"no train or val image has a caption of target {settings['target']!r} in "
                             f"{FEATURES}/caption")
-    torch.manual_seed(seed)
-    head, history = train_head(train_images, train_captions, seed=seed,
-                               **{k: settings[k] for k in ("width", "epochs", "batch_size", "lr")})
-    metrics = {"val": score_head(head, val_images, val_captions), "train_pairs": len(train_images),
+    budget = {k: settings[k] for k in ("epochs", "batch_size", "lr")}
+    seed_everything(seed)
+    if settings["head"] == "blip2":
+        device = resolve_device(params)
+        features = load_blip2(settings["blip2"], train.mean, train.std, device)
+        train_inputs = blip2_features(features, train_images, settings["batch_size"], "blip2 train features")
+        val_inputs = blip2_features(features, val_images, settings["batch_size"], "blip2 val features")
+        head = Projection(train_inputs.shape[1], train_captions.shape[1])
+    else:
+        train_inputs, val_inputs = train_images, val_images
+        head = CaptionHead(train_images.shape[1], train_images.shape[2], train_captions.shape[1], settings["width"])
+    head, history = train_head(head, train_inputs, train_captions, seed=seed, **budget)
+    metrics = {"val": score_head(head, val_inputs, val_captions), "train_pairs": len(train_images),
                "final_train_loss": round(history[-1], 4), "settings": settings, "seed": seed}
     save_tensors({"state_dict": head.state_dict(), "head": settings["head"], "width": settings["width"],
                   "channels": int(train_images.shape[1]), "image_size": int(train_images.shape[2]),
                   "dim": int(train_captions.shape[1]), "target": settings["target"], "settings": settings,
+                  "mean": train.mean, "std": train.std,
                   "loss": torch.tensor(history), "space": feature_metadata("caption"), "seed": seed,
                   "versions": versions()}, HEAD)
     save_json(metrics, METRICS)

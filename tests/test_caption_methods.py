@@ -24,11 +24,11 @@ def fast(root, method: str, **extra) -> None:
 
 
 def test_caption_head_shape_and_training():
-    from stages.caption_head import train_head
+    from stages.caption_head import CaptionHead, train_head
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(40, 1, 28, 28, generator=gen)
     captions = torch.nn.functional.normalize(torch.randn(40, 12, generator=gen), dim=1)
-    head, history = train_head(images, captions, width=8, epochs=15, batch_size=20, lr=0.01, seed=0)
+    head, history = train_head(CaptionHead(1, 28, 12, 8), images, captions, epochs=15, batch_size=20, lr=0.01, seed=0)
     out = head(images)
     assert out.shape == (40, 12)
     assert torch.allclose(out.norm(dim=1), torch.ones(40), atol=1e-5)
@@ -68,14 +68,35 @@ def test_caption_gap_shape_mismatch_is_clear():
         caption_gap(torch.zeros(6, 16), torch.zeros(3, 12), 3)
 
 
-def test_unknown_and_blip2_head_are_errors(annotated):
+def test_unknown_head_and_missing_blip2_weights_are_errors(annotated):
     from stages import caption_head
     set_params(annotated, **{"caption_head.head": "nope"})
     with pytest.raises(PipelineError, match="unknown caption head 'nope'"):
         run_stage(caption_head)
-    set_params(annotated, **{"caption_head.head": "blip2"})
-    with pytest.raises(PipelineError, match="not implemented"):
+    set_params(annotated, **{"caption_head.head": "blip2", "caption_head.blip2.model": str(annotated / "missing")})
+    with pytest.raises(PipelineError, match="caption_head.blip2.model"):
         run_stage(caption_head)
+
+
+def test_blip2_head_tiny_model(annotated, tmp_path):
+    """A tiny random-weight BLIP-2 saved to disk: the head trains its map, is differentiable w.r.t. the
+    pixels, and caption_match runs through it."""
+    from stages import caption_head, distill
+    from tests.test_annotate_real import build_blip2
+    model = build_blip2(tmp_path)
+    fast(annotated, "caption_match", iterations=1)
+    set_params(annotated, **{"caption_head.head": "blip2", "caption_head.blip2.model": str(model),
+                             "caption_head.epochs": 3})
+    run_stage(caption_head)
+    head, saved = caption_head.load_head(torch.device("cpu"))
+    assert saved["head"] == "blip2" and saved["dim"] == 384
+    images = load_split("train").normalized()[:4].requires_grad_(True)
+    out = head(images)
+    assert out.shape == (4, 384) and torch.allclose(out.norm(dim=1), torch.ones(4), atol=1e-5)
+    out.sum().backward()
+    assert images.grad.abs().sum() > 0
+    run_stage(distill, "--method", "caption_match", "--ipc", "1")
+    assert len(load_tensors(annotated / "data/distilled/caption_match-ipc1.pt")["loss"]) == 1
 
 
 def test_caption_match_end_to_end(annotated):
