@@ -159,3 +159,17 @@ def test_caption_concat_refuses_a_template_naming_the_class(annotated):
     run_stage(caption)
     with pytest.raises(PipelineError, match="names the class"):
         run_stage(distill, "--method", "caption_concat", "--ipc", "1")
+
+
+@pytest.mark.slow  # stage select (LOF, k-means, herding, k-center, figures) costs ~40 s on 2 loaded cores
+def test_caption_concat_cluster_captions(annotated):
+    """captions: cluster -> images start from kmeans's cluster images, each caption the unit mean of its cluster."""
+    from stages import distill, select
+    fast(annotated, "caption_concat", captions="cluster")
+    run_stage(select)
+    run_stage(distill, "--method", "caption_concat", "--ipc", "2")
+    out = load_tensors(annotated / "data/distilled/caption_concat-ipc2.pt")
+    kmeans = pq.read_table(annotated / "data/selections/kmeans-ipc2.parquet").to_pylist()
+    assert out["source_uids"] == [r["uid"] for r in sorted(kmeans, key=lambda r: (r["label"], r["cluster"]))]
+    assert out["captions"].shape == (20, 384)
+    assert torch.allclose(out["captions"].norm(dim=1), torch.ones(20), atol=1e-5)
