@@ -187,11 +187,15 @@ def score_head(head: nn.Module, images: torch.Tensor, captions: torch.Tensor) ->
             "pairs": len(images)}
 
 
-def load_head(device) -> tuple[nn.Module, dict]:
-    """The frozen head of stage caption_head (normalised images -> caption embeddings) and its saved record."""
+def load_head(device, expected_dim: int) -> tuple[nn.Module, dict]:
+    """The frozen head of stage caption_head (normalised images -> caption embeddings) and its saved record;
+    `expected_dim` is the caption features' dimension."""
     if not HEAD.exists():
         raise PipelineError(f"{HEAD} is missing: run `dvc repro caption_head` (python -m stages.caption_head)")
     saved = load_tensors(HEAD)
+    if saved["dim"] != expected_dim:
+        raise PipelineError(f"{HEAD} maps to {saved['dim']}-d caption features, but the caption features are "
+                            f"{expected_dim}-d; re-run `dvc repro caption_head`")
     if saved["head"] == "blip2":
         projection = Projection(saved["state_dict"]["linear.weight"].shape[1], saved["dim"])
         projection.load_state_dict(saved["state_dict"])

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 
 from stages.annotate import annotation_backend
 from stages.augment import DifferentiableAugment
-from stages.caption_head import HEAD, image_caption_vectors, load_head
+from stages.caption_head import image_caption_vectors, load_head
 from stages.data import ImageSet, load_foreground_masks, load_split
 from stages.embed import feature_metadata, load_features
 from stages.engine import Engine, RealBatches, draw_seed, save_grid
@@ -319,11 +319,8 @@ def caption_match(train: ImageSet, init: list[int], params: dict, section: str, 
     """Caption matching: lambda_1 (`full_weight`) x dsa/dc gradient matching + lambda_2 (`caption_weight`) x
     caption_gap between the caption features of the synthetic images (through the frozen head of stage
     caption_head) and the mean caption embedding of all real train images of each class."""
-    head, saved = load_head(device)
+    head, saved = load_head(device, feature_metadata("caption").get("dim"))
     real = image_caption_vectors(train.uids, saved["target"])
-    if saved["dim"] != real.shape[1]:
-        raise PipelineError(f"{HEAD} maps to {saved['dim']}-d caption features, but data/features/caption is "
-                            f"{real.shape[1]}-d; re-run `dvc repro caption_head`")
     classes = len(train.class_names)
     has_caption = real.norm(dim=1) > 0
     targets = torch.stack([real[(train.labels == c) & has_caption].mean(0) for c in range(classes)]).to(device)

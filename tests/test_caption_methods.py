@@ -88,7 +88,7 @@ def test_blip2_head_tiny_model(annotated, tmp_path):
     set_params(annotated, **{"caption_head.head": "blip2", "caption_head.blip2.model": str(model),
                              "caption_head.epochs": 3})
     run_stage(caption_head)
-    head, saved = caption_head.load_head(torch.device("cpu"))
+    head, saved = caption_head.load_head(torch.device("cpu"), 384)
     assert saved["head"] == "blip2" and saved["dim"] == 384
     images = load_split("train").normalized()[:4].requires_grad_(True)
     out = head(images)
