@@ -199,9 +199,10 @@ def load_vae(params: dict):
         if not (VAE_DIR / "config.json").exists():
             raise PipelineError(f"param '{key}' is 'offline' but {VAE_DIR} has no trained VAE: run `dvc repro vae` "
                                 "(python -m stages.vae)")
-        return AutoencoderKL.from_pretrained(VAE_DIR), {"vae": "offline"}
+        return AutoencoderKL.from_pretrained(VAE_DIR, low_cpu_mem_usage=False), {"vae": "offline"}
     subfolder = param(params, "distill.engine.vae_subfolder", str, "") or None
-    vae = from_pretrained(AutoencoderKL, params, key, "distill.engine.vae_revision", subfolder=subfolder)
+    vae = from_pretrained(AutoencoderKL, params, key, "distill.engine.vae_revision", subfolder=subfolder,
+                          low_cpu_mem_usage=False)  # True only warns without `accelerate`
     return vae, {"vae": source, "revision": param(params, "distill.engine.vae_revision", str, "main"),
                  "subfolder": subfolder or ""}
 
