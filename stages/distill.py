@@ -14,6 +14,9 @@ The output is a tensor file (stages.io.load_tensors) with:
   captions     caption_concat only: float32 [N, d], the caption embedding of each synthetic image
                (stages/caption_head.py image_caption_vectors: mean of instance-caption embeddings)
   caption_space  caption_concat only: the caption features' encoder metadata
+  latents, vae  `distill.engine.parameterisation: latent` only: the optimised latents (dsdm: of the
+               encoded images) and the VAE (source, revision, subfolder, scaling_factor, weight digest);
+               `images` are then the latents decoded by that VAE, clamped to valid pixels
 plus a PNG grid `outputs/figures/distilled/{method}-ipc{K}.png` (one row per class; dsdm: encoded).
 Optimising methods also write a DVCLive loss curve and periodic grids under
 `outputs/distill/{method}-ipc{K}/` and checkpoints `data/checkpoints/{method}-ipc{K}.pt` that
@@ -80,6 +83,7 @@ from stages.matching import (caption_gap, class_means, distribution_gap, dsdm_te
                              factor_encode, gradient_match)
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
+from stages.vae import parameterisation
 
 DISTILLED = Path("data/distilled")
 GRIDS = Path("outputs/figures/distilled")
@@ -168,7 +172,7 @@ def distribution_matching(train: ImageSet, init: list[int], params: dict, sectio
         idx = batches.sample(engine.gen)
         real = batches.images[idx].to(device)
         aug_seed = draw_seed(engine.gen)
-        syn = engine.syn
+        syn = engine.images()
         with engine.autocast():
             loss = weighted_sum([
                 (full_weight, lambda: distribution_gap(net, augment(real, aug_seed), augment(syn, aug_seed), classes)),
@@ -234,7 +238,7 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
             idx = batches.sample(engine.gen)
             real = batches.images[idx].to(device)
             aug_seed = draw_seed(engine.gen)
-            syn = engine.syn
+            syn = engine.images()
             with engine.autocast():
                 masked_match = gradient_match if masked_term == "dc" else distribution_gap
                 loss = weighted_sum([
@@ -245,7 +249,7 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
             engine.update(loss)
             if outer == outer_loop - 1:
                 break
-            images = engine.syn.detach()
+            images = engine.images(detach=True)
             for _ in range(inner_loop):
                 order = torch.randperm(len(images), generator=engine.gen).to(device)
                 for start in range(0, len(order), net_batch):
@@ -301,12 +305,12 @@ def dsdm(train: ImageSet, init: list[int], params: dict, section: str, device, s
         with engine.autocast():
             with torch.no_grad():
                 real_features = net.embed(augment(real, aug_seed))
-            syn_features = net.embed(augment(factor_decode(engine.syn, factor), aug_seed))
+            syn_features = net.embed(augment(factor_decode(engine.images(), factor), aug_seed))
             proto, diversity, hist = dsdm_terms(real_features, syn_features, memory[m] if used[m] else None, classes)
             loss = proto + lambda_div * diversity + lambda_hist * hist
         engine.update(loss)
         with torch.no_grad(), engine.autocast():
-            prototypes = class_means(net.embed(factor_decode(engine.syn, factor)), classes).float()
+            prototypes = class_means(net.embed(factor_decode(engine.images(), factor)), classes).float()
         memory[m] = ema * memory[m] + (1 - ema) * prototypes if used[m] else prototypes
         used[m] = True
 
@@ -362,33 +366,36 @@ def concat_captions(train: ImageSet, init: list[int], params: dict, section: str
 
 
 def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed: int, resume: bool):
-    """Run an optimising method -> (images, label/source indices into train, loss history, extra outputs)."""
+    """Run an optimising method -> (images, label/source indices into train, loss history, extra outputs).
+    The optimised tensor (pixels, or latents) is decoded by the engine's parameterisation."""
     section = f"distill.{method}"
+    space = parameterisation(params, device)
     if method == "dsdm":
         factor = positive(params, f"{section}.factor")
         init = random_selection(train, ipc * factor**2, seed)
-        encoded, history, net_name = dsdm(train, init, params, section, device, seed, resume)
+        syn, history, net_name = dsdm(train, init, params, section, device, seed, resume)
+        encoded = space.final(syn)
         return factor_decode(encoded, factor), init, history, {"encoded": encoded.contiguous(), "factor": factor,
-                                                               "pool_net": net_name}
+                                                               "pool_net": net_name, **space.outputs(syn)}
     if method == "caption_concat":
         cluster = param(params, f"{section}.captions", str, choices=("source", "cluster")) == "cluster"
         init = selection(train, "kmeans", ipc) if cluster else random_selection(train, ipc, seed)
         captions = concat_captions(train, init, params, section, ipc)
-        images, history = gradient_matching(train, init, params, section, device, seed, resume=resume)
-        return images, init, history, {"captions": captions.contiguous(),
-                                       "caption_space": feature_metadata("caption")}
+        syn, history = gradient_matching(train, init, params, section, device, seed, resume=resume)
+        return space.final(syn), init, history, {"captions": captions.contiguous(),
+                                                 "caption_space": feature_metadata("caption"), **space.outputs(syn)}
     init = random_selection(train, ipc, seed)
     if method == "caption_match":
-        images, history = caption_match(train, init, params, section, device, seed, resume)
-        return images, init, history, {}
+        syn, history = caption_match(train, init, params, section, device, seed, resume)
+        return space.final(syn), init, history, space.outputs(syn)
     masks = load_foreground_masks(train.uids, *train.images.shape[2:]) if method.startswith("masked_") else None
     if method == "masked_dm" and param(params, f"{section}.full_term", str, "dm", choices=("dm", "dc")) == "dc":
-        images, history = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
+        syn, history = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
     elif method in ("dm", "masked_dm"):
-        images, history = distribution_matching(train, init, params, section, device, seed, masks, resume)
+        syn, history = distribution_matching(train, init, params, section, device, seed, masks, resume)
     else:
-        images, history = gradient_matching(train, init, params, section, device, seed, masks, resume)
-    return images, init, history, {}
+        syn, history = gradient_matching(train, init, params, section, device, seed, masks, resume)
+    return space.final(syn), init, history, space.outputs(syn)
 
 
 SELECTED = ("kmeans", "herding", "kcenter", "forgetting")  # real images chosen by stage `select`

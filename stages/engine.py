@@ -1,15 +1,18 @@
 """The distillation engine shared by every optimising method (dm, masked_dm, dc, dsa, masked_dc, dsdm).
 
-It owns what the methods have in common: the synthetic pixels and their SGD optimiser, the real
+It owns what the methods have in common: the synthetic set and its SGD optimiser, the real
 batches (one per class, drawn from a checkpointed generator), device placement and optional
 bf16/fp16 autocast on CUDA, a DVCLive loss curve and a grid of the synthetic images every N
 iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N iterations under
 `data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output bytes
-as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss and
-calls `engine.update(loss)` (once, or several times as DC's outer loop does).
+as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
+`engine.images()` and calls `engine.update(loss)` (once, or several times as DC's outer loop does).
+
+The optimised tensor `engine.syn` is the normalised pixels, or with `parameterisation: latent` the
+latents of a frozen AutoencoderKL that `engine.images()` decodes (stages/vae.py); `run` returns it.
 
 Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (bf16/fp16 need CUDA),
-checkpoint_every, log_every and grid_every (iterations).
+checkpoint_every, log_every and grid_every (iterations), parameterisation pixels|latent and the VAE.
 
 Randomness: the global torch RNG is re-seeded at the start of every iteration from (seed, iteration)
 (network initialisation), and batches/augmentation seeds come from `engine.gen`, whose state is in
@@ -27,6 +30,7 @@ from tqdm import tqdm
 from stages.data import ImageSet, denormalize
 from stages.io import PipelineError, load_tensors, save_figure, save_tensors
 from stages.params import param, positive
+from stages.vae import parameterisation
 
 CHECKPOINTS = Path("data/checkpoints")
 LIVE = Path("outputs/distill")
@@ -69,7 +73,8 @@ class Engine:
         self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int, 100)
         self.log_every = positive(params, "distill.engine.log_every", int, 1)
         self.grid_every = positive(params, "distill.engine.grid_every", int, 100)
-        self.syn = syn.clone().to(device).requires_grad_(True)
+        self.parameterisation = parameterisation(params, device)
+        self.syn = self.parameterisation.encode(syn.to(device)).clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=param(params, f"{section}.lr", float),
                                    momentum=param(params, f"{section}.momentum", float))
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -78,14 +83,22 @@ class Engine:
         self.history: list[float] = []
         settings = dict(param(params, section, dict))
         settings.pop("iterations", None)  # a resumed run may be extended
-        self.fingerprint = {"name": name, "seed": seed, "precision": precision, "settings": settings}
+        self.fingerprint = {"name": name, "seed": seed, "precision": precision, "settings": settings,
+                            **self.parameterisation.fingerprint}
         self._losses: list[float] = []
 
     def autocast(self):
         return torch.autocast("cuda", dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
 
+    def images(self, detach: bool = False) -> torch.Tensor:
+        """The synthetic images the losses see: `syn` decoded (pixels: `syn` itself)."""
+        if detach:
+            with torch.no_grad():
+                return self.parameterisation.decode(self.syn).detach()
+        return self.parameterisation.decode(self.syn)
+
     def update(self, loss: torch.Tensor) -> None:
-        """One optimiser step of the synthetic pixels on `loss`."""
+        """One optimiser step of the synthetic set on `loss`."""
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -110,7 +123,7 @@ class Engine:
                 live.log_metric("loss", self.history[-1])
                 live.next_step()
             if done % self.grid_every == 0 and self.show is not None:
-                self.show(self.syn.detach().cpu(), Path(live.plots_dir) / "grids" / f"{done:06d}.png")
+                self.show(self.images(detach=True).cpu(), Path(live.plots_dir) / "grids" / f"{done:06d}.png")
             if done % self.checkpoint_every == 0 or done == iterations:
                 self._save_checkpoint(done)
         live.end()

@@ -1,0 +1,155 @@
+"""Stage vae and the latent parameterisation of the distillation engine, on the tiny project."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from stages import distill, prepare, vae
+from stages.data import load_split
+from stages.io import PipelineError, load_tensors
+from stages.params import load_params
+from tests.conftest import make_project, run_stage, set_params
+from tests.test_distill import dm_objective
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+TINY_VAE = {"vae.block_out_channels": [8, 16], "vae.norm_num_groups": 4, "vae.epochs": 3, "vae.batch_size": 32}
+LATENT = {"distill.engine.parameterisation": "latent", "distill.engine.vae": "offline"}
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory, fashion_dir):
+    """Built once: the tiny project after prepare and a tiny vae stage."""
+    root = make_project(tmp_path_factory.mktemp("latent") / "project", fashion_dir)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        run_stage(prepare)
+        set_params(root, **TINY_VAE)
+        run_stage(vae)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def trained(tmp_path, trained_template, monkeypatch):
+    """A fresh copy of the trained template, made the cwd."""
+    root = tmp_path / "project"
+    shutil.copytree(trained_template, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_vae_stage_trains_and_round_trips(trained):
+    from diffusers import AutoencoderKL
+    params = load_params()
+    metrics = json.loads(open("outputs/metrics/vae.json").read())
+    assert metrics["latent_shape"] == [4, 14, 14] and metrics["train_images"] == 100
+    val = load_split("val")
+    torch.manual_seed(params["seed"])  # the stage's initialisation: training must beat it
+    untrained_mse, _ = vae.reconstruction(vae.build_vae(params, 1, 28), val.images, CPU, 64)
+    assert 0 < metrics["val_mse"] < untrained_mse
+    loaded = AutoencoderKL.from_pretrained(vae.VAE_DIR)
+    assert loaded.config.scaling_factor == metrics["scaling_factor"] != 1.0
+    mse, _ = vae.reconstruction(loaded, val.images, CPU, 64)
+    assert abs(mse - metrics["val_mse"]) < 1e-6
+    first = digest(vae.VAE_DIR / "diffusion_pytorch_model.safetensors")
+    run_stage(vae)
+    assert digest(vae.VAE_DIR / "diffusion_pytorch_model.safetensors") == first  # same seed, same bytes
+
+
+def test_latent_dm_reduces_the_gap_and_decodes_for_evaluation(trained):
+    set_params(trained, **LATENT, **{"distill.dm.iterations": 12, "distill.dm.batch_real": 10,
+                                     "distill.dm.augment": False})
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    out = load_tensors("data/distilled/dm-ipc1.pt")
+    train = load_split("train")
+    space = vae.parameterisation(load_params(), CPU)
+    start = space.final(space.encode(train.normalized()[[train.uids.index(u) for u in out["source_uids"]]]))
+    images, latents = out["images"], out["latents"]
+    assert images.shape == (10, 1, 28, 28) and images.dtype == torch.float32 and latents.shape == (10, 4, 14, 14)
+    low, high = (0 - train.mean[0]) / train.std[0], (1 - train.mean[0]) / train.std[0]
+    assert low - 1e-5 <= images.min() and images.max() <= high + 1e-5
+    assert torch.allclose(images, space.final(latents))  # the stored latents decode to the stored images
+    assert out["vae"]["vae"] == "offline" and out["info"]["engine"]["parameterisation"] == "latent"
+    real = train.normalized()[torch.argsort(train.labels, stable=True)]
+    assert dm_objective(images, real, 10) < 0.8 * dm_objective(start, real, 10)
+
+
+def test_latent_gradient_matching_runs(trained):
+    set_params(trained, **LATENT, **{"distill.dsa.iterations": 2, "distill.dsa.batch_real": 4,
+                                     "distill.dsa.outer_loop": 2, "distill.dsa.inner_loop": 1})
+    run_stage(distill, "--method", "dsa", "--ipc", "1")
+    out = load_tensors("data/distilled/dsa-ipc1.pt")
+    assert out["images"].shape == (10, 1, 28, 28) and out["latents"].shape == (10, 4, 14, 14)
+    assert len(out["loss"]) == 2 and torch.isfinite(out["loss"]).all()
+
+
+def test_latent_is_deterministic_and_resumes(trained):
+    set_params(trained, **LATENT, **{"distill.dm.iterations": 4, "distill.engine.checkpoint_every": 2})
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    uninterrupted = digest("data/distilled/dm-ipc1.pt")
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    assert digest("data/distilled/dm-ipc1.pt") == uninterrupted
+    (trained / "data/checkpoints/dm-ipc1.pt").unlink()
+    set_params(trained, **{"distill.dm.iterations": 2})
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    checkpoint = load_tensors("data/checkpoints/dm-ipc1.pt")
+    assert checkpoint["syn"].shape == (10, 4, 14, 14) and checkpoint["fingerprint"]["parameterisation"] == "latent"
+    set_params(trained, **{"distill.dm.iterations": 4})
+    run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
+    assert digest("data/distilled/dm-ipc1.pt") == uninterrupted
+    set_params(trained, **{"distill.engine.parameterisation": "pixels"})  # a latent checkpoint is not resumed as pixels
+    with pytest.raises(PipelineError, match="written with other settings"):
+        run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
+
+
+def test_pretrained_rgb_vae_by_path_with_grey_data(project, tmp_path):
+    """A tiny random-weight RGB AutoencoderKL with three downsamples (8x), saved and loaded by path: grey
+    28x28 data is repeated to RGB and resized to 32x32 (the next multiple of 8) and back."""
+    from diffusers import AutoencoderKL
+    run_stage(prepare)
+    torch.manual_seed(0)
+    model = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                          latent_channels=4, norm_num_groups=4, scaling_factor=0.5)
+    model.save_pretrained(tmp_path / "rgb-vae")
+    set_params(project, **{"distill.engine.parameterisation": "latent", "distill.engine.vae": str(tmp_path / "rgb-vae"),
+                           "distill.dm.iterations": 2})
+    space = vae.parameterisation(load_params(), CPU)
+    assert space.vae_size == (32, 32) and space.scale == 0.5
+    images = load_split("train").normalized()[:3]
+    latents = space.encode(images)
+    assert latents.shape == (3, 4, 4, 4) and space.decode(latents).shape == (3, 1, 28, 28)
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    out = load_tensors("data/distilled/dm-ipc1.pt")
+    assert out["images"].shape == (10, 1, 28, 28) and out["latents"].shape == (10, 4, 4, 4)
+    assert out["vae"]["vae"] == str(tmp_path / "rgb-vae") and out["vae"]["scaling_factor"] == 0.5
+
+
+def test_clear_errors(project, tmp_path):
+    run_stage(prepare)
+    set_params(project, **{"distill.engine.parameterisation": "voxels"})
+    with pytest.raises(PipelineError, match="distill.engine.parameterisation.*pixels, latent"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")
+    set_params(project, **LATENT)
+    with pytest.raises(PipelineError, match="'offline' but data/vae has no trained VAE"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")
+    set_params(project, **{"distill.engine.vae": str(tmp_path / "missing")})
+    with pytest.raises(PipelineError, match="'distill.engine.vae': no weights at"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")
+    (tmp_path / "empty").mkdir()
+    set_params(project, **{"distill.engine.vae": str(tmp_path / "empty")})
+    with pytest.raises(PipelineError, match="cannot load AutoencoderKL .*param 'distill.engine.vae'"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")
+    set_params(project, **{"vae.norm_num_groups": 5})
+    with pytest.raises(PipelineError, match="'vae.norm_num_groups' = 5 must divide"):
+        run_stage(vae)
