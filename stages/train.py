@@ -9,10 +9,9 @@ from tqdm import tqdm
 
 
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: int, device, *, lr: float = 0.01,
-                     batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
-                     augment=None, seed: int = 0, desc: str = "train",
-                     decay: bool = True, on_batch=None, generator: torch.Generator | None = None,
-                     autocast=contextlib.nullcontext, progress: bool = True):
+                     batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4, augment=None,
+                     seed: int = 0, desc: str = "train", decay: bool = True, on_batch=None,
+                     generator: torch.Generator | None = None, autocast=contextlib.nullcontext, progress: bool = True):
     """SGD with momentum; lr x0.1 at half the epochs (the DC/DM evaluation protocol) unless `decay` is False.
 
     `on_batch(idx, logits, targets)` sees every mini-batch's (detached) logits before its update.
