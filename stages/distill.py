@@ -65,6 +65,7 @@ Methods (the optimising ones run on stages/engine.py with the losses of stages/m
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +80,11 @@ from stages.data import ImageSet, load_foreground_masks, load_split
 from stages.embed import feature_metadata, load_features
 from stages.engine import Engine, RealBatches, draw_seed, save_grid
 from stages.io import PipelineError, load_tensors, read_parquet, save_tensors
-from stages.matching import (caption_gap, class_means, distribution_gap, dsdm_terms, factor_decode,
-                             factor_encode, gradient_match)
+from stages.matching import (CLASS_GRADIENTS, caption_gap, class_means, distribution_gap, dsdm_terms,
+                             factor_decode, factor_encode, gradient_match)
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
+from stages.train import train_classifier
 from stages.vae import parameterisation
 
 DISTILLED = Path("data/distilled")
@@ -219,6 +221,7 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
     net_batch = positive(params, f"{section}.net_batch", int, 256)
     full_weight = param(params, f"{section}.full_weight", float, 1.0)
     masked_weight = param(params, f"{section}.masked_weight", float, 0.0)
+    how = param(params, f"{section}.class_gradients", str, "loop", choices=CLASS_GRADIENTS)
     augment = _augmentation(params, section)
     batches = RealBatches(train, positive(params, f"{section}.batch_real"), f"{section}.batch_real")
     classes, (channels, size) = batches.classes, train.images.shape[1:3]
@@ -233,32 +236,26 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
 
     def step(it):
         net = make_net(net_name, channels, classes, size).to(device)
-        net_opt = torch.optim.SGD(net.parameters(), lr=net_lr)
         for outer in range(outer_loop):
             idx = batches.sample(engine.gen)
             real = batches.images[idx].to(device)
             aug_seed = draw_seed(engine.gen)
             syn = engine.images()
             with engine.autocast():
-                masked_match = gradient_match if masked_term == "dc" else distribution_gap
+                masked_match = partial(gradient_match, how=how) if masked_term == "dc" else distribution_gap
                 loss = weighted_sum([
-                    (full_weight, lambda: gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed), classes)),
+                    (full_weight, lambda: gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed),
+                                                         classes, how)),
                     (masked_weight if masks is not None else 0.0, lambda: masked_match(
                         net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed),
                         classes))] + [(weight, lambda term=term: term(syn)) for weight, term in extra_terms], device)
             engine.update(loss)
             if outer == outer_loop - 1:
                 break
-            images = engine.images(detach=True)
-            for _ in range(inner_loop):
-                order = torch.randperm(len(images), generator=engine.gen).to(device)
-                for start in range(0, len(order), net_batch):
-                    batch = order[start:start + net_batch]
-                    with engine.autocast():
-                        ce = F.cross_entropy(net(augment(images[batch], draw_seed(engine.gen))), syn_labels[batch])
-                    net_opt.zero_grad(set_to_none=True)
-                    ce.backward()
-                    net_opt.step()
+            # DC's network update: plain SGD on the synthetic set, shuffled and augmented from engine.gen
+            train_classifier(net, engine.images(detach=True), syn_labels, inner_loop, device, lr=net_lr,
+                             batch_size=net_batch, momentum=0.0, weight_decay=0.0, decay=False, augment=augment,
+                             generator=engine.gen, autocast=engine.autocast, progress=False)
 
     return engine.run(iterations, step)
 

@@ -165,8 +165,12 @@ class Engine:
 
 
 def _live():
-    """DVCLive's logger without its DVC/Git integration: we only want the loss files. (Inside
-    `dvc repro` that integration opens the repository and fails in a Git repo with no commits.)"""
+    """DVCLive's logger without its DVC/Git integration: we only want the loss files.
+
+    DVCLive 3 has no public switch for this: with `save_dvc_exp=False, dvcyaml=None` (or False) its
+    constructor still opens the repository, which runs `dvc init` in a plain Git repository and
+    raises "Empty git repo" in a Git repository with no commits (as tests/test_pipeline.py runs
+    `dvc repro`). So the hook that opens it is replaced (tests/test_engine.py checks both cases)."""
     from dvclive import Live
 
     class LossLog(Live):

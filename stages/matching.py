@@ -1,9 +1,11 @@
-"""The matching losses of the distillation methods, batched over classes.
+"""The matching losses of the distillation methods, over class-major batches.
 
 Every function takes real and synthetic batches that are class-major with equal counts per class
-(`classes` blocks), runs all classes through the network in one call, and returns a scalar summed
-over classes. Instance norm is per-sample, so this equals a per-class loop (tests/test_engine.py
-checks it against the loop in benchmarks/speed.py).
+(`classes` blocks) and returns a scalar summed over classes; each equals a per-class loop
+(tests/test_engine.py checks it against the loops in benchmarks/speed.py). DM embeds all classes in
+one forward pass; DC's per-class gradients are one backward pass per class ("loop", the default)
+or one torch.func.vmap call over classes ("vmap", the earlier default: slower on CPU and not
+bit-identical to "loop"). benchmarks/speed.md has the timings.
 """
 from __future__ import annotations
 
@@ -34,12 +36,24 @@ def caption_gap(syn_features: torch.Tensor, real_means: torch.Tensor, classes: i
     return ((class_means(syn_features, classes) - real_means) ** 2).sum()
 
 
-def class_gradients(net, images: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+CLASS_GRADIENTS = ("loop", "vmap")
+
+
+def class_gradients(net, images: torch.Tensor, classes: int, how: str = "loop",
+                    create_graph: bool = True) -> dict[str, torch.Tensor]:
     """Per class, the gradient of the mean cross-entropy of that class's images w.r.t. each parameter
-    (a dict of [classes, *param.shape]). Differentiable w.r.t. `images`."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
+    (a dict of [classes, *param.shape]); differentiable w.r.t. `images` if `create_graph`.
+    `how`: "loop" (a backward pass per class) or "vmap" (torch.func over classes)."""
     x = images.view(classes, -1, *images.shape[1:])
     y = torch.arange(classes, device=images.device).view(classes, 1).expand(classes, x.shape[1])
+    if how == "loop":
+        names, params = zip(*net.named_parameters())
+        per_class = [torch.autograd.grad(F.cross_entropy(net(xc), yc), params, create_graph=create_graph)
+                     for xc, yc in zip(x, y)]
+        return {name: torch.stack([g[i] for g in per_class]) for i, name in enumerate(names)}
+    if how != "vmap":
+        raise PipelineError(f"unknown class-gradient method {how!r}; valid: {', '.join(CLASS_GRADIENTS)}")
+    params = {k: v.detach() for k, v in net.named_parameters()}
 
     def loss(p, xc, yc):
         return F.cross_entropy(functional_call(net, p, (xc,)), yc)
@@ -62,10 +76,11 @@ def layerwise_distance(a: dict, b: dict) -> torch.Tensor:
     return total
 
 
-def gradient_match(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -> torch.Tensor:
-    """DC: layer-wise distance between the per-class gradients of real and synthetic images."""
-    real_grads = {k: v.detach() for k, v in class_gradients(net, real, classes).items()}
-    return layerwise_distance(real_grads, class_gradients(net, syn, classes))
+def gradient_match(net, real: torch.Tensor, syn: torch.Tensor, classes: int, how: str = "loop") -> torch.Tensor:
+    """DC: layer-wise distance between the per-class gradients of real and synthetic images
+    (`how`: see class_gradients)."""
+    real_grads = {k: v.detach() for k, v in class_gradients(net, real, classes, how, create_graph=False).items()}
+    return layerwise_distance(real_grads, class_gradients(net, syn, classes, how))
 
 
 def covariance(features: torch.Tensor, classes: int) -> torch.Tensor:

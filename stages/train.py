@@ -1,42 +1,47 @@
 """The shared training loop: train a network on (images, labels), evaluate accuracy."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.augment import DifferentiableAugment
-
 
 def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: int, device, *, lr: float = 0.01,
-                     batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
-                     augment: DifferentiableAugment | None = None, seed: int = 0, desc: str = "train",
-                     decay: bool = True, on_batch=None, captions: torch.Tensor | None = None):
+                     batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4, augment=None,
+                     seed: int = 0, desc: str = "train", decay: bool = True, on_batch=None,
+                     generator: torch.Generator | None = None, autocast=contextlib.nullcontext, progress: bool = True,
+                     captions: torch.Tensor | None = None):
     """SGD with momentum; lr x0.1 at half the epochs (the DC/DM evaluation protocol) unless `decay` is False.
 
     `on_batch(idx, logits, targets)` sees every mini-batch's (detached) logits before its update.
+    Shuffling and augmentation seeds come from `generator` if given (DC's inner loop passes the
+    distillation engine's, whose state is checkpointed), else from a generator seeded with `seed`;
+    `augment(x, seed)` may be any callable. `autocast()` is entered around each forward pass.
     With `captions` (one vector per image), the network is called as net(x, captions[idx]) (caption_concat).
 
     NCHW throughout: on CPU, GroupNorm (instance norm) in channels-last is ~5x slower.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2] if decay else [], gamma=0.1)
     images, labels = images.to(device), labels.to(device)
     captions = captions.to(device) if captions is not None else None
     net.train()
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2):
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2, disable=not progress):
         order = torch.randperm(len(labels), generator=gen).to(device)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            x = images[idx]
-            if augment is not None:
-                x = augment(x, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            logits = net(x) if captions is None else net(x, captions[idx])
-            if on_batch is not None:
-                on_batch(idx, logits.detach(), labels[idx])
-            loss = F.cross_entropy(logits, labels[idx])
+            with autocast():
+                x = images[idx]
+                if augment is not None:
+                    x = augment(x, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                logits = net(x) if captions is None else net(x, captions[idx])
+                if on_batch is not None:
+                    on_batch(idx, logits.detach(), labels[idx])
+                loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,4 +1,6 @@
 """The shared distillation engine and the DC / DSA / masked DC / DSDM losses on tiny data."""
+import subprocess
+
 import pytest
 import torch
 
@@ -41,6 +43,8 @@ def test_batched_losses_equal_the_per_class_loop():
     real, syn = torch.randn(12, 1, 28, 28), torch.randn(6, 1, 28, 28)
     assert torch.allclose(distribution_gap(net, real, syn, 3), distribution_gap_loop(net, real, syn, 3), rtol=1e-4)
     assert torch.allclose(gradient_match(net, real, syn, 3), gradient_match_loop(net, real, syn, 3), rtol=1e-4)
+    assert torch.allclose(gradient_match(net, real, syn, 3, how="vmap"), gradient_match_loop(net, real, syn, 3),
+                          rtol=1e-4)
 
 
 def test_gradient_matching_of_identical_sets_is_zero():
@@ -188,3 +192,38 @@ def test_resume_refuses_other_settings(prepared):
     set_params(prepared, **{"distill.dm.lr": 0.5})
     with pytest.raises(PipelineError, match="written with other settings"):
         run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
+
+
+def test_unknown_class_gradients_is_a_clear_error(prepared):
+    set_params(prepared, **{"distill.dc.class_gradients": "jit"})
+    with pytest.raises(PipelineError, match="'distill.dc.class_gradients' = 'jit' is not one of: loop, vmap"):
+        run_stage(distill, "--method", "dc", "--ipc", "1")
+
+
+def git(root, *args) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin", "HOME": str(root)}
+    return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("repo", ["plain git", "dvc, no commits", "dvc, committed"])
+def test_loss_log_leaves_the_repository_alone(prepared, repo):
+    """DVCLive writes the loss curve but makes no DVC experiment, commit, ref or dvc.yaml, and does not
+    `dvc init` a plain Git repository (what DVCLive's Git integration would do)."""
+    from dvc.repo import Repo
+    set_params(prepared, **{"distill.dm.iterations": 2})
+    git(prepared, "init", "-q")
+    if repo != "plain git":
+        Repo.init(str(prepared))
+    if repo == "dvc, committed":
+        git(prepared, "add", "params.yaml", "dvc.yaml")
+        git(prepared, "commit", "-qm", "base")
+    refs, commits = git(prepared, "for-each-ref"), git(prepared, "rev-list", "--all")
+    dvc_yaml = (prepared / "dvc.yaml").read_bytes()
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    assert (prepared / "outputs/distill/dm-ipc1/metrics.json").exists()
+    assert git(prepared, "for-each-ref") == refs  # no refs/exps/...
+    assert git(prepared, "rev-list", "--all") == commits
+    assert (prepared / "dvc.yaml").read_bytes() == dvc_yaml
+    assert not (prepared / "outputs/distill/dm-ipc1/dvc.yaml").exists()
+    assert (prepared / ".dvc").exists() == (repo != "plain git")
