@@ -26,7 +26,8 @@ LOSSES = {"dm_loop": distribution_gap_loop, "dm_engine": distribution_gap, "dc_l
 def main() -> None:
     name, channels = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
     size = 28 if channels == 1 else 32
-    real, syn0 = torch.randn(CLASSES * BATCH_REAL, channels, size, size), torch.randn(CLASSES * IPC, channels, size, size)
+    real = torch.randn(CLASSES * BATCH_REAL, channels, size, size)
+    syn0 = torch.randn(CLASSES * IPC, channels, size, size)
     augment = DifferentiableAugment()
 
     def iteration(i: int) -> None:
