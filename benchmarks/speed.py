@@ -133,7 +133,8 @@ def main() -> None:
              f"norm), IPC {IPC}, {BATCH_REAL} real images per class, DSA. One iteration = fresh network + "
              f"augmentation + loss + backward + one SGD step on the pixels; medians of {args.rounds} alternating "
              f"rounds.", "",
-             "| images | loss | engine | per-class loop (it/s) | engine (it/s) | speed-up |", "|---|---|---|---|---|---|",
+             "| images | loss | engine variant | per-class loop (it/s) | engine (it/s) | speed-up |",
+             "|---|---|---|---|---|---|",
              *rows, "", "Every measurement, with the 1-minute load average before and after it:", "",
              "| images | loss | implementation | it/s | load before | load after |", "|---|---|---|---|---|---|",
              *raw, ""]
