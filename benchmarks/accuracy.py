@@ -5,7 +5,7 @@
 Runs in a scratch directory (--scratch) holding a reduced copy of data/prepared: the first
 TRAIN_PER_CLASS train, VAL_PER_CLASS val and TEST_PER_CLASS test images of each class. There it runs the
 stage functions (pretrain, distill, evaluate) in-process with BUDGETS laid over params.yaml and writes
-the table (--out) after every result. Rows that need other stages get them on the same reduced data:
+the table (--out) after every result; benchmarks/accuracy.md (written by hand) gathers the runs' tables. Rows that need other stages get them on the same reduced data:
   herding    stage select's herding (select.lof_inliers + select.herding per class) on the image features
              of stage embed's image encoder (`embed.image_encoder`), written as data/selections/herding-ipcK
   masked_*   foreground masks from `python -m stages.tag` and `python -m stages.ground` (offline backends
@@ -153,7 +153,7 @@ def parse_rows(text: str | None) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", help="comma-separated METHOD:IPC (default: every method at every IPC)")
-    parser.add_argument("--out", default="benchmarks/accuracy.md")
+    parser.add_argument("--out", default="benchmarks/accuracy_run.md")  # accuracy.md is the hand-written summary
     parser.add_argument("--scratch", default="/tmp/accuracy-benchmark")
     args = parser.parse_args()
     runs = parse_rows(args.rows)
