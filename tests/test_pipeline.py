@@ -39,7 +39,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert ran(out) == stages | runs
 
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
-    shown = {k: v for k, v in next(iter(metrics.values()))["data"].items() 
+    shown = {k: v for k, v in next(iter(metrics.values()))["data"].items()
               if not k.endswith(("align.json", "vae.json", "caption_head.json"))}
     assert len(shown) == 9 and all("test_accuracy_mean" in v["data"] for v in shown.values())
     assert "| masked_dm | 2 |" in (project / "outputs/report.md").read_text()
