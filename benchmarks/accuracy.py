@@ -150,6 +150,22 @@ def parse_rows(text: str | None) -> list:
     return rows
 
 
+
+def run_row(method: str, ipc: int, base: dict, method_budget: dict, results: dict, timings: dict) -> None:
+    """Distill `method` at `ipc` with `method_budget` over params `base`, evaluate it, record result and times."""
+    params = copy.deepcopy(base)
+    params["distill"][method].update(method_budget)
+    start = time.perf_counter()
+    distill.distill(method, ipc, params)
+    timings[(method, ipc, "distill")] = time.perf_counter() - start
+    start = time.perf_counter()
+    results[(method, ipc)] = evaluate.evaluate(method, ipc, params)
+    timings[(method, ipc, "evaluate")] = time.perf_counter() - start
+    r = results[(method, ipc)]
+    print(f"{method} ipc{ipc}: {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} "
+          f"(distill {timings[(method, ipc, 'distill')]:.0f}s, evaluate "
+          f"{timings[(method, ipc, 'evaluate')]:.0f}s)", flush=True)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", help="comma-separated METHOD:IPC (default: every method at every IPC)")
@@ -179,19 +195,8 @@ def main() -> None:
         foreground_masks()
         timings["masks"] = time.perf_counter() - start
     for method, ipc in runs:
-        params = copy.deepcopy(base)
-        params["distill"][method].update(budget(method, ipc))
-        start = time.perf_counter()
-        distill.distill(method, ipc, params)
-        timings[(method, ipc, "distill")] = time.perf_counter() - start
-        start = time.perf_counter()
-        results[(method, ipc)] = evaluate.evaluate(method, ipc, params)
-        timings[(method, ipc, "evaluate")] = time.perf_counter() - start
+        run_row(method, ipc, base, budget(method, ipc), results, timings)
         loads.append(os.getloadavg()[0])
-        r = results[(method, ipc)]
-        print(f"{method} ipc{ipc}: {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} "
-              f"(distill {timings[(method, ipc, 'distill')]:.0f}s, evaluate "
-              f"{timings[(method, ipc, 'evaluate')]:.0f}s)", flush=True)
         save_text(table(runs, results, timings, command, loads), out)
 
 

@@ -10,7 +10,6 @@ annotate_test (the 1,000 test images), then distill + evaluate per row, writing 
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -19,15 +18,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.accuracy import EVALUATE, SCRATCH, TEST_PER_CLASS, TRAIN_PER_CLASS, VAL_PER_CLASS, reduced_copy
+from benchmarks.accuracy import (EVALUATE, TEST_PER_CLASS, TRAIN_PER_CLASS, VAL_PER_CLASS, reduced_copy,
+                                 run_row)
 from benchmarks.accuracy import budget as dsa_style_budget
-from stages import annotate_test, caption, caption_head, describe, distill, embed, evaluate, ground, tag
+from stages import annotate_test, caption, caption_head, describe, embed, ground, tag
 from stages.io import save_text
 from stages.params import load_params, positive, resolve_device, versions
 
 RUNS = [("caption_match", 1), ("caption_concat", 1), ("random", 1), ("dm", 1), ("dsa", 1),
         ("dm", 10), ("random", 10), ("caption_concat", 10), ("caption_match", 10), ("dsa", 10)]
-WORK = SCRATCH.with_name("accuracy-caption-benchmark")
+WORK = Path("/tmp/accuracy-caption-benchmark")
 
 
 def budget(method: str, ipc: int) -> dict:
@@ -89,18 +89,7 @@ def main() -> None:
     for method, ipc in RUNS:
         if only and f"{method}-{ipc}" not in only:
             continue
-        params = copy.deepcopy(base)
-        params["distill"][method].update(budget(method, ipc))
-        start = time.perf_counter()
-        distill.distill(method, ipc, params)
-        timings[(method, ipc, "distill")] = time.perf_counter() - start
-        start = time.perf_counter()
-        results[(method, ipc)] = evaluate.evaluate(method, ipc, params)
-        timings[(method, ipc, "evaluate")] = time.perf_counter() - start
-        r = results[(method, ipc)]
-        print(f"{method} ipc{ipc}: {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} "
-              f"(distill {timings[(method, ipc, 'distill')]:.0f}s, evaluate "
-              f"{timings[(method, ipc, 'evaluate')]:.0f}s)", flush=True)
+        run_row(method, ipc, base, budget(method, ipc), results, timings)
         save_text(table(results, timings, head_metrics), out)
 
 
