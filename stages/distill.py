@@ -85,7 +85,6 @@ from stages.matching import (CLASS_GRADIENTS, caption_gap, class_means, distribu
 from stages.nets import make_net
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
 from stages.train import train_classifier
-from stages.vae import parameterisation
 
 DISTILLED = Path("data/distilled")
 GRIDS = Path("outputs/figures/distilled")
@@ -169,7 +168,7 @@ def distribution_matching(train: ImageSet, init: list[int], params: dict, sectio
         syn_masks = masks[init].to(device)
 
     def step(it):
-        net = make_net(net_name, channels, classes, size).to(device)
+        net = engine.compiled(make_net(net_name, channels, classes, size).to(device))
         net.requires_grad_(False)
         idx = batches.sample(engine.gen)
         real = batches.images[idx].to(device)
@@ -229,6 +228,8 @@ def gradient_matching(train: ImageSet, init: list[int], params: dict, section: s
     outer_loop, inner_loop = _loops(params, section, ipc)
     name = f"{section.split('.')[-1]}-ipc{ipc}"
     engine = Engine(name, batches.images[init], params, section, device, seed, resume, _show(train, name))
+    engine.refuse_compile("gradient matching differentiates through network gradients (double backward), "
+                          "which torch.compile does not support")
     syn_labels = torch.arange(classes, device=device).repeat_interleave(ipc)
     if masks is not None:
         masks = _checked_masks(masks, train)
@@ -290,6 +291,7 @@ def dsdm(train: ImageSet, init: list[int], params: dict, section: str, device, s
     engine = Engine(name, factor_encode(batches.images[init], factor), params, section, device, seed, resume,
                     _show(train, name))
     dim = pool[0].embed(batches.images[:1].to(device)).shape[1]
+    pool = [engine.compiled(net) for net in pool]
     engine.state = {"memory": torch.zeros(len(pool), classes, dim, device=device),
                     "used": torch.zeros(len(pool), dtype=torch.bool, device=device)}
 
@@ -311,8 +313,7 @@ def dsdm(train: ImageSet, init: list[int], params: dict, section: str, device, s
         memory[m] = ema * memory[m] + (1 - ema) * prototypes if used[m] else prototypes
         used[m] = True
 
-    syn, history = engine.run(iterations, step)
-    return syn, history, net_name
+    return (*engine.run(iterations, step), net_name)
 
 
 def caption_match(train: ImageSet, init: list[int], params: dict, section: str, device, seed: int,
@@ -364,35 +365,32 @@ def concat_captions(train: ImageSet, init: list[int], params: dict, section: str
 
 def optimise(method: str, train: ImageSet, ipc: int, params: dict, device, seed: int, resume: bool):
     """Run an optimising method -> (images, label/source indices into train, loss history, extra outputs).
-    The optimised tensor (pixels, or latents) is decoded by the engine's parameterisation."""
+    The engine decodes the optimised tensor (pixels, or latents) into the final images."""
     section = f"distill.{method}"
-    space = parameterisation(params, device)
     if method == "dsdm":
         factor = positive(params, f"{section}.factor")
         init = random_selection(train, ipc * factor**2, seed)
-        syn, history, net_name = dsdm(train, init, params, section, device, seed, resume)
-        encoded = space.final(syn)
+        encoded, history, outputs, net_name = dsdm(train, init, params, section, device, seed, resume)
         return factor_decode(encoded, factor), init, history, {"encoded": encoded.contiguous(), "factor": factor,
-                                                               "pool_net": net_name, **space.outputs(syn)}
+                                                               "pool_net": net_name, **outputs}
     if method == "caption_concat":
         cluster = param(params, f"{section}.captions", str, choices=("source", "cluster")) == "cluster"
         init = selection(train, "kmeans", ipc) if cluster else random_selection(train, ipc, seed)
         captions = concat_captions(train, init, params, section, ipc)
-        syn, history = gradient_matching(train, init, params, section, device, seed, resume=resume)
-        return space.final(syn), init, history, {"captions": captions.contiguous(),
-                                                 "caption_space": feature_metadata("caption"), **space.outputs(syn)}
+        images, history, outputs = gradient_matching(train, init, params, section, device, seed, resume=resume)
+        return images, init, history, {"captions": captions.contiguous(),
+                                       "caption_space": feature_metadata("caption"), **outputs}
     init = random_selection(train, ipc, seed)
-    if method == "caption_match":
-        syn, history = caption_match(train, init, params, section, device, seed, resume)
-        return space.final(syn), init, history, space.outputs(syn)
     masks = load_foreground_masks(train.uids, *train.images.shape[2:]) if method.startswith("masked_") else None
-    if method == "masked_dm" and param(params, f"{section}.full_term", str, "dm", choices=("dm", "dc")) == "dc":
-        syn, history = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
+    if method == "caption_match":
+        images, history, outputs = caption_match(train, init, params, section, device, seed, resume)
+    elif method == "masked_dm" and param(params, f"{section}.full_term", str, "dm", choices=("dm", "dc")) == "dc":
+        images, history, outputs = gradient_matching(train, init, params, section, device, seed, masks, resume, "dm")
     elif method in ("dm", "masked_dm"):
-        syn, history = distribution_matching(train, init, params, section, device, seed, masks, resume)
+        images, history, outputs = distribution_matching(train, init, params, section, device, seed, masks, resume)
     else:
-        syn, history = gradient_matching(train, init, params, section, device, seed, masks, resume)
-    return space.final(syn), init, history, space.outputs(syn)
+        images, history, outputs = gradient_matching(train, init, params, section, device, seed, masks, resume)
+    return images, init, history, outputs
 
 
 SELECTED = ("kmeans", "herding", "kcenter", "forgetting")  # real images chosen by stage `select`

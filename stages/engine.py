@@ -9,10 +9,12 @@ as an uninterrupted run. A method only supplies `step(iteration)`, which compute
 `engine.images()` and calls `engine.update(loss)` (once, or several times as DC's outer loop does).
 
 The optimised tensor `engine.syn` is the normalised pixels, or with `parameterisation: latent` the
-latents of a frozen AutoencoderKL that `engine.images()` decodes (stages/vae.py); `run` returns it.
+latents of a frozen AutoencoderKL that `engine.images()` decodes (stages/vae.py); `run` returns the
+final images decoded from it.
 
 Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (bf16/fp16 need CUDA),
-checkpoint_every, log_every and grid_every (iterations), parameterisation pixels|latent and the VAE.
+checkpoint_every, log_every and grid_every (iterations), parameterisation pixels|latent and the VAE,
+compile ("" or a torch.compile backend for the embedding networks of dm, masked_dm and dsdm).
 
 Randomness: the global torch RNG is re-seeded at the start of every iteration from (seed, iteration)
 (network initialisation), and batches/augmentation seeds come from `engine.gen`, whose state is in
@@ -73,6 +75,8 @@ class Engine:
         self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int, 100)
         self.log_every = positive(params, "distill.engine.log_every", int, 1)
         self.grid_every = positive(params, "distill.engine.grid_every", int, 100)
+        self.compile_backend = param(params, "distill.engine.compile", str, "",
+                                     choices=("", *torch._dynamo.list_backends(exclude_tags=())))
         self.parameterisation = parameterisation(params, device)
         self.syn = self.parameterisation.encode(syn.to(device)).clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=param(params, f"{section}.lr", float),
@@ -84,11 +88,22 @@ class Engine:
         settings = dict(param(params, section, dict))
         settings.pop("iterations", None)  # a resumed run may be extended
         self.fingerprint = {"name": name, "seed": seed, "precision": precision, "settings": settings,
-                            **self.parameterisation.fingerprint}
+                            **self.parameterisation.fingerprint,
+                            **({"compile": self.compile_backend} if self.compile_backend else {})}
         self._losses: list[float] = []
 
     def autocast(self):
         return torch.autocast("cuda", dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+
+    def compiled(self, net):
+        """`net` with `net.embed` wrapped by torch.compile when `distill.engine.compile` names a backend."""
+        if self.compile_backend:
+            net.embed = torch.compile(net.embed, backend=self.compile_backend)
+        return net
+
+    def refuse_compile(self, why: str) -> None:
+        if self.compile_backend:
+            raise PipelineError(f"param 'distill.engine.compile' = {self.compile_backend!r}: {why}; set it to ''")
 
     def images(self, detach: bool = False) -> torch.Tensor:
         """The synthetic images the losses see: `syn` decoded (pixels: `syn` itself)."""
@@ -109,7 +124,9 @@ class Engine:
             self.opt.step()
         self._losses.append(loss.item())
 
-    def run(self, iterations: int, step) -> tuple[torch.Tensor, list[float]]:
+    def run(self, iterations: int, step) -> tuple[torch.Tensor, list[float], dict]:
+        """Run `step` for the remaining iterations -> (the final images on the CPU, the loss history, the
+        parameterisation's extra outputs, e.g. the latents)."""
         start = self._load_checkpoint(iterations) if self.resume else 0
         live = _live()(dir=str(LIVE / self.name), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
         for it in tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2):
@@ -127,7 +144,7 @@ class Engine:
             if done % self.checkpoint_every == 0 or done == iterations:
                 self._save_checkpoint(done)
         live.end()
-        return self.syn.detach().cpu(), self.history
+        return self.parameterisation.final(self.syn.detach()), self.history, self.parameterisation.outputs(self.syn)
 
     @property
     def checkpoint_path(self) -> Path:

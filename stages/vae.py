@@ -129,7 +129,7 @@ class Pixels:
         return syn
 
     def final(self, syn: torch.Tensor) -> torch.Tensor:
-        return syn
+        return syn.detach().cpu()
 
     def outputs(self, syn: torch.Tensor) -> dict:
         return {}

@@ -32,7 +32,7 @@ def test_dm_reduces_the_distribution_gap(project):
     params = load_params()
     params["distill"]["dm"].update(iterations=25, batch_real=10, lr=0.1, augment=False)
     init = random_selection(train, 1, seed=0)
-    synthetic, history = distribution_matching(train, init, params, "distill.dm", torch.device("cpu"), seed=0)
+    synthetic, history, _ = distribution_matching(train, init, params, "distill.dm", torch.device("cpu"), seed=0)
     order = torch.argsort(train.labels, stable=True)
     real = train.normalized()[order]
     before = dm_objective(train.normalized()[init], real, 10)
@@ -50,7 +50,7 @@ def test_masked_term_moves_only_foreground_pixels(project):
     init = random_selection(train, 1, seed=0)
     masks = torch.zeros(len(train), 1, 28, 28)
     masks[:, :, 5:20, 5:20] = 1
-    synthetic, _ = distribution_matching(train, init, params, "distill.masked_dm", torch.device("cpu"), 0, masks)
+    synthetic, _, _ = distribution_matching(train, init, params, "distill.masked_dm", torch.device("cpu"), 0, masks)
     start = train.normalized()[init]
     changed = (synthetic != start)
     assert changed[:, :, 5:20, 5:20].any()

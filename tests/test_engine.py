@@ -92,7 +92,7 @@ def test_gradient_matching_loss_decreases(prepared, augment):
 def test_dc_runs_outer_and_inner_loops(prepared):
     train = load_split("train")
     init = random_selection(train, 1, seed=0)
-    synthetic, history = gradient_matching(train, init, load_params(), "distill.dc", CPU, seed=0)
+    synthetic, history, _ = gradient_matching(train, init, load_params(), "distill.dc", CPU, seed=0)
     assert len(history) == TINY_DC["iterations"] and all(h > 0 for h in history)
     assert not torch.equal(synthetic, train.normalized()[init])
 
@@ -106,7 +106,7 @@ def test_masked_terms_move_only_foreground_pixels(prepared, masked_term):
     init = random_selection(train, 1, seed=0)
     masks = torch.zeros(len(train), 1, 28, 28)
     masks[:, :, 5:20, 5:20] = 1
-    synthetic, _ = gradient_matching(train, init, params, "distill.masked_dc", CPU, 0, masks, masked_term=masked_term)
+    synthetic, _, _ = gradient_matching(train, init, params, "distill.masked_dc", CPU, 0, masks, masked_term=masked_term)
     changed = synthetic != train.normalized()[init]
     assert changed[:, :, 5:20, 5:20].any() and not changed[masks[init] == 0].any()
 
@@ -227,3 +227,21 @@ def test_loss_log_leaves_the_repository_alone(prepared, repo):
     assert (prepared / "dvc.yaml").read_bytes() == dvc_yaml
     assert not (prepared / "outputs/distill/dm-ipc1/dvc.yaml").exists()
     assert (prepared / ".dvc").exists() == (repo != "plain git")
+
+
+def test_compiled_embedding_matches_eager_and_is_refused_for_gradient_matching(prepared):
+    """`distill.engine.compile` with the aot_eager backend (dynamo + AOTAutograd, no C++ build, so it runs
+    anywhere): dm's result equals the eager run's up to float rounding."""
+    set_params(prepared, **{"distill.dm.iterations": 3, "distill.dm.batch_real": 4})
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    eager = load_tensors("data/distilled/dm-ipc1.pt")
+    set_params(prepared, **{"distill.engine.compile": "aot_eager"})
+    run_stage(distill, "--method", "dm", "--ipc", "1")
+    compiled = load_tensors("data/distilled/dm-ipc1.pt")
+    assert torch.allclose(compiled["images"], eager["images"], atol=1e-4)
+    assert torch.allclose(compiled["loss"], eager["loss"], rtol=1e-4)
+    with pytest.raises(PipelineError, match="'distill.engine.compile' = 'aot_eager': gradient matching .* set it to ''"):
+        run_stage(distill, "--method", "dsa", "--ipc", "1")
+    set_params(prepared, **{"distill.engine.compile": "turbo"})
+    with pytest.raises(PipelineError, match="'distill.engine.compile'.*inductor"):
+        run_stage(distill, "--method", "dm", "--ipc", "1")

@@ -93,6 +93,28 @@ def test_latent_gradient_matching_runs(trained):
     assert len(out["loss"]) == 2 and torch.isfinite(out["loss"]).all()
 
 
+@pytest.mark.parametrize("method", ["masked_dm", "masked_dc", "dsdm"])
+def test_latent_masked_methods_and_dsdm_run_and_store_decodable_latents(trained, method):
+    from stages import ground, pretrain, tag
+    if method == "dsdm":
+        set_params(trained, **{"pretrain.models": 2, "pretrain.epochs": 1, "distill.dsdm.batch_real": 4})
+        run_stage(pretrain)
+    else:
+        run_stage(tag)
+        run_stage(ground)
+    set_params(trained, **LATENT, **{f"distill.{method}.iterations": 2, f"distill.{method}.batch_real": 4})
+    if method == "masked_dc":
+        set_params(trained, **{"distill.masked_dc.outer_loop": 2, "distill.masked_dc.inner_loop": 1})
+    run_stage(distill, "--method", method, "--ipc", "1")
+    out = load_tensors(f"data/distilled/{method}-ipc1.pt")
+    space = vae.parameterisation(load_params(), CPU)
+    assert out["latents"].shape == (10, 4, 14, 14) and len(out["loss"]) == 2 and torch.isfinite(out["loss"]).all()
+    if method == "dsdm":  # the latents hold the factor-2 tiles; images are the 4 decoded sub-images per slot
+        assert out["images"].shape == (40, 1, 28, 28) and torch.allclose(out["encoded"], space.final(out["latents"]))
+    else:
+        assert out["images"].shape == (10, 1, 28, 28) and torch.allclose(out["images"], space.final(out["latents"]))
+
+
 def test_latent_is_deterministic_and_resumes(trained):
     set_params(trained, **LATENT, **{"distill.dm.iterations": 4, "distill.engine.checkpoint_every": 2})
     run_stage(distill, "--method", "dm", "--ipc", "1")
