@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from stages.embed import feature_metadata, load_features, write_features
 from stages.forgetting import ForgettingCounter
 from stages.io import PipelineError, read_parquet, save_json, save_tensors, write_parquet
 from stages.params import load_params, param, positive, seed_everything, versions
+from stages.train import adam_minibatches
 
 ALIGNED = Path("data/aligned")
 PAIR_EVENTS = ALIGNED / "pair_forgetting.parquet"
@@ -72,26 +72,18 @@ def train_heads(image: torch.Tensor, text: torch.Tensor, *, dim: int, epochs: in
     mini-batch, its image retrieves its caption and its caption retrieves its image (pair forgetting events)."""
     seed_everything(seed)
     heads = Heads(image.shape[1], text.shape[1], dim)
-    opt = torch.optim.Adam(heads.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in tqdm(range(epochs), desc="align", mininterval=2):
-        order = torch.randperm(len(image), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            logits = heads.logits(image[idx], text[idx])
-            if counter is not None:
-                with torch.no_grad():
-                    diagonal = torch.arange(len(idx))
-                    correct = (logits.argmax(1) == diagonal) & (logits.argmax(0) == diagonal)
-                counter.update(idx.numpy(), correct.numpy())
-            loss = heads.loss(image[idx], text[idx], logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(order))
+
+    def batch_loss(idx):
+        logits = heads.logits(image[idx], text[idx])
+        if counter is not None:
+            with torch.no_grad():
+                diagonal = torch.arange(len(idx))
+                correct = (logits.argmax(1) == diagonal) & (logits.argmax(0) == diagonal)
+            counter.update(idx.numpy(), correct.numpy())
+        return heads.loss(image[idx], text[idx], logits)
+
+    history = adam_minibatches(heads.parameters(), len(image), batch_loss, epochs=epochs, batch_size=batch_size,
+                               lr=lr, generator=torch.Generator().manual_seed(seed), desc="align")
     return heads, history
 
 

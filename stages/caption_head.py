@@ -39,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from stages.align import recall_at
 from stages.annotate import from_pretrained, model_source, torch_dtype
@@ -49,6 +48,7 @@ from stages.io import PipelineError, load_tensors, save_json, save_tensors
 from stages.models import batched
 from stages.nets import ConvNet, convnet_depth
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
+from stages.train import adam_minibatches
 
 HEAD = Path("data/caption_head/head.pt")
 METRICS = Path("outputs/metrics/caption_head.json")
@@ -160,20 +160,10 @@ def blip2_features(features: Blip2Features, images: torch.Tensor, batch_size: in
 def train_head(head: nn.Module, inputs: torch.Tensor, captions: torch.Tensor, *, epochs: int, batch_size: int,
                lr: float, seed: int) -> tuple[nn.Module, list[float]]:
     """Adam on 1 - cosine(head(input), caption embedding)."""
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in tqdm(range(epochs), desc="caption_head", mininterval=2):
-        order = torch.randperm(len(inputs), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss = (1 - (head(inputs[idx]) * captions[idx]).sum(1)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(order))
+    history = adam_minibatches(head.parameters(), len(inputs),
+                               lambda idx: (1 - (head(inputs[idx]) * captions[idx]).sum(1)).mean(), epochs=epochs,
+                               batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed),
+                               desc="caption_head")
     return head.eval(), history
 
 

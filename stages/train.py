@@ -1,4 +1,5 @@
-"""The shared training loop: train a network on (images, labels), evaluate accuracy."""
+"""The shared training loops: a classifier on (images, labels) with SGD, and Adam over shuffled mini-batches of
+any loss (the heads of stages align and caption_head, stage vae); accuracy."""
 from __future__ import annotations
 
 import contextlib
@@ -61,3 +62,25 @@ def accuracy(net, images: torch.Tensor, labels: torch.Tensor, device, batch_size
         correct += (logits.argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
     net.train()
     return correct / max(len(labels), 1)
+
+
+def adam_minibatches(parameters, size: int, batch_loss, *, epochs: int, batch_size: int, lr: float,
+                     generator: torch.Generator, desc: str) -> list[float]:
+    """Adam for `epochs` epochs over `size` items shuffled by `generator` each epoch; `batch_loss(idx)` is the
+    loss of the mini-batch of item indices `idx` -> mean loss of each epoch (weighted by batch size)."""
+    opt = torch.optim.Adam(parameters, lr=lr)
+    history = []
+    with tqdm(total=epochs * -(-size // batch_size), desc=desc, unit="batch", mininterval=2) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(size, generator=generator)
+            total = 0.0
+            for start in range(0, size, batch_size):
+                idx = order[start:start + batch_size]
+                loss = batch_loss(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+                bar.update()
+            history.append(total / size)
+    return history

@@ -39,6 +39,7 @@ from stages.annotate import from_pretrained
 from stages.data import dataset_info, load_split
 from stages.io import PipelineError, atomic_path, save_json
 from stages.params import load_params, param, positive, resolve_device, seed_everything, versions
+from stages.train import adam_minibatches
 
 VAE_DIR = Path("data/vae")
 METRICS = Path("outputs/metrics/vae.json")
@@ -88,21 +89,17 @@ def train_vae(params: dict) -> Path:
     train, val = load_split("train"), load_split("val")
     channels, size = train.images.shape[1], train.images.shape[2]
     vae = build_vae(params, channels, size).to(device)
-    opt = torch.optim.Adam(vae.parameters(), lr=param(params, "vae.lr", float))
     gen = torch.Generator().manual_seed(seed)
     vae.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(train), generator=gen)
-        losses = []
-        for start in tqdm(range(0, len(order), batch_size), desc=f"vae epoch {epoch + 1}/{epochs}", mininterval=2):
-            x = to_unit(train.images[order[start:start + batch_size]]).to(device)
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-            loss = F.mse_loss(vae.decode(z).sample, x) + kl_weight * posterior.kl().mean() / x[0].numel()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+
+    def batch_loss(idx):
+        x = to_unit(train.images[idx]).to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        return F.mse_loss(vae.decode(z).sample, x) + kl_weight * posterior.kl().mean() / x[0].numel()
+
+    history = adam_minibatches(vae.parameters(), len(train), batch_loss, epochs=epochs, batch_size=batch_size,
+                               lr=param(params, "vae.lr", float), generator=gen, desc="vae")
     vae.eval()
     _, train_means = reconstruction(vae, train.images, device, 256)
     vae.register_to_config(scaling_factor=round(1.0 / train_means.std().item(), 6))
@@ -110,7 +107,7 @@ def train_vae(params: dict) -> Path:
     with atomic_path(VAE_DIR) as tmp:
         vae.to("cpu").save_pretrained(tmp)
     save_json({"val_mse": round(mse, 6), "val_psnr": round(10 * math.log10(1 / mse), 3),
-               "scaling_factor": vae.config.scaling_factor, "train_loss_last_epoch": round(sum(losses) / len(losses), 6),
+               "scaling_factor": vae.config.scaling_factor, "train_loss_last_epoch": round(history[-1], 6),
                "latent_shape": list(train_means.shape[1:]), "train_images": len(train), "seed": seed,
                "settings": param(params, "vae", dict), "device": str(device), "versions": versions()}, METRICS)
     print(f"vae: val reconstruction mse {mse:.5f}, psnr {10 * math.log10(1 / mse):.2f} dB")
