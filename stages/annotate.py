@@ -24,12 +24,12 @@ cache recomputes nothing. The model is loaded only when some image is new.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,27 +41,26 @@ from stages.params import param, positive
 
 ANNOTATED_SPLITS = ("train", "val")  # the pipeline's annotations; the test split only by stage annotate_test
 CACHE_VERSION = 1
-# What the annotation stages read and write; `annotating` switches it (stage annotate_test).
-_TARGET = {"splits": ANNOTATED_SPLITS, "annotations": ANNOTATIONS, "cache_dir": None, "hide_labels": False}
 
 
-@contextlib.contextmanager
-def annotating(splits: tuple, annotations: Path, cache_dir: Path, hide_labels: bool):
-    """Run the annotation stages on `splits`, writing `annotations/*.parquet` and caching under `cache_dir`
-    instead of the defaults. With `hide_labels`, the stages never see a label: `label` reads as -1 and
-    `class_name` as "" (templates that name the class get an empty string)."""
-    old = dict(_TARGET)
-    _TARGET.update(splits=tuple(splits), annotations=Path(annotations), cache_dir=Path(cache_dir),
-                   hide_labels=hide_labels)
-    try:
-        yield
-    finally:
-        _TARGET.update(old)
+@dataclass(frozen=True)
+class AnnotationTarget:
+    """What the annotation stages read and write: the `splits` they annotate, the folder of their Parquet
+    files, the cache root (None: param `annotate.cache_dir`). With `hide_labels` the stages never see a
+    label: `label` reads as -1 and `class_name` as "" (templates that name the class get an empty string)."""
+    splits: tuple = ANNOTATED_SPLITS
+    annotations: Path = ANNOTATIONS
+    cache_root: Path | None = None
+    hide_labels: bool = False
 
 
-def load_annotation_input(columns=("uid", "label", "class_name", "image")) -> pa.Table:
-    table = pa.concat_tables([read_parquet(PREPARED / split, list(columns)) for split in _TARGET["splits"]])
-    if _TARGET["hide_labels"]:
+PIPELINE = AnnotationTarget()  # the pipeline's train/val annotations; stage annotate_test has its own
+
+
+def load_annotation_input(columns=("uid", "label", "class_name", "image"), target: AnnotationTarget = PIPELINE
+                          ) -> pa.Table:
+    table = pa.concat_tables([read_parquet(PREPARED / split, list(columns)) for split in target.splits])
+    if target.hide_labels:
         for name, value in (("label", -1), ("class_name", "")):
             if name in table.column_names:
                 table = table.set_column(table.column_names.index(name), name,
@@ -83,21 +82,21 @@ def settings(params: dict, stage: str) -> dict:
 
 
 def write_annotations(columns: dict, schema: pa.Schema, name: str, backend: str, stage_settings: dict,
-                      extra_metadata: dict | None = None) -> Path:
+                      extra_metadata: dict | None = None, target: AnnotationTarget = PIPELINE) -> Path:
     n = len(next(iter(columns.values()))) if columns else 0
     columns = dict(columns, backend=[backend] * n)
     schema = schema.append(pa.field("backend", pa.string()))
     table = pa.table(columns, schema=schema)
     meta = {"name": name, "backend": backend, "settings": stage_settings, **(extra_metadata or {})}
-    return write_parquet(table, _TARGET["annotations"] / f"{name}.parquet", {"annotation": meta})
+    return write_parquet(table, target.annotations / f"{name}.parquet", {"annotation": meta})
 
 
-def read_annotations(name: str, columns=None) -> pa.Table:
-    return read_parquet(_TARGET["annotations"] / f"{name}.parquet", columns)
+def read_annotations(name: str, columns=None, target: AnnotationTarget = PIPELINE) -> pa.Table:
+    return read_parquet(target.annotations / f"{name}.parquet", columns)
 
 
-def annotation_backend(name: str) -> dict:
-    return read_parquet_metadata(_TARGET["annotations"] / f"{name}.parquet").get("annotation", {})
+def annotation_backend(name: str, target: AnnotationTarget = PIPELINE) -> dict:
+    return read_parquet_metadata(target.annotations / f"{name}.parquet").get("annotation", {})
 
 
 def group_by_uid(table: pa.Table, column: str) -> dict:
@@ -167,8 +166,9 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()
 
 
-def cache_dir(params: dict, stage: str, backend: str, backend_settings: dict) -> Path:
-    root = _TARGET["cache_dir"] or Path(param(params, "annotate.cache_dir", str))
+def cache_dir(params: dict, stage: str, backend: str, backend_settings: dict,
+              target: AnnotationTarget = PIPELINE) -> Path:
+    root = target.cache_root or Path(param(params, "annotate.cache_dir", str))
     return root / stage / f"{backend}-{digest([CACHE_VERSION, backend_settings])[:16]}"
 
 
@@ -249,14 +249,15 @@ def run_ray(params: dict, shards: list[list[dict]], worker_args: tuple) -> list[
 
 
 def annotate_incrementally(params: dict, stage: str, registry_path: str, schema: pa.Schema,
-                           records: list[dict]) -> tuple[str, dict, list[dict], dict]:
+                           records: list[dict], target: AnnotationTarget = PIPELINE
+                           ) -> tuple[str, dict, list[dict], dict]:
     """Annotate the records (uid, image PNG bytes, context) that are in no cache shard yet.
 
     Returns (backend name, backend settings, output rows in record order, run info for the metadata).
     """
     registry = import_object(registry_path, "annotate.registry")
     name, backend = build_backend(params, stage, registry)
-    directory = cache_dir(params, stage, name, backend.settings)
+    directory = cache_dir(params, stage, name, backend.settings, target)
     engine = param(params, "annotate.engine", str, choices=("local", "ray"))
     param(params, "annotate.on_error", str, choices=("fail", "skip"))
     shard_size = positive(params, "annotate.shard_size")
@@ -293,11 +294,12 @@ def annotate_incrementally(params: dict, stage: str, registry_path: str, schema:
 
 
 def run_annotation_stage(params: dict, stage: str, registry_path: str, schema: pa.Schema, records: list[dict],
-                         output: str) -> Path:
-    """Annotate incrementally and write `data/annotations/<output>.parquet` (stage schema + backend).
+                         output: str, target: AnnotationTarget = PIPELINE) -> Path:
+    """Annotate incrementally and write `<target.annotations>/<output>.parquet` (stage schema + backend).
 
     The file's bytes depend only on the records and settings, not on what came from the cache or the engine."""
-    name, backend_settings, rows, info = annotate_incrementally(params, stage, registry_path, schema, records)
+    name, backend_settings, rows, info = annotate_incrementally(params, stage, registry_path, schema, records,
+                                                                target)
     columns = {f.name: [r[f.name] for r in rows] for f in schema}
     return write_annotations(columns, schema, output, name, settings(params, stage),
-                             {"backend_settings": backend_settings, "skipped_uids": info["skipped_uids"]})
+                             {"backend_settings": backend_settings, "skipped_uids": info["skipped_uids"]}, target)

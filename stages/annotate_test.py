@@ -13,35 +13,35 @@ train/val annotations are untouched:
   data/features_test/caption/                                caption features as data/features/caption,
                                                              `label` -1
 
-No label reaches it: `label` reads as -1 and `class_name` as "" for every test image (stages/annotate.py
-`annotating`), so no caption of the test split can name its class. No sample figure is drawn.
+No label reaches it: `label` reads as -1 and `class_name` as "" for every test image (the target's
+`hide_labels`, stages/annotate.py), so no caption of the test split can name its class. No sample figure is drawn.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from stages import caption, ground, tag
-from stages.annotate import annotating, load_annotation_input
+from stages.annotate import AnnotationTarget, load_annotation_input
 from stages.embed import TEXT_ENCODERS, build_encoder, embed_captions
 from stages.params import load_params, positive, resolve_device
 
 ANNOTATIONS_TEST = Path("data/annotations_test")
 CACHE_TEST = Path("data/annotation_cache_test")
 FEATURES_TEST = Path("data/features_test")
+TEST = AnnotationTarget(splits=("test",), annotations=ANNOTATIONS_TEST, cache_root=CACHE_TEST, hide_labels=True)
 
 
 def main() -> None:
     params = load_params()
-    with annotating(("test",), ANNOTATIONS_TEST, CACHE_TEST, hide_labels=True):
-        tag.main()
-        ground.main()
-        caption.main(figure=None)
-        table = load_annotation_input(("uid", "label"))
-        name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, resolve_device(params))
-        batch_size = positive(params, "embed.batch_size")
-        uids = embed_captions(encoder, name, {"batch_size": batch_size} | encoder.settings,
-                              dict(zip(table["uid"].to_pylist(), table["label"].to_pylist())), batch_size,
-                              positive(params, "embed.rows_per_shard", int, 50000), root=FEATURES_TEST)
+    tag.main(TEST)
+    ground.main(TEST)
+    caption.main(figure=None, target=TEST)
+    table = load_annotation_input(("uid", "label"), TEST)
+    name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, resolve_device(params))
+    batch_size = positive(params, "embed.batch_size")
+    uids = embed_captions(encoder, name, {"batch_size": batch_size} | encoder.settings,
+                          dict(zip(table["uid"].to_pylist(), table["label"].to_pylist())), batch_size,
+                          positive(params, "embed.rows_per_shard", int, 50000), root=FEATURES_TEST, target=TEST)
     print(f"annotate_test: {table.num_rows} test images, {len(uids)} captions -> {FEATURES_TEST}/caption")
 
 

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, pil_images, read_annotations, \
-    run_annotation_stage, torch_dtype
+from stages.annotate import PIPELINE, AnnotationTarget, from_pretrained, group_by_uid, load_annotation_input, \
+    pil_images, read_annotations, run_annotation_stage, torch_dtype
 from stages.io import PipelineError, decode_image, save_figure
 from stages.params import load_params, param, positive, resolve_device
 
@@ -176,17 +176,18 @@ def draw_annotations(records: list[dict], captions: dict, path=FIGURE, n: int = 
     return path
 
 
-def main(figure: Path | None = FIGURE) -> None:
+def main(figure: Path | None = FIGURE, target: AnnotationTarget = PIPELINE) -> None:
     params = load_params()
-    table = load_annotation_input(("uid", "class_name", "image"))
-    tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
+    table = load_annotation_input(("uid", "class_name", "image"), target)
+    tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"], target), "tags").items()}
     instances = {}
-    for row in read_annotations("instances", ["uid", "instance_id", "box", "phrase", "area", "mask"]).to_pylist():
+    columns = ["uid", "instance_id", "box", "phrase", "area", "mask"]
+    for row in read_annotations("instances", columns, target).to_pylist():
         instances.setdefault(row.pop("uid"), []).append(row)
     records = [{"uid": u, "image": b, "class_name": c, "tags": tags.get(u, []), "instances": instances.get(u, [])}
                for u, b, c in zip(*(table[k].to_pylist() for k in ("uid", "image", "class_name")))]
-    path = run_annotation_stage(params, "caption", "stages.caption:CAPTIONERS", SCHEMA, records, "captions")
-    table = read_annotations("captions", ["uid", "instance_id", "caption"])
+    path = run_annotation_stage(params, "caption", "stages.caption:CAPTIONERS", SCHEMA, records, "captions", target)
+    table = read_annotations("captions", ["uid", "instance_id", "caption"], target)
     captions = {(u, i): c for u, i, c in zip(*(table[k].to_pylist() for k in ("uid", "instance_id", "caption")))}
     print(f"captioned {len(records)} images -> {path}")
     if figure is not None:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.annotate import load_annotation_input, read_annotations
+from stages.annotate import PIPELINE, AnnotationTarget, load_annotation_input, read_annotations
 from stages.data import decode_images
 from stages.io import (PipelineError, atomic_path, decode_image, read_parquet, read_parquet_metadata, save_npy,
                        write_parquet)
@@ -236,9 +236,9 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
 
 
 def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, batch_size: int, rows_per_shard: int,
-                   root=FEATURES) -> list:
-    """Encode captions.parquet (of the current annotation target) into `root`/caption; returns the caption uids."""
-    caps = read_annotations("captions", ["uid", "instance_id", "caption"])
+                   root=FEATURES, target: AnnotationTarget = PIPELINE) -> list:
+    """Encode `target`'s captions.parquet into `root`/caption; returns the caption uids."""
+    caps = read_annotations("captions", ["uid", "instance_id", "caption"], target)
     cap_uids = caps["uid"].to_pylist()
     write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
                                "instance_id": caps["instance_id"].to_pylist()},

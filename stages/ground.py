@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from stages.annotate import from_pretrained, group_by_uid, load_annotation_input, model_source, pil_images, \
-    read_annotations, run_annotation_stage, torch_dtype
+from stages.annotate import PIPELINE, AnnotationTarget, from_pretrained, group_by_uid, load_annotation_input, \
+    model_source, pil_images, read_annotations, run_annotation_stage, torch_dtype
 from stages.io import PipelineError, png_bytes
 from stages.params import load_params, param, positive, resolve_device
 
@@ -188,13 +188,13 @@ class GroundingDinoSam:
 GROUNDERS = {"offline_threshold": ThresholdGrounder, "grounding_dino_sam": GroundingDinoSam}
 
 
-def main() -> None:
+def main(target: AnnotationTarget = PIPELINE) -> None:
     params = load_params()
-    table = load_annotation_input(("uid", "image"))
-    tags = {uid: t[0] for uid, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
+    table = load_annotation_input(("uid", "image"), target)
+    tags = {uid: t[0] for uid, t in group_by_uid(read_annotations("tags", ["uid", "tags"], target), "tags").items()}
     records = [{"uid": u, "image": b, "tags": tags.get(u, [])}
                for u, b in zip(table["uid"].to_pylist(), table["image"].to_pylist())]
-    path = run_annotation_stage(params, "ground", "stages.ground:GROUNDERS", SCHEMA, records, "instances")
+    path = run_annotation_stage(params, "ground", "stages.ground:GROUNDERS", SCHEMA, records, "instances", target)
     print(f"grounded {table.num_rows} images -> {path}")
 
 

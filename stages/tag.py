@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.annotate import from_pretrained, import_object, load_annotation_input, pil_images, \
-    run_annotation_stage, torch_dtype
+from stages.annotate import PIPELINE, AnnotationTarget, from_pretrained, import_object, load_annotation_input, \
+    pil_images, run_annotation_stage, torch_dtype
 from stages.io import PipelineError
 from stages.params import load_params, param, positive, resolve_device
 
@@ -143,11 +143,11 @@ class PluginTagger(Tagger):
 TAGGERS = {"offline_imagenet": ImageNetTagger, "clip": ClipTagger, "plugin": PluginTagger}
 
 
-def main() -> None:
+def main(target: AnnotationTarget = PIPELINE) -> None:
     params = load_params()
-    table = load_annotation_input(("uid", "image"))
+    table = load_annotation_input(("uid", "image"), target)
     records = [{"uid": u, "image": b} for u, b in zip(table["uid"].to_pylist(), table["image"].to_pylist())]
-    path = run_annotation_stage(params, "tag", "stages.tag:TAGGERS", SCHEMA, records, "tags")
+    path = run_annotation_stage(params, "tag", "stages.tag:TAGGERS", SCHEMA, records, "tags", target)
     print(f"tagged {len(records)} images -> {path}")
 
 

@@ -119,9 +119,8 @@ def test_caption_match_end_to_end(annotated):
 
 def test_test_split_captions_are_label_free(annotated):
     from stages import annotate_test
-    from stages.annotate import annotating, load_annotation_input
-    with annotating(("test",), annotated / "x", annotated / "y", hide_labels=True):
-        table = load_annotation_input(("uid", "label", "class_name"))
+    from stages.annotate import load_annotation_input
+    table = load_annotation_input(("uid", "label", "class_name"), annotate_test.TEST)
     assert set(table["label"].to_pylist()) == {-1} and set(table["class_name"].to_pylist()) == {""}
     run_stage(annotate_test)
     captions = pq.read_table(annotated / "data/annotations_test/captions.parquet").to_pylist()
