@@ -2,7 +2,7 @@
 
 It owns what the methods have in common: the synthetic set and its SGD optimiser, the real
 batches (one per class, drawn from a checkpointed generator), device placement and optional
-bf16/fp16 autocast on CUDA, a DVCLive loss curve and a grid of the synthetic images every N
+bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a DVCLive loss curve and a grid of the synthetic images every N
 iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N iterations under
 `data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output bytes
 as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
@@ -12,7 +12,8 @@ The optimised tensor `engine.syn` is the normalised pixels, or with `parameteris
 latents of a frozen AutoencoderKL that `engine.images()` decodes (stages/vae.py); `run` returns the
 final images decoded from it.
 
-Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (bf16/fp16 need CUDA),
+Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (autocast; fp16 needs CUDA, bf16 also
+runs on CPU),
 checkpoint_every, log_every and grid_every (iterations), parameterisation pixels|latent and the VAE,
 compile ("" or a torch.compile backend for the embedding networks of dm, masked_dm and dsdm).
 
@@ -69,9 +70,9 @@ class Engine:
         self.name, self.device, self.seed, self.resume, self.show = name, device, seed, resume, show
         precision = param(params, "distill.engine.precision", str, "fp32", choices=tuple(PRECISIONS))
         self.dtype = PRECISIONS[precision]
-        if self.dtype is not None and device.type != "cuda":
+        if precision == "fp16" and device.type != "cuda":
             raise PipelineError(f"param 'distill.engine.precision' = {precision} needs a CUDA device "
-                                f"(device is {device}); use fp32")
+                                f"(device is {device}); use fp32, or bf16 (CPU autocast)")
         self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int, 100)
         self.log_every = positive(params, "distill.engine.log_every", int, 1)
         self.grid_every = positive(params, "distill.engine.grid_every", int, 100)
@@ -93,7 +94,9 @@ class Engine:
         self._losses: list[float] = []
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def compiled(self, net):
         """`net` with `net.embed` wrapped by torch.compile when `distill.engine.compile` names a backend."""

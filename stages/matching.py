@@ -21,10 +21,11 @@ def class_means(features: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def distribution_gap(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -> torch.Tensor:
-    """DM: sum over classes of the squared distance between mean real and mean synthetic embeddings."""
+    """DM: sum over classes of the squared distance between mean real and mean synthetic embeddings
+    (in float32 when the embeddings come out of bf16/fp16 autocast)."""
     with torch.no_grad():
-        real_mean = class_means(net.embed(real), classes)
-    return ((real_mean - class_means(net.embed(syn), classes)) ** 2).sum()
+        real_mean = class_means(net.embed(real).float(), classes)
+    return ((real_mean - class_means(net.embed(syn).float(), classes)) ** 2).sum()
 
 
 def caption_gap(syn_features: torch.Tensor, real_means: torch.Tensor, classes: int) -> torch.Tensor:
@@ -95,12 +96,15 @@ def dsdm_terms(real_features: torch.Tensor, syn_features: torch.Tensor, history:
     """DSDM's prototype loss, semantic-diversity (covariance) loss and historical-prototype loss.
 
     `history` is the [classes, d] EMA memory of synthetic prototypes under the current network
-    (None before that network's first use, when the historical term is 0)."""
-    d = real_features.shape[1]
-    syn_mean = class_means(syn_features, classes)
-    proto = ((class_means(real_features, classes) - syn_mean) ** 2).sum()
-    diversity = ((covariance(real_features, classes) - covariance(syn_features, classes)) ** 2).sum() / d
-    hist = ((syn_mean - history) ** 2).sum() if history is not None else syn_mean.new_zeros(())
+    (None before that network's first use, when the historical term is 0). Computed in float32, also
+    under bf16/fp16 autocast."""
+    with torch.autocast(real_features.device.type, enabled=False):
+        real_features, syn_features = real_features.float(), syn_features.float()
+        d = real_features.shape[1]
+        syn_mean = class_means(syn_features, classes)
+        proto = ((class_means(real_features, classes) - syn_mean) ** 2).sum()
+        diversity = ((covariance(real_features, classes) - covariance(syn_features, classes)) ** 2).sum() / d
+        hist = ((syn_mean - history) ** 2).sum() if history is not None else syn_mean.new_zeros(())
     return proto, diversity, hist
 
 

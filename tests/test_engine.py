@@ -134,8 +134,8 @@ def test_mask_shape_mismatch_is_a_clear_error(prepared):
 
 
 def test_bad_engine_params_are_clear_errors(prepared):
-    set_params(prepared, **{"distill.engine.precision": "bf16"})
-    with pytest.raises(PipelineError, match="'distill.engine.precision' = bf16 needs a CUDA device"):
+    set_params(prepared, **{"distill.engine.precision": "fp16"})
+    with pytest.raises(PipelineError, match="'distill.engine.precision' = fp16 needs a CUDA device"):
         run_stage(distill, "--method", "dm", "--ipc", "1")
     set_params(prepared, **{"distill.engine.precision": "fp32", "distill.dc.outer_loop": "auto"})
     with pytest.raises(PipelineError, match="'distill.dc.outer_loop' is 'auto', which DC defines only for IPC 1, 10"):
@@ -245,3 +245,16 @@ def test_compiled_embedding_matches_eager_and_is_refused_for_gradient_matching(p
     set_params(prepared, **{"distill.engine.compile": "turbo"})
     with pytest.raises(PipelineError, match="'distill.engine.compile'.*inductor"):
         run_stage(distill, "--method", "dm", "--ipc", "1")
+
+
+@pytest.mark.parametrize("method", ["dm", "dsa"])
+def test_bf16_autocast_on_cpu_runs_and_is_deterministic(prepared, method):
+    set_params(prepared, **{"distill.engine.precision": "bf16", "distill.dm.iterations": 3,
+                            "distill.dm.batch_real": 4})
+    run_stage(distill, "--method", method, "--ipc", "1")
+    first = (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes()
+    out = load_tensors(f"data/distilled/{method}-ipc1.pt")
+    assert out["images"].dtype == torch.float32 and torch.isfinite(out["loss"]).all()
+    assert out["info"]["engine"]["precision"] == "bf16"
+    run_stage(distill, "--method", method, "--ipc", "1")
+    assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == first
