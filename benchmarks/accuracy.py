@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from stages import distill, evaluate, pretrain
 from stages.io import save_text
@@ -171,13 +172,25 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated METHOD:IPC (default: every method at every IPC)")
     parser.add_argument("--out", default="benchmarks/accuracy_run.md")  # accuracy.md is the hand-written summary
     parser.add_argument("--scratch", default="/tmp/accuracy-benchmark")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param laid over params.yaml for every row, e.g. distill.engine.precision=bf16")
     args = parser.parse_args()
     runs = parse_rows(args.rows)
-    command = "python -m benchmarks.accuracy" + "".join(f" --{k} {v}" for k, v in vars(args).items() if v)
+    command = "python -m benchmarks.accuracy" + "".join(
+        f" --{k} {v}" for k, v in vars(args).items() if v and k != "set") + "".join(f" --set {v}" for v in args.set)
     out = Path(args.out).resolve()
     base = load_params()
     base["pretrain"].update(PRETRAIN)
     base["evaluate"].update(EVALUATE)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        section = base
+        for name in path:
+            section = section[name]
+        if last not in section:
+            raise SystemExit(f"--set {item!r}: params.yaml has no {key!r}")
+        section[last] = yaml.safe_load(value)
     reduced_copy(Path("data/prepared").resolve(), Path(args.scratch))
     os.chdir(args.scratch)
     timings, results, loads = {}, {}, [os.getloadavg()[0]]

@@ -8,7 +8,12 @@ Fashion-MNIST (28x28 grey, the prepared train split) and on 32x32 colour images 
 pixels: no colour dataset is prepared here, and the time does not depend on pixel values). One
 iteration = fresh network + augmentation + loss + backward + one SGD step on the synthetic pixels
 (DC: one matching step; DC's outer iteration adds network training on the synthetic set, which the
-engine runs with stages/train.py like any training). The CPU is shared with other jobs, so each
+engine runs with stages/train.py like any training). Each measurement starts with one untimed
+iteration (for the compiled variant it includes compilation).
+
+The engine's variants are its choices in `distill.engine`: the batched losses of stages/matching.py
+(fp32), with `precision: bf16` (CPU autocast) and, for DM, `compile: inductor` (torch.compile of the
+network's embedding, as stages/engine.py does), alone and together; DC's `class_gradients: vmap`. The CPU is shared with other jobs, so each
 measurement records the 1-minute load average before and after it, rounds alternate between the
 implementations, and the table shows medians over rounds.
 """
@@ -67,13 +72,28 @@ def gradient_match_loop(net, real: torch.Tensor, syn: torch.Tensor, classes: int
     return total
 
 
+def with_bf16(loss_fn):
+    def loss(net, real, syn, classes):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(net, real, syn, classes)
+    return loss
+
+
+def with_compiled_embedding(loss_fn):
+    def loss(net, real, syn, classes):
+        net.embed = torch.compile(net.embed)
+        return loss_fn(net, real, syn, classes)
+    return loss
+
+
 def iterations_per_second(loss_fn, real, syn0, repeats: int, augment, frozen: bool) -> float:
-    """Time `repeats` pixel updates (fresh ConvNet-3, augmentation, loss, backward, SGD step);
-    `frozen`: the network's parameters need no gradient (DM)."""
+    """Time `repeats` pixel updates (fresh ConvNet-3, augmentation, loss, backward, SGD step) after one
+    untimed update; `frozen`: the network's parameters need no gradient (DM)."""
     syn = syn0.clone().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
-    start = time.perf_counter()
-    for it in range(repeats):
+    for it in range(repeats + 1):
+        if it == 1:
+            start = time.perf_counter()
         torch.manual_seed(it)
         net = make_net("convnet3", real.shape[1], CLASSES, real.shape[2]).requires_grad_(not frozen)
         loss = loss_fn(net, augment(real, it), augment(syn, it), CLASSES)
@@ -107,8 +127,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     augment = DifferentiableAugment()
-    losses = (("DM", distribution_gap_loop, {"engine": distribution_gap}, 2, True),
-              ("DC", gradient_match_loop, {"engine": gradient_match,
+    losses = (("DM", distribution_gap_loop, {"engine": distribution_gap, "engine, bf16": with_bf16(distribution_gap),
+                                             "engine, compiled": with_compiled_embedding(distribution_gap),
+                                             "engine, compiled, bf16": with_bf16(with_compiled_embedding(
+                                                 distribution_gap))}, 2, True),
+              ("DC", gradient_match_loop, {"engine": gradient_match, "engine, bf16": with_bf16(gradient_match),
                                            "engine, vmap": partial(gradient_match, how="vmap")}, 1, False))
     rows, raw = [], []
     for data_name, (real, syn) in datasets().items():
