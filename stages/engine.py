@@ -2,8 +2,8 @@
 
 It owns what the methods have in common: the synthetic set and its SGD optimiser, the real
 batches (one per class, drawn from a checkpointed generator), device placement and optional
-bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a DVCLive loss curve and a grid of the synthetic images every N
-iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N iterations under
+bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a DVCLive loss curve and a grid of the synthetic images
+every N iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N iterations under
 `data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output bytes
 as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
 `engine.images()` and calls `engine.update(loss)` (once, or several times as DC's outer loop does).
@@ -12,10 +12,10 @@ The optimised tensor `engine.syn` is the normalised pixels, or with `parameteris
 latents of a frozen AutoencoderKL that `engine.images()` decodes (stages/vae.py); `run` returns the
 final images decoded from it.
 
-Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (autocast; fp16 needs CUDA, bf16 also
-runs on CPU),
-checkpoint_every, log_every and grid_every (iterations), parameterisation pixels|latent and the VAE,
-compile ("" or a torch.compile backend for the embedding networks of dm, masked_dm and dsdm).
+Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (autocast; fp16 needs CUDA, bf16
+also runs on CPU), checkpoint_every, log_every and grid_every (iterations), parameterisation
+pixels|latent and the VAE, compile ("" or a torch.compile backend for the embedding networks of dm,
+masked_dm and dsdm).
 
 Randomness: the global torch RNG is re-seeded at the start of every iteration from (seed, iteration)
 (network initialisation), and batches/augmentation seeds come from `engine.gen`, whose state is in
