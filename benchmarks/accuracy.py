@@ -105,9 +105,9 @@ def provenance() -> str:
     return f"commit {commit}, {os.cpu_count()} CPU cores, torch {versions()['torch']}"
 
 
-def table(runs: list, results: dict, timings: dict, command: str, loads: list) -> str:
+def table(runs: list, results: dict, timings: dict, command: str, loads: list, started_at: str) -> str:
     lines = ["# Fashion-MNIST accuracy at reduced CPU budgets, beside the DSDM paper's Table 1", "",
-             f"Command: `{command}` ({provenance()}; load average (1 min) at the start and after each row: "
+             f"Command: `{command}` ({started_at}; load average (1 min) at the start and after each row: "
              f"{', '.join(f'{x:.1f}' for x in loads)}). Wall time so far: {sum(timings.values()) / 60:.1f} minutes.",
              "",
              f"Ours: ConvNet-3; data: the first {TRAIN_PER_CLASS} train, {VAL_PER_CLASS} val and {TEST_PER_CLASS} "
@@ -194,6 +194,7 @@ def main() -> None:
     reduced_copy(Path("data/prepared").resolve(), Path(args.scratch))
     os.chdir(args.scratch)
     timings, results, loads = {}, {}, [os.getloadavg()[0]]
+    started_at = provenance()  # the code that runs is the code at the start, whatever HEAD is later
     methods = {m for m, _ in runs}
     if "dsdm" in methods:
         start = time.perf_counter()
@@ -210,7 +211,7 @@ def main() -> None:
     for method, ipc in runs:
         run_row(method, ipc, base, budget(method, ipc), results, timings)
         loads.append(os.getloadavg()[0])
-        save_text(table(runs, results, timings, command, loads), out)
+        save_text(table(runs, results, timings, command, loads, started_at), out)
 
 
 if __name__ == "__main__":
