@@ -18,8 +18,8 @@ from __future__ import annotations
 import pyarrow as pa
 import torch
 
-from stages.annotate import digest, from_pretrained, group_by_uid, load_annotation_input, pil_images, \
-    read_annotations, run_annotation_stage, torch_dtype
+from stages.annotate import PIPELINE, AnnotationTarget, digest, from_pretrained, group_by_uid, \
+    load_annotation_input, pil_images, read_annotations, run_annotation_stage, torch_dtype
 from stages.caption import fill
 from stages.params import load_params, param, positive, resolve_device
 
@@ -91,11 +91,11 @@ class LlavaDescriber:
 DESCRIBERS = {"offline_template": TemplateDescriber, "llava": LlavaDescriber}
 
 
-def main() -> None:
+def main(target: AnnotationTarget = PIPELINE) -> None:
     params = load_params()
-    table = load_annotation_input(("uid", "class_name", "image"))
-    tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"]), "tags").items()}
-    captions = read_annotations("captions", ["uid", "instance_id", "caption"])
+    table = load_annotation_input(("uid", "class_name", "image"), target)
+    tags = {u: t[0] for u, t in group_by_uid(read_annotations("tags", ["uid", "tags"], target), "tags").items()}
+    captions = read_annotations("captions", ["uid", "instance_id", "caption"], target)
     per_instance = {}
     for uid, iid, cap in zip(*(captions[c].to_pylist() for c in ("uid", "instance_id", "caption"))):
         if iid >= 0:
@@ -103,7 +103,7 @@ def main() -> None:
     records = [{"uid": u, "image": b, "class_name": c, "tags": tags.get(u, []),
                 "instance_captions": per_instance.get(u, [])}
                for u, b, c in zip(*(table[k].to_pylist() for k in ("uid", "image", "class_name")))]
-    path = run_annotation_stage(params, "describe", "stages.describe:DESCRIBERS", SCHEMA, records, "descriptions")
+    path = run_annotation_stage(params, "describe", "stages.describe:DESCRIBERS", SCHEMA, records, "descriptions", target)
     print(f"described {len(records)} images -> {path}")
 
 

@@ -77,7 +77,7 @@ class Engine:
         self.log_every = positive(params, "distill.engine.log_every", int, 1)
         self.grid_every = positive(params, "distill.engine.grid_every", int, 100)
         self.compile_backend = param(params, "distill.engine.compile", str, "",
-                                     choices=("", *torch._dynamo.list_backends(exclude_tags=())))
+                                     choices=("", *torch.compiler.list_backends(exclude_tags=())))
         self.parameterisation = parameterisation(params, device)
         self.syn = self.parameterisation.encode(syn.to(device)).clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=param(params, f"{section}.lr", float),
