@@ -187,9 +187,9 @@ def main() -> None:
         *path, last = key.split(".")
         section = base
         for name in path:
-            section = section[name]
-        if last not in section:
-            raise SystemExit(f"--set {item!r}: params.yaml has no {key!r}")
+            section = section.get(name) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or last not in section or not value:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY a param of params.yaml")
         section[last] = yaml.safe_load(value)
     reduced_copy(Path("data/prepared").resolve(), Path(args.scratch))
     os.chdir(args.scratch)

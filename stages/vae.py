@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from stages.annotate import from_pretrained
 from stages.data import dataset_info, load_split
