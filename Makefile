@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# so that the `python -m stages.X` commands of dvc.yaml run the venv's python
+# so that the `python -m mmdistill.stages.X` commands of dvc.yaml run the venv's python
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test setup data
@@ -16,9 +16,10 @@ test: setup
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # Installs Debian's dataset-fashion-mnist when params.yaml points at its (missing) directory.

@@ -1,6 +1,6 @@
 """Fashion-MNIST accuracy at reduced CPU budgets, beside the DSDM paper's Table 1 -> a markdown table
 
-    python -m stages.prepare && python -m benchmarks.accuracy [--rows dm:50,herding:1 ...] [--out FILE]
+    python -m mmdistill.data.sources && python -m benchmarks.accuracy [--rows dm:50,herding:1 ...] [--out FILE]
 
 Runs in a scratch directory (--scratch) holding a reduced copy of data/prepared: the first
 TRAIN_PER_CLASS train, VAL_PER_CLASS val and TEST_PER_CLASS test images of each class. There it runs the
@@ -8,7 +8,7 @@ stage functions (pretrain, distill, evaluate) in-process with BUDGETS laid over 
 the table (--out) after every result; benchmarks/accuracy.md (written by hand) gathers the runs' tables. Rows that need other stages get them on the same reduced data:
   herding    stage select's herding (select.lof_inliers + select.herding per class) on the image features
              of stage embed's image encoder (`embed.image_encoder`), written as data/selections/herding-ipcK
-  masked_*   foreground masks from `python -m stages.tag` and `python -m stages.ground` (offline backends
+  masked_*   foreground masks from `python -m mmdistill.stages.tag` and `python -m mmdistill.stages.ground` (offline backends
              of params.yaml) run in the scratch directory
   dsdm       the pool of stage pretrain with PRETRAIN laid over params.yaml
 Caption variants are not rows here (another part of issue 6 builds them).
@@ -28,9 +28,12 @@ import numpy as np
 import torch
 import yaml
 
-from stages import distill, evaluate, pretrain
-from stages.io import save_text
-from stages.params import load_params, versions
+from mmdistill.core.config import load_params
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import save_text
+from mmdistill.distill import methods as distill
+from mmdistill.evaluate import classification as evaluate
+from mmdistill.nn import pool as pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 IPCS = (1, 10, 50)
@@ -52,7 +55,12 @@ NEEDS_MASKS, NEEDS_SELECTION = ("masked_dc", "masked_dm"), ("herding",)
 def reduced_copy(source: Path, target: Path) -> None:
     """The first N images of each class of every split of `source`, written to `target` (same metadata)."""
     import pyarrow as pa
-    from stages.io import read_parquet, read_parquet_metadata, write_parquet
+
+    from mmdistill.core.storage import (
+        read_parquet,
+        read_parquet_metadata,
+        write_parquet,
+    )
     shutil.rmtree(target, ignore_errors=True)
     for split, per_class in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS), ("test", TEST_PER_CLASS)):
         table = read_parquet(source / split)
@@ -64,11 +72,11 @@ def reduced_copy(source: Path, target: Path) -> None:
 
 def herding_selections(params: dict, ipcs: list[int]) -> None:
     """Stage select's herding coresets (LOF inliers, then herding per class) on embed's image features."""
-    from stages.data import decode_images
-    from stages.embed import IMAGE_ENCODERS, build_encoder, encode_images
-    from stages.io import read_parquet, write_parquet
-    from stages.params import param
-    from stages.select import SELECTIONS, herding, lof_inliers
+    from mmdistill.core.config import param
+    from mmdistill.core.storage import read_parquet, write_parquet
+    from mmdistill.data.datasets import decode_images
+    from mmdistill.embed.features import IMAGE_ENCODERS, build_encoder, encode_images
+    from mmdistill.selection.coresets import SELECTIONS, herding, lof_inliers
     table = read_parquet(Path("data/prepared/train"), ["uid", "label", "image"])
     uids, labels = table["uid"].to_pylist(), table["label"].to_numpy()
     images = torch.from_numpy(decode_images(table["image"].to_pylist(), uids, channels=3))

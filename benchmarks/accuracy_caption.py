@@ -1,6 +1,6 @@
 """Fashion-MNIST accuracy of caption_match and caption_concat beside random, dm and dsa -> benchmarks/accuracy_caption.md
 
-    python -m stages.prepare && python -m benchmarks.accuracy_caption
+    python -m mmdistill.data.sources && python -m benchmarks.accuracy_caption
 
 The data, budgets and evaluation of benchmarks/accuracy.py (its reduced copy of data/prepared: the first
 200 train, 10 val and 100 test images per class; caption_match and caption_concat get dsa's budgets, since
@@ -18,12 +18,25 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.accuracy import (EVALUATE, TEST_PER_CLASS, TRAIN_PER_CLASS, VAL_PER_CLASS, reduced_copy,
-                                 run_row)
+from benchmarks.accuracy import (
+    EVALUATE,
+    TEST_PER_CLASS,
+    TRAIN_PER_CLASS,
+    VAL_PER_CLASS,
+    reduced_copy,
+    run_row,
+)
 from benchmarks.accuracy import budget as dsa_style_budget
-from stages import annotate_test, caption, caption_head, describe, embed, ground, tag
-from stages.io import save_text
-from stages.params import load_params, positive, resolve_device, versions
+from mmdistill.annotate import captions as caption
+from mmdistill.annotate import descriptions as describe
+from mmdistill.annotate import grounding as ground
+from mmdistill.annotate import tags as tag
+from mmdistill.core.config import load_params, positive
+from mmdistill.core.runtime import resolve_device, versions
+from mmdistill.core.storage import save_text
+from mmdistill.embed import features as embed
+from mmdistill.nn import caption_head
+from mmdistill.stages import annotate_heldout as annotate_test
 
 RUNS = [("caption_match", 1), ("caption_concat", 1), ("random", 1), ("dm", 1), ("dsa", 1),
         ("dm", 10), ("random", 10), ("caption_concat", 10), ("caption_match", 10), ("dsa", 10)]
@@ -36,7 +49,7 @@ def budget(method: str, ipc: int) -> dict:
 
 def table(results: dict, timings: dict, head_metrics: str) -> str:
     lines = ["# Fashion-MNIST: caption_match and caption_concat at reduced CPU budgets", "",
-             f"Command: `python -m stages.prepare && python -m benchmarks.accuracy_caption` ({os.cpu_count()} CPU "
+             f"Command: `python -m mmdistill.data.sources && python -m benchmarks.accuracy_caption` ({os.cpu_count()} CPU "
              f"cores shared with other agents' jobs; torch {versions()['torch']}). Wall time so far: "
              f"{sum(timings.values()) / 60:.1f} minutes (annotation chain, caption_head and annotate_test: "
              f"{timings.get('prepare_captions', 0):.0f} s).", "",

@@ -1,6 +1,6 @@
 """Why dsdm < dm at IPC 10 in benchmarks/accuracy.md: one change at a time -> benchmarks/accuracy_dsdm.md
 
-    python -m stages.prepare && python -m benchmarks.accuracy_dsdm [--variants 5,2,...] [--out FILE]
+    python -m mmdistill.data.sources && python -m benchmarks.accuracy_dsdm [--variants 5,2,...] [--out FILE]
 
 Same reduced data, seed, evaluation and base budgets as benchmarks/accuracy.py (its IPC 10 dm and dsdm
 rows); every variant below changes one setting of that dsdm row (or of the evaluation). Besides the
@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.accuracy import BUDGETS, EVALUATE, PRETRAIN, provenance, reduced_copy
-from stages import distill, evaluate, pretrain
-from stages.data import load_split
-from stages.io import load_tensors, save_text
-from stages.matching import factor_encode
-from stages.params import load_params
+from mmdistill.core.config import load_params
+from mmdistill.core.storage import load_tensors, save_text
+from mmdistill.data.datasets import load_split
+from mmdistill.distill import methods as distill
+from mmdistill.distill.losses import factor_encode
+from mmdistill.evaluate import classification as evaluate
+from mmdistill.nn import pool as pretrain
 
 IPC = 10
 SCRATCH = Path("/tmp/accuracy-dsdm")

@@ -1,6 +1,6 @@
 """Herding at IPC 1 on two feature spaces -> benchmarks/accuracy_herding.md
 
-    python -m stages.prepare && python -m benchmarks.accuracy_herding
+    python -m mmdistill.data.sources && python -m benchmarks.accuracy_herding
 
 benchmarks/accuracy.py's herding row runs stage select's herding on stage embed's features
 (EfficientNet-Lite0, ImageNet weights). The DSDM paper's herding row (from DC) uses the features of a
@@ -19,12 +19,14 @@ import numpy as np
 import torch
 
 from benchmarks.accuracy import EVALUATE, herding_selections, provenance, reduced_copy
-from stages import distill, evaluate, pretrain
-from stages.data import load_split
-from stages.io import load_tensors, save_text, write_parquet
-from stages.nets import make_net
-from stages.params import load_params, param
-from stages.select import SELECTIONS, herding, lof_inliers
+from mmdistill.core.config import load_params, param
+from mmdistill.core.storage import load_tensors, save_text, write_parquet
+from mmdistill.data.datasets import load_split
+from mmdistill.distill import methods as distill
+from mmdistill.evaluate import classification as evaluate
+from mmdistill.nn import pool as pretrain
+from mmdistill.nn.nets import make_net
+from mmdistill.selection.coresets import SELECTIONS, herding, lof_inliers
 
 IPC, EPOCHS = 1, 5
 SCRATCH = Path("/tmp/accuracy-herding")

@@ -23,9 +23,24 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from stages import caption, describe, ground, prepare, tag  # noqa: E402
-from tests.conftest import REPO, run_stage, set_params, tiny_images, tiny_params, write_idx  # noqa: E402
-from tests.test_annotate_real import add_images, build_blip2, build_clip, build_grounding_dino, build_llava, \
-    build_sam_transformers, build_tiny_segment_anything  # noqa: E402
+
+from tests.conftest import (  # noqa: E402
+    REPO,
+    run_stage,
+    set_params,
+    tiny_images,
+    tiny_params,
+    write_idx,
+)
+from tests.test_annotate_real import (
+    add_images,
+    build_blip2,
+    build_clip,
+    build_grounding_dino,
+    build_llava,
+    build_sam_transformers,  # noqa: E402
+    build_tiny_segment_anything,
+)
 
 STAGES = {"tag": tag, "ground": ground, "caption": caption, "describe": describe}
 
@@ -122,8 +137,8 @@ def main() -> None:
     args = ap.parse_args()
     out_path = Path(args.out).resolve()
     torch.set_num_threads(1)
-    import stages.annotate
-    stages.annotate.annotate_incrementally = timed_engine(stages.annotate.annotate_incrementally)
+    import mmdistill.annotate.cache
+    mmdistill.annotate.cache.annotate_incrementally = timed_engine(mmdistill.annotate.cache.annotate_incrementally)
     from segment_anything import sam_model_registry
     sam_model_registry["tiny_bench"] = build_tiny_segment_anything
     with tempfile.TemporaryDirectory() as tmp:

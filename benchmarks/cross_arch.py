@@ -1,9 +1,9 @@
 """Cross-architecture evaluation of one distilled set on this machine -> benchmarks/cross_arch.md
 
-    python -m stages.prepare && python -m stages.distill --method random --ipc 10
+    python -m mmdistill.data.sources && python -m mmdistill.distill.methods --method random --ipc 10
     python -m benchmarks.cross_arch random 10 50     # method, IPC, epochs (1 repeat)
 
-Runs stages.evaluate.evaluate with evaluate.nets = every architecture of the zoo at its default
+Runs mmdistill.evaluate.classification.evaluate with evaluate.nets = every architecture of the zoo at its default
 norm and a reduced budget, and records accuracy and wall time per network. A smoke test of the
 zoo on real data, not a paper comparison (the papers train 1000+ epochs, 5 repeats).
 """
@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from stages.data import dataset_info
-from stages.evaluate import evaluate
-from stages.io import save_text
-from stages.params import load_params, versions
+from mmdistill.core.config import load_params
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import save_text
+from mmdistill.data.datasets import dataset_info
+from mmdistill.evaluate.classification import evaluate
 
 NETS = ["convnet3", "alexnet", "vgg11", "resnet18", "vit"]
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from stages.data import load_split
-from stages.distill import distribution_matching, random_selection
-from stages.io import save_text
-from stages.params import load_params, versions
+from mmdistill.core.config import load_params
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import save_text
+from mmdistill.data.datasets import load_split
+from mmdistill.distill.methods import distribution_matching, random_selection
 
 ITERATIONS = 5
 

@@ -4,7 +4,7 @@
 
 One SGD step (forward, backward, update; no augmentation) on a batch of 100 random images,
 the size of an IPC 10 set of 10 classes, at 28x28 greyscale and 32x32 colour, for every
-architecture of stages.nets at its default norm. Reports single-thread CPU milliseconds per
+architecture of mmdistill.nn.nets at its default norm. Reports single-thread CPU milliseconds per
 image (process time, so that other jobs on a shared machine distort it less than wall time),
 the ratio to ConvNet-3 and the projected CPU minutes of one `evaluate` run at IPC 10
 (evaluate.epochs x evaluate.repeats passes over 100 images).
@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stages.io import save_text
-from stages.nets import make_net
-from stages.params import load_params, versions
+from mmdistill.core.config import load_params
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import save_text
+from mmdistill.nn.nets import make_net
 
 NETS = ["convnet3", "resnet18", "vgg11", "alexnet", "vit"]
 BATCH, STEPS = 100, 5

@@ -1,6 +1,6 @@
 """DM at IPC 10 on Fashion-MNIST, pixels vs the offline VAE's latents, at a reduced CPU budget -> benchmarks/latent.md
 
-    python -m stages.prepare && python -m stages.vae && python -m benchmarks.latent
+    python -m mmdistill.data.sources && python -m mmdistill.nn.vae && python -m benchmarks.latent
 
 Runs in a scratch directory (SCRATCH) holding copies of data/prepared and data/vae (stage vae's
 AutoencoderKL; its val reconstruction is read from outputs/metrics/vae.json). There it distils
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from stages import distill
-from stages.data import load_split
-from stages.evaluate import train_and_score
-from stages.io import load_tensors, save_text
-from stages.params import load_params, param, versions
-from stages.vae import parameterisation
+from mmdistill.core.config import load_params, param
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import load_tensors, save_text
+from mmdistill.data.datasets import load_split
+from mmdistill.distill import methods as distill
+from mmdistill.evaluate.classification import train_and_score
+from mmdistill.nn.vae import parameterisation
 
 SCRATCH = Path("/tmp/latent-benchmark")
 IPC = 10
@@ -74,7 +75,7 @@ def main() -> None:
                      "(last 5)", result, distill_s, time.perf_counter() - t))
         print(rows[-1][0], f"{result['test_accuracy_mean']:.2f}", flush=True)
     lines = ["# DM at IPC 10: pixels vs latents of the offline VAE (Fashion-MNIST, reduced CPU budget)", "",
-             "Command: `python -m stages.prepare && python -m stages.vae && python -m benchmarks.latent` "
+             "Command: `python -m mmdistill.data.sources && python -m mmdistill.nn.vae && python -m benchmarks.latent` "
              f"({os.cpu_count()} CPU cores shared with other agents' jobs; torch {versions()['torch']}). "
              f"Benchmark wall time: {(time.perf_counter() - start) / 60:.1f} minutes.", "",
              f"Data: the prepared Fashion-MNIST ({vae_metrics['train_images']} train images, the full 10,000 test "

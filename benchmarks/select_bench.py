@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.io import save_text
-from stages.params import versions
-from stages.select import kmeans_prototypes, lof_inliers, pds_prototypes
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import save_text
+from mmdistill.selection.coresets import kmeans_prototypes, lof_inliers, pds_prototypes
 
 
 def unit(x):

@@ -1,6 +1,6 @@
 """DM and DC iterations per second: the engine's losses vs a plain per-class loop -> benchmarks/speed.md
 
-    python -m benchmarks.speed [--rounds 3]      # needs `python -m stages.prepare` first
+    python -m benchmarks.speed [--rounds 3]      # needs `python -m mmdistill.stages.prepare` first
 
 Both sides compute the same loss (tests/test_engine.py checks they agree) on the same data, networks
 and DSA augmentation, at the papers' setting: ConvNet-3, IPC 10, 256 real images per class, on
@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stages.augment import DifferentiableAugment
-from stages.data import load_split
-from stages.io import save_text
-from stages.matching import distribution_gap, gradient_match
-from stages.nets import make_net
-from stages.params import versions
+from mmdistill.core.runtime import versions
+from mmdistill.core.storage import save_text
+from mmdistill.data.datasets import load_split
+from mmdistill.distill.losses import distribution_gap, gradient_match
+from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.nets import make_net
 
 CLASSES, IPC, BATCH_REAL = 10, 10, 256
 HAND_WRITTEN = "## Profile and reading (written by hand)"

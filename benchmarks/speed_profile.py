@@ -14,10 +14,16 @@ from functools import partial
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.speed import BATCH_REAL, CLASSES, IPC, distribution_gap_loop, gradient_match_loop
-from stages.augment import DifferentiableAugment
-from stages.matching import distribution_gap, gradient_match
-from stages.nets import make_net
+from benchmarks.speed import (
+    BATCH_REAL,
+    CLASSES,
+    IPC,
+    distribution_gap_loop,
+    gradient_match_loop,
+)
+from mmdistill.distill.losses import distribution_gap, gradient_match
+from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.nets import make_net
 
 LOSSES = {"dm_loop": distribution_gap_loop, "dm_engine": distribution_gap, "dc_loop": gradient_match_loop,
           "dc_engine": gradient_match, "dc_vmap": partial(gradient_match, how="vmap")}

@@ -64,7 +64,7 @@ def tiny_params(source: Path) -> dict:
 def make_project(root: Path, fashion_dir: Path) -> Path:
     """A copy of the pipeline (code, dvc.yaml, tiny params.yaml) in `root`."""
     root.mkdir(parents=True)
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".dvcignore", "tag_vocabulary.txt"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(fashion_dir), sort_keys=False))
@@ -91,8 +91,11 @@ def set_params(root: Path, **updates) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run_stage(module, *args, monkeypatch=None):
+def run_stage(stage: str, *args):
+    """Run stage entry point `mmdistill.stages.<stage>` in-process, with `args` as its command line."""
+    import importlib
     import sys
+    module = importlib.import_module(f"mmdistill.stages.{stage}")
     old = sys.argv
     sys.argv = [module.__name__, *args]
     try:
@@ -104,16 +107,15 @@ def run_stage(module, *args, monkeypatch=None):
 @pytest.fixture(scope="session")
 def annotated_template(tmp_path_factory, fashion_dir) -> Path:
     """Built once: a project after prepare, the annotation stages, both embed stages and forgetting."""
-    from stages import caption, describe, embed, forgetting, ground, prepare, tag
     root = make_project(tmp_path_factory.mktemp("annotated") / "project", fashion_dir)
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for module in (prepare, tag, ground, caption, describe):
+        for module in ("prepare", "tag", "ground", "caption", "describe"):
             run_stage(module)
-        run_stage(embed, "--modality", "image")
-        run_stage(embed, "--modality", "text")
-        run_stage(forgetting)
+        run_stage("embed", "--modality", "image")
+        run_stage("embed", "--modality", "text")
+        run_stage("forgetting")
     finally:
         os.chdir(cwd)
     return root

@@ -1,11 +1,10 @@
 import numpy as np
+import pyarrow as pa
 import torch
 
-import pyarrow as pa
-
-from stages.align import recall_at, retrieval, train_heads
-from stages.forgetting import ForgettingCounter
-from stages.select import forgetting_order
+from mmdistill.embed.alignment import recall_at, retrieval, train_heads
+from mmdistill.selection.coresets import forgetting_order
+from mmdistill.selection.forgetting import ForgettingCounter
 
 torch.set_num_threads(1)
 

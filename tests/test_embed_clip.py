@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages import caption, describe, embed, ground, prepare, tag
-from stages.annotate import read_annotations
-from stages.embed import HFClip, OpenClip, feature_metadata, load_features
-from stages.io import PipelineError
+from mmdistill.annotate.cache import read_annotations
+from mmdistill.core.storage import PipelineError
+from mmdistill.embed.features import HFClip, OpenClip, feature_metadata, load_features
 from tests.conftest import run_stage, set_params
 
 torch.set_num_threads(1)
@@ -39,7 +38,13 @@ def hf_clip_dir(tmp_path_factory):
     """A transformers CLIPModel + CLIPProcessor saved with save_pretrained; the tokenizer is CLIP's BPE,
     written from the vocabulary file open_clip ships."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
     folder = tmp_path_factory.mktemp("hf_clip_tiny")
     merges = [tuple(m.split()) for m in gzip.open(default_bpe()).read().decode().split("\n")[1:49152 - 256 - 1]]
     vocab = list(bytes_to_unicode().values())
@@ -65,8 +70,8 @@ def check_features(encoder, dim: int):
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
     spaces = {feature_metadata(k)["settings"]["space"] for k in ("image", "instance", "caption", "description")}
     assert len(spaces) == 1
-    from stages.annotate import load_annotation_input
-    from stages.data import decode_images
+    from mmdistill.annotate.cache import load_annotation_input
+    from mmdistill.data.datasets import decode_images
     table = load_annotation_input(("uid", "image")).slice(0, 3)
     images = torch.from_numpy(decode_images(table["image"].to_pylist(), table["uid"].to_pylist(), channels=3))
     _, image_vectors = load_features("image")
@@ -77,19 +82,19 @@ def check_features(encoder, dim: int):
 
 
 def test_clip_encoders_embed_every_kind_from_saved_models(project, open_clip_dir, hf_clip_dir):
-    for module in (prepare, tag, ground, caption, describe):
+    for module in ("prepare", "tag", "ground", "caption", "describe"):
         run_stage(module)
     set_params(project, **{"embed.image_encoder": "open_clip", "embed.text_encoder": "open_clip",
                            "embed.open_clip.model": f"local-dir:{open_clip_dir}"})
-    run_stage(embed, "--modality", "image")
-    run_stage(embed, "--modality", "text")
+    run_stage("embed", "--modality", "image")
+    run_stage("embed", "--modality", "text")
     assert feature_metadata("image")["encoder"] == "open_clip"
     check_features(OpenClip(f"local-dir:{open_clip_dir}", None, torch.device("cpu")), 32)
 
     set_params(project, **{"embed.image_encoder": "hf_clip", "embed.text_encoder": "hf_clip",
                            "embed.hf_clip.model": str(hf_clip_dir)})
-    run_stage(embed, "--modality", "image")
-    run_stage(embed, "--modality", "text")
+    run_stage("embed", "--modality", "image")
+    run_stage("embed", "--modality", "text")
     assert feature_metadata("caption")["settings"]["model"] == str(hf_clip_dir)
     check_features(HFClip(str(hf_clip_dir), torch.device("cpu")), 16)
 
@@ -121,4 +126,4 @@ def test_missing_weights_are_clear_errors(tmp_path):
 def test_unknown_encoder_lists_valid(project):
     set_params(project, **{"embed.image_encoder": "siglip"})
     with pytest.raises(PipelineError, match="valid: efficientnet_lite0, hf_clip, open_clip"):
-        run_stage(embed, "--modality", "image")
+        run_stage("embed", "--modality", "image")

@@ -5,15 +5,21 @@ import pytest
 import torch
 
 from benchmarks.speed import distribution_gap_loop, gradient_match_loop
-from stages import distill, pretrain
-from stages.augment import DifferentiableAugment
-from stages.data import load_split
-from stages.distill import gradient_matching, random_selection
-from stages.io import PipelineError, load_tensors
-from stages.matching import (covariance, distribution_gap, dsdm_terms, factor_decode, factor_encode,
-                             gradient_match)
-from stages.nets import make_net
-from stages.params import load_params
+from mmdistill.core.config import load_params
+from mmdistill.core.storage import PipelineError, load_tensors
+from mmdistill.data.datasets import load_split
+from mmdistill.distill import methods as distill
+from mmdistill.distill.losses import (
+    covariance,
+    distribution_gap,
+    dsdm_terms,
+    factor_decode,
+    factor_encode,
+    gradient_match,
+)
+from mmdistill.distill.methods import gradient_matching, random_selection
+from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.nets import make_net
 from tests.conftest import run_stage, set_params
 
 torch.set_num_threads(1)
@@ -23,8 +29,7 @@ TINY_DC = {"iterations": 2, "batch_real": 4, "outer_loop": 2, "inner_loop": 1}
 
 @pytest.fixture
 def prepared(project):
-    from stages import prepare
-    run_stage(prepare)
+    run_stage("prepare")
     for method in ("dc", "dsa", "masked_dc"):
         set_params(project, **{f"distill.{method}.{k}": v for k, v in TINY_DC.items()})
     set_params(project, **{"distill.dsdm.iterations": 3, "distill.dsdm.batch_real": 4,
@@ -136,18 +141,18 @@ def test_mask_shape_mismatch_is_a_clear_error(prepared):
 def test_bad_engine_params_are_clear_errors(prepared):
     set_params(prepared, **{"distill.engine.precision": "fp16"})
     with pytest.raises(PipelineError, match="'distill.engine.precision' = fp16 needs a CUDA device"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
     set_params(prepared, **{"distill.engine.precision": "fp32", "distill.dc.outer_loop": "auto"})
     with pytest.raises(PipelineError, match="'distill.dc.outer_loop' is 'auto', which DC defines only for IPC 1, 10"):
-        run_stage(distill, "--method", "dc", "--ipc", "2")
+        run_stage("distill", "--method", "dc", "--ipc", "2")
 
 
 def test_dsdm_loss_decreases_and_output_is_decoded(prepared):
-    run_stage(pretrain)
+    run_stage("pretrain")
     pool = load_tensors("data/pretrained/pool.pt")
     assert len(pool["states"]) == 2 and len(pool["val_accuracy"]) == 2
     set_params(prepared, **{"distill.dsdm.iterations": 8, "distill.dsdm.augment": False})
-    run_stage(distill, "--method", "dsdm", "--ipc", "1")
+    run_stage("distill", "--method", "dsdm", "--ipc", "1")
     out = load_tensors("data/distilled/dsdm-ipc1.pt")
     assert out["images"].shape == (40, 1, 28, 28) and out["encoded"].shape == (10, 1, 28, 28)
     assert out["labels"].tolist() == [c for c in range(10) for _ in range(4)] and len(out["source_uids"]) == 40
@@ -171,33 +176,33 @@ def test_dsdm_loss_decreases_and_output_is_decoded(prepared):
 @pytest.mark.parametrize("method", ["dm", "dsa", "dsdm"])
 def test_resume_gives_the_same_bytes(prepared, method):
     if method == "dsdm":
-        run_stage(pretrain)
+        run_stage("pretrain")
     section = f"distill.{method}"
     set_params(prepared, **{f"{section}.iterations": 4, "distill.engine.checkpoint_every": 2})
-    run_stage(distill, "--method", method, "--ipc", "1")
+    run_stage("distill", "--method", method, "--ipc", "1")
     uninterrupted = (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes()
     (prepared / f"data/checkpoints/{method}-ipc1.pt").unlink()
     set_params(prepared, **{f"{section}.iterations": 2})  # the "interrupted" run stops after 2 iterations
-    run_stage(distill, "--method", method, "--ipc", "1")
+    run_stage("distill", "--method", method, "--ipc", "1")
     assert load_tensors(f"data/checkpoints/{method}-ipc1.pt")["iteration"] == 2
     set_params(prepared, **{f"{section}.iterations": 4})
-    run_stage(distill, "--method", method, "--ipc", "1", "--resume")
+    run_stage("distill", "--method", method, "--ipc", "1", "--resume")
     assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == uninterrupted
     assert (prepared / f"outputs/distill/{method}-ipc1/metrics.json").exists()
 
 
 def test_resume_refuses_other_settings(prepared):
     set_params(prepared, **{"distill.dm.iterations": 2})
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     set_params(prepared, **{"distill.dm.lr": 0.5})
     with pytest.raises(PipelineError, match="written with other settings"):
-        run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
+        run_stage("distill", "--method", "dm", "--ipc", "1", "--resume")
 
 
 def test_unknown_class_gradients_is_a_clear_error(prepared):
     set_params(prepared, **{"distill.dc.class_gradients": "jit"})
     with pytest.raises(PipelineError, match="'distill.dc.class_gradients' = 'jit' is not one of: loop, vmap"):
-        run_stage(distill, "--method", "dc", "--ipc", "1")
+        run_stage("distill", "--method", "dc", "--ipc", "1")
 
 
 def git(root, *args) -> str:
@@ -220,7 +225,7 @@ def test_loss_log_leaves_the_repository_alone(prepared, repo):
         git(prepared, "commit", "-qm", "base")
     refs, commits = git(prepared, "for-each-ref"), git(prepared, "rev-list", "--all")
     dvc_yaml = (prepared / "dvc.yaml").read_bytes()
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     assert (prepared / "outputs/distill/dm-ipc1/metrics.json").exists()
     assert git(prepared, "for-each-ref") == refs  # no refs/exps/...
     assert git(prepared, "rev-list", "--all") == commits
@@ -233,28 +238,28 @@ def test_compiled_embedding_matches_eager_and_is_refused_for_gradient_matching(p
     """`distill.engine.compile` with the aot_eager backend (dynamo + AOTAutograd, no C++ build, so it runs
     anywhere): dm's result equals the eager run's up to float rounding."""
     set_params(prepared, **{"distill.dm.iterations": 3, "distill.dm.batch_real": 4})
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     eager = load_tensors("data/distilled/dm-ipc1.pt")
     set_params(prepared, **{"distill.engine.compile": "aot_eager"})
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     compiled = load_tensors("data/distilled/dm-ipc1.pt")
     assert torch.allclose(compiled["images"], eager["images"], atol=1e-4)
     assert torch.allclose(compiled["loss"], eager["loss"], rtol=1e-4)
     with pytest.raises(PipelineError, match="'distill.engine.compile' = 'aot_eager': gradient matching .* set it to ''"):
-        run_stage(distill, "--method", "dsa", "--ipc", "1")
+        run_stage("distill", "--method", "dsa", "--ipc", "1")
     set_params(prepared, **{"distill.engine.compile": "turbo"})
     with pytest.raises(PipelineError, match="'distill.engine.compile'.*inductor"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
 
 
 @pytest.mark.parametrize("method", ["dm", "dsa"])
 def test_bf16_autocast_on_cpu_runs_and_is_deterministic(prepared, method):
     set_params(prepared, **{"distill.engine.precision": "bf16", "distill.dm.iterations": 3,
                             "distill.dm.batch_real": 4})
-    run_stage(distill, "--method", method, "--ipc", "1")
+    run_stage("distill", "--method", method, "--ipc", "1")
     first = (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes()
     out = load_tensors(f"data/distilled/{method}-ipc1.pt")
     assert out["images"].dtype == torch.float32 and torch.isfinite(out["loss"]).all()
     assert out["info"]["engine"]["precision"] == "bf16"
-    run_stage(distill, "--method", method, "--ipc", "1")
+    run_stage("distill", "--method", method, "--ipc", "1")
     assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == first

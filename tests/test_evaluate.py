@@ -4,17 +4,17 @@ import json
 import pytest
 import torch
 
-from stages import evaluate, prepare
-from stages.data import load_split
-from stages.distill import DISTILLED
-from stages.io import PipelineError, save_tensors
+from mmdistill.core.storage import PipelineError, save_tensors
+from mmdistill.data.datasets import load_split
+from mmdistill.distill.methods import DISTILLED
+from mmdistill.evaluate import classification as evaluate
 from tests.conftest import run_stage, set_params
 
 torch.set_num_threads(1)
 
 
 def write_synthetic(name="random-ipc1", mean=None, std=None, images=None):
-    """One real train image per class, stored as a distilled set (the format of stages.distill)."""
+    """One real train image per class, stored as a distilled set (the format of mmdistill.distill.methods)."""
     train = load_split("train")
     index = [int((train.labels == c).nonzero()[0]) for c in range(len(train.class_names))]
     pixels = train.images[index].float() / 255
@@ -28,7 +28,7 @@ def write_synthetic(name="random-ipc1", mean=None, std=None, images=None):
 
 @pytest.fixture
 def prepared(project):
-    run_stage(prepare)
+    run_stage("prepare")
     set_params(project, **{"evaluate.epochs": 2, "evaluate.repeats": 2})
     return project
 
@@ -39,10 +39,10 @@ def metrics_of(root, name="random-ipc1"):
 
 def test_per_architecture_results_and_default_net_unchanged(prepared):
     write_synthetic()
-    run_stage(evaluate, "--method", "random", "--ipc", "1")
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
     alone = metrics_of(prepared)
     set_params(prepared, **{"evaluate.nets": ["convnet3", "alexnet"]})
-    run_stage(evaluate, "--method", "random", "--ipc", "1")
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
     both = metrics_of(prepared)
     assert both["nets"] == ["convnet3", "alexnet"] and both["net"] == "convnet3"
     assert set(both["architectures"]) == {"convnet3", "alexnet"}
@@ -63,20 +63,20 @@ def test_synthetic_set_in_another_normalisation_is_converted(prepared):
 def test_shape_mismatch_is_a_clear_error(prepared):
     write_synthetic(images=torch.zeros(10, 3, 32, 32))
     with pytest.raises(PipelineError, match=r"random-ipc1.pt: synthetic images \(3, 32, 32\) do not match"):
-        run_stage(evaluate, "--method", "random", "--ipc", "1")
+        run_stage("evaluate", "--method", "random", "--ipc", "1")
 
 
 def test_unknown_architecture_fails_before_training(prepared):
     write_synthetic()
     set_params(prepared, **{"evaluate.nets": ["convnet3", "resnet50"]})
     with pytest.raises(PipelineError, match="param 'evaluate.nets': unknown network 'resnet50'"):
-        run_stage(evaluate, "--method", "random", "--ipc", "1")
+        run_stage("evaluate", "--method", "random", "--ipc", "1")
     assert not (prepared / "outputs/metrics/random-ipc1.json").exists()
 
 
 def test_full_train_split_upper_bound(prepared):
     set_params(prepared, **{"evaluate_full.epochs": 2, "evaluate_full.repeats": 1, "evaluate_full.augment": False})
-    run_stage(evaluate, "--full")
+    run_stage("evaluate", "--full")
     m = metrics_of(prepared, "full")
     assert m["method"] == "full" and m["ipc"] is None and m["train_images"] == len(load_split("train"))
     assert m["epochs"] == 2 and m["augment"] is False and len(m["test_accuracies"]) == 1 and 0 <= m["test_accuracy_mean"] <= 100

@@ -1,5 +1,5 @@
 """report: the method x IPC x architecture table and the published numbers beside ours."""
-from stages.report import published, table
+from mmdistill.report.markdown import published, table
 
 FMNIST = {"name": "fashion_mnist", "height": 28}
 
@@ -42,10 +42,9 @@ def test_metrics_of_one_architecture_from_before_the_zoo_still_render():
 
 
 def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
-    from stages import prepare, report
-    from stages.io import save_json, write_parquet
+    from mmdistill.core.storage import save_json, write_parquet
     from tests.conftest import run_stage, set_params
-    run_stage(prepare)
+    run_stage("prepare")
     for name in ("tags", "instances", "captions", "descriptions"):
         write_parquet({"uid": ["a"]}, f"data/annotations/{name}.parquet", {"annotation": {"backend": f"fake_{name}"}})
     for kind in ("image", "caption"):
@@ -56,7 +55,7 @@ def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
     save_json({**metrics("brand_new", 1, ["convnet3", "vgg11"], 60.0), **budget}, "outputs/metrics/brand_new-ipc1.json")
     save_json({**metrics("full", None, ["convnet3", "vgg11"], 85.0), **budget, "train_images": 100},
               "outputs/metrics/full.json")
-    run_stage(report)
+    run_stage("report")
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
     assert "| brand_new | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | — |" in text

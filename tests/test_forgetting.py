@@ -3,10 +3,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from stages import forgetting, select
-from stages.forgetting import ForgettingCounter, count_forgetting
-from stages.io import PipelineError, read_parquet
-from tests.conftest import run_stage, set_params
+from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.selection import coresets as select
+from mmdistill.selection.forgetting import ForgettingCounter, count_forgetting
+from tests.conftest import run_stage
 
 torch.set_num_threads(1)
 
@@ -42,10 +42,10 @@ def test_forgetting_stage_and_selection(annotated):
     events = read_parquet(events_file)
     assert events.num_rows == 100 and events.column_names == ["uid", "label", "forgetting_events", "learned",
                                                                "misclassified"]
-    run_stage(forgetting)
+    run_stage("forgetting")
     assert events_file.read_bytes() == first  # same seed, same bytes
 
-    run_stage(select)
+    run_stage("selection")
     chosen = read_parquet("data/selections/forgetting-ipc2.parquet")
     assert chosen.num_rows == 20 and chosen.column_names == ["label", "class_name", "rank", "uid"]
     stats = {u: (not l, e, m) for u, l, e, m in zip(*(events[c].to_pylist() for c in

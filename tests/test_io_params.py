@@ -1,8 +1,16 @@
 import pyarrow as pa
 import pytest
 
-from stages.io import PipelineError, atomic_path, decode_image, read_parquet, read_parquet_metadata, write_parquet
-from stages.params import int_list, param, resolve_device
+from mmdistill.core.config import int_list, param
+from mmdistill.core.runtime import resolve_device
+from mmdistill.core.storage import (
+    PipelineError,
+    atomic_path,
+    decode_image,
+    read_parquet,
+    read_parquet_metadata,
+    write_parquet,
+)
 
 
 def test_parquet_round_trip_with_metadata(tmp_path):

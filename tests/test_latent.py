@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from stages import distill, prepare, vae
-from stages.data import load_split
-from stages.io import PipelineError, load_tensors
-from stages.params import load_params
+from mmdistill.core.config import load_params
+from mmdistill.core.storage import PipelineError, load_tensors
+from mmdistill.data.datasets import load_split
+from mmdistill.nn import vae
 from tests.conftest import make_project, run_stage, set_params
 from tests.test_distill import dm_objective
 
@@ -27,9 +27,9 @@ def trained_template(tmp_path_factory, fashion_dir):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        run_stage(prepare)
+        run_stage("prepare")
         set_params(root, **TINY_VAE)
-        run_stage(vae)
+        run_stage("vae")
     finally:
         os.chdir(cwd)
     return root
@@ -62,14 +62,14 @@ def test_vae_stage_trains_and_round_trips(trained):
     mse, _ = vae.reconstruction(loaded, val.images, CPU, 64)
     assert abs(mse - metrics["val_mse"]) < 1e-6
     first = digest(vae.VAE_DIR / "diffusion_pytorch_model.safetensors")
-    run_stage(vae)
+    run_stage("vae")
     assert digest(vae.VAE_DIR / "diffusion_pytorch_model.safetensors") == first  # same seed, same bytes
 
 
 def test_latent_dm_reduces_the_gap_and_decodes_for_evaluation(trained):
     set_params(trained, **LATENT, **{"distill.dm.iterations": 12, "distill.dm.batch_real": 10,
                                      "distill.dm.augment": False})
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     out = load_tensors("data/distilled/dm-ipc1.pt")
     train = load_split("train")
     space = vae.parameterisation(load_params(), CPU)
@@ -87,7 +87,7 @@ def test_latent_dm_reduces_the_gap_and_decodes_for_evaluation(trained):
 def test_latent_gradient_matching_runs(trained):
     set_params(trained, **LATENT, **{"distill.dsa.iterations": 2, "distill.dsa.batch_real": 4,
                                      "distill.dsa.outer_loop": 2, "distill.dsa.inner_loop": 1})
-    run_stage(distill, "--method", "dsa", "--ipc", "1")
+    run_stage("distill", "--method", "dsa", "--ipc", "1")
     out = load_tensors("data/distilled/dsa-ipc1.pt")
     assert out["images"].shape == (10, 1, 28, 28) and out["latents"].shape == (10, 4, 14, 14)
     assert len(out["loss"]) == 2 and torch.isfinite(out["loss"]).all()
@@ -95,17 +95,16 @@ def test_latent_gradient_matching_runs(trained):
 
 @pytest.mark.parametrize("method", ["masked_dm", "masked_dc", "dsdm"])
 def test_latent_masked_methods_and_dsdm_run_and_store_decodable_latents(trained, method):
-    from stages import ground, pretrain, tag
     if method == "dsdm":
         set_params(trained, **{"pretrain.models": 2, "pretrain.epochs": 1, "distill.dsdm.batch_real": 4})
-        run_stage(pretrain)
+        run_stage("pretrain")
     else:
-        run_stage(tag)
-        run_stage(ground)
+        run_stage("tag")
+        run_stage("ground")
     set_params(trained, **LATENT, **{f"distill.{method}.iterations": 2, f"distill.{method}.batch_real": 4})
     if method == "masked_dc":
         set_params(trained, **{"distill.masked_dc.outer_loop": 2, "distill.masked_dc.inner_loop": 1})
-    run_stage(distill, "--method", method, "--ipc", "1")
+    run_stage("distill", "--method", method, "--ipc", "1")
     out = load_tensors(f"data/distilled/{method}-ipc1.pt")
     space = vae.parameterisation(load_params(), CPU)
     assert out["latents"].shape == (10, 4, 14, 14) and len(out["loss"]) == 2 and torch.isfinite(out["loss"]).all()
@@ -117,28 +116,28 @@ def test_latent_masked_methods_and_dsdm_run_and_store_decodable_latents(trained,
 
 def test_latent_is_deterministic_and_resumes(trained):
     set_params(trained, **LATENT, **{"distill.dm.iterations": 4, "distill.engine.checkpoint_every": 2})
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     uninterrupted = digest("data/distilled/dm-ipc1.pt")
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     assert digest("data/distilled/dm-ipc1.pt") == uninterrupted
     (trained / "data/checkpoints/dm-ipc1.pt").unlink()
     set_params(trained, **{"distill.dm.iterations": 2})
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     checkpoint = load_tensors("data/checkpoints/dm-ipc1.pt")
     assert checkpoint["syn"].shape == (10, 4, 14, 14) and checkpoint["fingerprint"]["parameterisation"] == "latent"
     set_params(trained, **{"distill.dm.iterations": 4})
-    run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
+    run_stage("distill", "--method", "dm", "--ipc", "1", "--resume")
     assert digest("data/distilled/dm-ipc1.pt") == uninterrupted
     set_params(trained, **{"distill.engine.parameterisation": "pixels"})  # a latent checkpoint is not resumed as pixels
     with pytest.raises(PipelineError, match="written with other settings"):
-        run_stage(distill, "--method", "dm", "--ipc", "1", "--resume")
+        run_stage("distill", "--method", "dm", "--ipc", "1", "--resume")
 
 
 def test_pretrained_rgb_vae_by_path_with_grey_data(project, tmp_path):
     """A tiny random-weight RGB AutoencoderKL with three downsamples (8x), saved and loaded by path: grey
     28x28 data is repeated to RGB and resized to 32x32 (the next multiple of 8) and back."""
     from diffusers import AutoencoderKL
-    run_stage(prepare)
+    run_stage("prepare")
     torch.manual_seed(0)
     model = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
                           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -151,27 +150,27 @@ def test_pretrained_rgb_vae_by_path_with_grey_data(project, tmp_path):
     images = load_split("train").normalized()[:3]
     latents = space.encode(images)
     assert latents.shape == (3, 4, 4, 4) and space.decode(latents).shape == (3, 1, 28, 28)
-    run_stage(distill, "--method", "dm", "--ipc", "1")
+    run_stage("distill", "--method", "dm", "--ipc", "1")
     out = load_tensors("data/distilled/dm-ipc1.pt")
     assert out["images"].shape == (10, 1, 28, 28) and out["latents"].shape == (10, 4, 4, 4)
     assert out["vae"]["vae"] == str(tmp_path / "rgb-vae") and out["vae"]["scaling_factor"] == 0.5
 
 
 def test_clear_errors(project, tmp_path):
-    run_stage(prepare)
+    run_stage("prepare")
     set_params(project, **{"distill.engine.parameterisation": "voxels"})
     with pytest.raises(PipelineError, match="distill.engine.parameterisation.*pixels, latent"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
     set_params(project, **LATENT)
     with pytest.raises(PipelineError, match="'offline' but data/vae has no trained VAE"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
     set_params(project, **{"distill.engine.vae": str(tmp_path / "missing")})
     with pytest.raises(PipelineError, match="'distill.engine.vae': no weights at"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
     (tmp_path / "empty").mkdir()
     set_params(project, **{"distill.engine.vae": str(tmp_path / "empty")})
     with pytest.raises(PipelineError, match="cannot load AutoencoderKL .*param 'distill.engine.vae'"):
-        run_stage(distill, "--method", "dm", "--ipc", "1")
+        run_stage("distill", "--method", "dm", "--ipc", "1")
     set_params(project, **{"vae.norm_num_groups": 5})
     with pytest.raises(PipelineError, match="'vae.norm_num_groups' = 5 must divide"):
-        run_stage(vae)
+        run_stage("vae")

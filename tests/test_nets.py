@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.io import PipelineError
-from stages.nets import NETWORKS, make_net
+from mmdistill.core.storage import PipelineError
+from mmdistill.nn.nets import NETWORKS, make_net
 
 torch.set_num_threads(1)
 ARCHITECTURES = ["convnet3", "convnet", "resnet18", "vgg11", "alexnet", "vit", "resnet18:instance", "vgg11:instance"]

@@ -18,7 +18,7 @@ ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", GIT_AUTHOR_NAME="t", 
 
 
 def sh(cwd, *cmd) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=dict(ENV, PYTHONPATH=str(Path(cwd) / "src")), capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
 

@@ -5,14 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import prepare
-from stages.data import dataset_info, load_split
-from stages.io import PipelineError, read_parquet
+from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.data.datasets import dataset_info, load_split
 from tests.conftest import run_stage, set_params
 
 
 def test_fashion_mnist_splits(project):
-    run_stage(prepare)
+    run_stage("prepare")
     info = dataset_info()
     assert info["sizes"] == {"train": 100, "val": 20, "test": 50}
     assert (info["channels"], info["height"], info["width"]) == (1, 28, 28)
@@ -27,31 +26,31 @@ def test_fashion_mnist_splits(project):
 
 
 def test_same_seed_same_bytes_other_seed_other_split(project):
-    run_stage(prepare)
+    run_stage("prepare")
     first = (project / "data/prepared/val-00000.parquet").read_bytes()
-    run_stage(prepare)
+    run_stage("prepare")
     assert (project / "data/prepared/val-00000.parquet").read_bytes() == first
     set_params(project, seed=1)
-    run_stage(prepare)
+    run_stage("prepare")
     assert (project / "data/prepared/val-00000.parquet").read_bytes() != first
 
 
 def test_max_train_per_class(project):
     set_params(project, **{"prepare.max_train_per_class": 3})
-    run_stage(prepare)
+    run_stage("prepare")
     assert dataset_info()["sizes"]["train"] == 30
 
 
 def test_unknown_dataset_lists_valid(project):
     set_params(project, **{"prepare.dataset": "cifar7"})
     with pytest.raises(PipelineError, match="fashion_mnist, image_folder"):
-        run_stage(prepare)
+        run_stage("prepare")
 
 
 def test_missing_source_files(project, tmp_path):
     set_params(project, **{"prepare.source": str(tmp_path)})
     with pytest.raises(PipelineError, match="train-images-idx3-ubyte"):
-        run_stage(prepare)
+        run_stage("prepare")
 
 
 def make_folder(root, per_class=6):
@@ -66,7 +65,7 @@ def test_image_folder(project, tmp_path):
     make_folder(tmp_path / "imgs")
     set_params(project, **{"prepare.dataset": "image_folder", "prepare.source": str(tmp_path / "imgs"),
                            "prepare.val_per_class": 1, "prepare.image_size": 16, "prepare.test_fraction": 0.34})
-    run_stage(prepare)
+    run_stage("prepare")
     info = dataset_info()
     assert info["class_names"] == ["cat", "dog"] and (info["channels"], info["height"]) == (3, 16)
     assert info["sizes"] == {"train": 6, "val": 2, "test": 4}
@@ -78,7 +77,7 @@ def test_image_folder_corrupt_image_named_and_nothing_written(project, tmp_path)
     set_params(project, **{"prepare.dataset": "image_folder", "prepare.source": str(tmp_path / "imgs"),
                            "prepare.val_per_class": 1})
     with pytest.raises(PipelineError, match="broken.png"):
-        run_stage(prepare)
+        run_stage("prepare")
     assert not (project / "data/prepared").exists()
 
 
@@ -105,7 +104,7 @@ def make_cifar_archive(path, per_class_train=3, per_class_test=2):
 def test_cifar10_from_its_python_archive(project, tmp_path):
     make_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
     set_params(project, **{"prepare.dataset": "cifar10", "prepare.source": str(tmp_path), "prepare.val_per_class": 2})
-    run_stage(prepare)
+    run_stage("prepare")
     info = dataset_info()
     assert info["class_names"][0] == "airplane" and (info["channels"], info["height"], info["width"]) == (3, 32, 32)
     assert info["sizes"] == {"train": 130, "val": 20, "test": 20}
@@ -122,7 +121,7 @@ def test_cifar10_refuses_pickles_that_are_not_arrays(project, tmp_path):
         tar.add(blob, "cifar-10-batches-py/data_batch_1")
     set_params(project, **{"prepare.dataset": "cifar10", "prepare.source": str(tmp_path / "cifar-10-python.tar.gz")})
     with pytest.raises(PipelineError, match="data_batch_1 is not a CIFAR-10 batch.*refusing to load"):
-        run_stage(prepare)
+        run_stage("prepare")
 
 
 def make_imagenet(root, classes=1000, per_class=4, val_per_class=2, with_images=range(1000)):
@@ -139,12 +138,12 @@ def make_imagenet(root, classes=1000, per_class=4, val_per_class=2, with_images=
 
 
 def test_imagenet_subset_classes_resize_and_crop(project, tmp_path):
-    from stages.prepare import IMAGENET_SUBSETS
+    from mmdistill.data.sources import IMAGENET_SUBSETS
     subset = IMAGENET_SUBSETS["imagewoof"]
     make_imagenet(tmp_path / "imagenet", with_images={i for i, _ in subset})
     set_params(project, **{"prepare.dataset": "imagewoof", "prepare.source": str(tmp_path / "imagenet"),
                            "prepare.val_per_class": 1, "prepare.image_size": 16})
-    run_stage(prepare)
+    run_stage("prepare")
     info = dataset_info()
     assert info["class_names"] == [name for _, name in subset]
     assert info["source_classes"] == [f"n{i:08d}" for i, _ in subset]
@@ -160,13 +159,13 @@ def test_imagenet_subset_needs_the_full_class_list(project, tmp_path):
     make_imagenet(tmp_path / "imagenet", classes=12, with_images=())
     set_params(project, **{"prepare.dataset": "imnet_a", "prepare.source": str(tmp_path / "imagenet")})
     with pytest.raises(PipelineError, match="expected the 1000 ImageNet class folders.*found 12"):
-        run_stage(prepare)
+        run_stage("prepare")
 
 
 def test_imagenet_val_must_be_in_class_folders(project, tmp_path):
-    from stages.prepare import IMAGENET_SUBSETS
+    from mmdistill.data.sources import IMAGENET_SUBSETS
     make_imagenet(tmp_path / "imagenet", val_per_class=0, with_images={i for i, _ in IMAGENET_SUBSETS["imnet_cats"]})
     set_params(project, **{"prepare.dataset": "imnet_cats", "prepare.source": str(tmp_path / "imagenet"),
                            "prepare.val_per_class": 1, "prepare.image_size": 16})
     with pytest.raises(PipelineError, match="no images of class 'tabby cat'.*val/<wnid>"):
-        run_stage(prepare)
+        run_stage("prepare")

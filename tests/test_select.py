@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from stages import align, select
-from stages.embed import load_features
-from stages.io import PipelineError, read_parquet
-from stages.select import kmeans_prototypes, lof_inliers
+from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.embed.features import load_features
+from mmdistill.selection import coresets as select
+from mmdistill.selection.coresets import kmeans_prototypes, lof_inliers
 from tests.conftest import run_stage, set_params
 
 
@@ -30,7 +30,7 @@ def test_kmeans_recovers_planted_clusters():
 
 
 def test_select_stage_outputs_and_determinism(annotated):
-    run_stage(select)
+    run_stage("selection")
     kmeans = read_parquet("data/selections/kmeans-ipc2.parquet")
     assert kmeans.num_rows == 20 and sorted(set(kmeans["label"].to_pylist())) == list(range(10))
     lof = read_parquet("data/selections/lof.parquet")
@@ -40,17 +40,17 @@ def test_select_stage_outputs_and_determinism(annotated):
                                        "outputs/figures/selection/images-ipc2.png")]
     first = [p.read_bytes() for p in outputs]
     assert all(b[:4] == b"\x89PNG" for b in first[1:])  # PCA scatter and grid of the chosen images
-    run_stage(select)
+    run_stage("selection")
     assert [p.read_bytes() for p in outputs] == first
 
-    run_stage(align)  # learned joint space of the offline features, then text and PDS prototypes
+    run_stage("align")  # learned joint space of the offline features, then text and PDS prototypes
     metrics = json.loads((annotated / "outputs/metrics/align.json").read_text())
     assert metrics["val_pairs"] == 20 and metrics["unaligned"] is None  # EfficientNet and MiniLM: two spaces
     assert set(metrics["aligned"]["image_to_text"]) == {"R@1", "R@5", "R@10"}
     for kind in ("image", "caption"):
         _, aligned = load_features(kind, annotated / "data/aligned")
         assert aligned.shape[1] == 256 and np.allclose(np.linalg.norm(aligned, axis=1), 1, atol=1e-2)
-    run_stage(select, "--multimodal")
+    run_stage("prototypes")
     text = read_parquet("data/prototypes/text-ipc2.parquet")
     assert text.num_rows == 20
     assert list(zip(text["label"].to_pylist(), text["cluster"].to_pylist())) == \
@@ -69,22 +69,23 @@ def test_select_stage_outputs_and_determinism(annotated):
     assert all(len(v) == 256 for v in pds["image"].to_pylist())
     names = ("text-ipc2", "pds-5", "pairs-kcenter-10")
     first = [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in names]
-    run_stage(align)
-    run_stage(select, "--multimodal")
+    run_stage("align")
+    run_stage("prototypes")
     assert [(annotated / f"data/prototypes/{name}.parquet").read_bytes() for name in names] == first
 
 
 def test_ipc_larger_than_class_names_class(annotated):
     set_params(annotated, **{"distill.ipcs": [1, 50]})
     with pytest.raises(PipelineError, match="IPC 50.*class 'T-shirt/top'"):
-        run_stage(select)
+        run_stage("selection")
 
 
 def test_empty_class_names_class(annotated, monkeypatch):
-    info = select.dataset_info()
-    monkeypatch.setattr(select, "dataset_info", lambda: {**info, "class_names": info["class_names"] + ["unicorn"]})
+    from mmdistill.stages import selection
+    info = selection.dataset_info()
+    monkeypatch.setattr(selection, "dataset_info", lambda: {**info, "class_names": info["class_names"] + ["unicorn"]})
     with pytest.raises(PipelineError, match="class 'unicorn' has no train images"):
-        run_stage(select)
+        run_stage("selection")
 
 
 def test_herding_mean_error_shrinks_with_k():
@@ -139,7 +140,7 @@ def test_pds_prunes_and_checks_shapes():
 
 
 def test_coreset_selections_written(annotated):
-    run_stage(select)
+    run_stage("selection")
     for method in ("herding", "kcenter"):
         table = read_parquet(f"data/selections/{method}-ipc2.parquet")
         assert table.num_rows == 20 and table["rank"].to_pylist()[:2] == [0, 1]

@@ -1,0 +1,29 @@
+"""Every artifact path of the pipeline, relative to the project root. dvc.yaml names the same paths."""
+from pathlib import Path
+
+PREPARED = Path("data/prepared")                       # prepare: {train,val,test}-NNNNN.parquet
+ANNOTATIONS = Path("data/annotations")                 # tag, ground, caption, describe
+ANNOTATION_FIGURE = Path("outputs/figures/annotations.png")
+ANNOTATIONS_HELDOUT = Path("data/annotations_test")    # annotate_heldout: the test split, labels hidden
+ANNOTATION_CACHE_HELDOUT = Path("data/annotation_cache_test")
+FEATURES = Path("data/features")                       # embed_image, embed_text
+FEATURES_HELDOUT = Path("data/features_test")
+ALIGNED = Path("data/aligned")                         # align
+PAIR_EVENTS = ALIGNED / "pair_forgetting.parquet"
+ALIGN_METRICS = Path("outputs/metrics/align.json")
+FORGETTING_EVENTS = Path("data/forgetting/events.parquet")
+SELECTIONS = Path("data/selections")                   # select
+SELECTION_FIGURES = Path("outputs/figures/selection")
+PROTOTYPES = Path("data/prototypes")                   # prototypes
+POOL = Path("data/pretrained/pool.pt")                 # pretrain: DSDM's network pool
+VAE_DIR = Path("data/vae")
+VAE_METRICS = Path("outputs/metrics/vae.json")
+CAPTION_HEAD = Path("data/caption_head/head.pt")
+CAPTION_HEAD_METRICS = Path("outputs/metrics/caption_head.json")
+DISTILLED = Path("data/distilled")                     # distill: {method}-ipc{K}.pt
+DISTILLED_FIGURES = Path("outputs/figures/distilled")
+CHECKPOINTS = Path("data/checkpoints")
+DISTILL_LOGS = Path("outputs/distill")                 # DVCLive loss curves and grids per run
+METRICS = Path("outputs/metrics")                      # evaluate: {method}-ipc{K}.json
+FULL_METRICS = METRICS / "full.json"
+REPORT = Path("outputs/report.md")

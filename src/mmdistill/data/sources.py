@@ -1,0 +1,253 @@
+"""prepare: ingest a dataset into Parquet shards with train/val/test splits.
+
+Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
+
+| column     | type          | meaning                                           |
+|------------|---------------|---------------------------------------------------|
+| uid        | string        | `<dataset>-<source split>-<index>`, stable id     |
+| split      | string        | train / val / test                                |
+| label      | int64         | class index into metadata `class_names`           |
+| class_name | string        |                                                   |
+| image      | binary        | PNG bytes (L or RGB)                              |
+| width      | int32         |                                                   |
+| height     | int32         |                                                   |
+| captions   | list<string>  | source captions (empty where the source has none) |
+
+Schema metadata `dataset`: name, source, class_names, channels, height, width,
+per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
+ImageNet class folders, for the ImageNet subsets).
+The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
+
+Datasets (`prepare.dataset`, read from `prepare.source`):
+  fashion_mnist   the four idx files (.gz ok)
+  image_folder    root/<class>/*.png|jpg, or root/train/<class>/* + root/test/<class>/*
+  cifar10         the standard python archive cifar-10-python.tar.gz (the file, its folder, or
+                  the extracted cifar-10-batches-py folder); test = its test_batch
+  imagenette, imagewoof, imnet_a ... imnet_e, imnet_birds, imnet_fruits, imnet_cats
+                  the 10-class ImageNet subsets of the multi-modal paper (class lists of GLaD,
+                  IMAGENET_SUBSETS: indices into the sorted 1000 ImageNet class folders),
+                  from an ImageNet root with train/<wnid>/ and val/<wnid>/ (val sorted into
+                  class folders); test = ImageNet val. Each image: shorter side resized to
+                  `prepare.image_size` (the paper: 128 or 256), centre crop, RGB.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from mmdistill.core.storage import PipelineError, decode_image, png_bytes
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# The ImageNet subsets of the multi-modal paper, as defined by GLaD (Cazenavette et al.) and, for ImageNette,
+# ImageWoof, Birds, Fruits and Cats, by MTT: (index into the sorted ImageNet-1k class folders, class name).
+IMAGENET_SUBSETS = {
+    "imagenette": [(0, "tench"), (217, "English springer"), (482, "cassette player"), (491, "chain saw"),
+                   (497, "church"), (566, "French horn"), (569, "garbage truck"), (571, "gas pump"),
+                   (574, "golf ball"), (701, "parachute")],
+    "imagewoof": [(193, "Australian terrier"), (182, "Border terrier"), (258, "Samoyed"), (162, "beagle"),
+                  (155, "Shih-Tzu"), (167, "English foxhound"), (159, "Rhodesian ridgeback"), (273, "dingo"),
+                  (207, "golden retriever"), (229, "Old English sheepdog")],
+    "imnet_a": [(255, "Leonberg"), (376, "proboscis monkey"), (984, "rapeseed"), (364, "three-toed sloth"),
+                (500, "cliff dwelling"), (986, "yellow lady's slipper"), (333, "hamster"), (576, "gondola"),
+                (148, "killer whale"), (135, "limpkin")],
+    "imnet_b": [(129, "spoonbill"), (916, "web site"), (90, "lorikeet"), (275, "African hunting dog"),
+                (995, "earthstar"), (874, "trolleybus"), (102, "echidna"), (259, "Pomeranian"), (685, "odometer"),
+                (139, "ruddy turnstone")],
+    "imnet_c": [(565, "freight car"), (94, "hummingbird"), (554, "fireboat"), (535, "disk brake"),
+                (92, "bee eater"), (392, "rock beauty"), (291, "lion"), (136, "European gallinule"),
+                (324, "cabbage butterfly"), (11, "goldfinch")],
+    "imnet_d": [(9, "ostrich"), (258, "Samoyed"), (13, "junco"), (262, "Brabancon griffon"), (19, "chickadee"),
+                (339, "sorrel"), (321, "admiral"), (24, "great grey owl"), (93, "hornbill"), (322, "ringlet")],
+    "imnet_e": [(816, "spindle"), (96, "toucan"), (100, "black swan"), (145, "king penguin"),
+                (739, "potter's wheel"), (713, "photocopier"), (783, "screw"), (76, "tarantula"),
+                (688, "oscilloscope"), (326, "lycaenid")],
+    "imnet_birds": [(84, "peacock"), (130, "flamingo"), (88, "macaw"), (144, "pelican"), (145, "king penguin"),
+                    (22, "bald eagle"), (96, "toucan"), (9, "ostrich"), (100, "black swan"),
+                    (89, "sulphur-crested cockatoo")],
+    "imnet_fruits": [(953, "pineapple"), (954, "banana"), (949, "strawberry"), (950, "orange"), (951, "lemon"),
+                     (957, "pomegranate"), (952, "fig"), (945, "bell pepper"), (943, "cucumber"),
+                     (948, "Granny Smith")],
+    "imnet_cats": [(281, "tabby cat"), (282, "tiger cat"), (283, "Persian cat"), (284, "Siamese cat"),
+                   (285, "Egyptian cat"), (291, "lion"), (292, "tiger"), (290, "jaguar"), (289, "snow leopard"),
+                   (287, "lynx")],
+}
+DATASETS = ("fashion_mnist", "image_folder", "cifar10", *IMAGENET_SUBSETS)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally .gz), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte idx file")
+        shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as exc:
+        raise PipelineError(f"{path}: unreadable idx file ({exc})") from exc
+
+
+def find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise PipelineError(f"{root}: no {stem}[.gz]; point prepare.source at a directory with the Fashion-MNIST idx "
+                        "files, or install Debian's dataset-fashion-mnist")
+
+
+def load_fashion_mnist(root: Path):
+    """Returns {source split: (images N x H x W x C uint8, labels, captions)} and class names."""
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(find_idx(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if len(images) != len(labels):
+            raise PipelineError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
+        out[split] = (images[..., None], labels, [[] for _ in labels])
+    return out, FASHION_MNIST_CLASSES
+
+
+def load_image_folder(root: Path, size: int, channels: int, test_fraction: float, seed: int):
+    """`root/<class>/*.png|jpg`, or `root/train/<class>/*` + `root/test/<class>/*`."""
+    mode = "L" if channels == 1 else "RGB"
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    split_dirs = {"train": root / "train", "test": root / "test"} if has_splits else {"all": root}
+    class_names = sorted(d.name for d in split_dirs.get("train", root).iterdir() if d.is_dir())
+    if not class_names:
+        raise PipelineError(f"{root}: no class folders (expected {root}/<class>/*.png)")
+    from PIL import Image
+    out = {}
+    for split, directory in split_dirs.items():
+        files = [(f, label) for label, c in enumerate(class_names) for f in sorted((directory / c).glob("*"))
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise PipelineError(f"{directory}: no images with suffix {sorted(IMAGE_SUFFIXES)}")
+        images = []
+        for f, _ in tqdm(files, desc=f"read {split} images", disable=len(files) < 2000):
+            array = decode_image(f.read_bytes(), str(f), mode)
+            img = Image.fromarray(array).resize((size, size), Image.BILINEAR)
+            images.append(np.asarray(img).reshape(size, size, channels))
+        out[split] = (np.stack(images), np.array([lab for _, lab in files], dtype=np.int64), [[] for _ in files])
+    if not has_splits:
+        images, labels, caps = out.pop("all")
+        test_idx = stratified_sample(labels, lambda n: int(round(n * test_fraction)), seed + 1)
+        train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+        out["train"] = (images[train_idx], labels[train_idx], [caps[i] for i in train_idx])
+        out["test"] = (images[test_idx], labels[test_idx], [caps[i] for i in test_idx])
+    return out, class_names
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only dicts, lists and numpy arrays: a CIFAR batch needs nothing else."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_cifar10(source: Path):
+    """The python archive: data_batch_1..5 (train) and test_batch, each {data: N x 3072 uint8, labels}."""
+    if source.is_dir() and (source / "cifar-10-python.tar.gz").exists():
+        source = source / "cifar-10-python.tar.gz"
+    if source.is_dir() and (source / "cifar-10-batches-py").is_dir():
+        source = source / "cifar-10-batches-py"
+    if source.is_file():
+        try:
+            with tarfile.open(source, "r:*") as tar:
+                files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise PipelineError(f"{source}: unreadable CIFAR-10 archive ({exc})") from exc
+    else:
+        files = {f.name: f.read_bytes() for f in source.glob("*_batch*") if f.is_file()}
+    out = {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        images, labels = [], []
+        for name in names:
+            if name not in files:
+                raise PipelineError(f"{source}: no {name}; point prepare.source at cifar-10-python.tar.gz")
+            try:
+                batch = _ArrayUnpickler(io.BytesIO(files[name]), encoding="bytes").load()
+                data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
+                raise PipelineError(f"{source}: {name} is not a CIFAR-10 batch ({exc})") from exc
+            if len(data) != len(labels[-1]):
+                raise PipelineError(f"{source}: {name} has {len(data)} images but {len(labels[-1])} labels")
+            images.append(data.transpose(0, 2, 3, 1))
+        labels = np.concatenate(labels)
+        out[split] = (np.concatenate(images), labels, [[] for _ in labels])
+    return out, CIFAR10_CLASSES
+
+
+def resize_center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side to `size` (bilinear), then the central size x size crop."""
+    from PIL import Image
+    img = Image.fromarray(array)
+    scale = size / min(img.size)
+    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((w, h), Image.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def load_imagenet_subset(root: Path, subset: str, size: int):
+    """Classes IMAGENET_SUBSETS[subset] of an ImageNet root with train/<wnid>/ and val/<wnid>/."""
+    folders = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) if (root / "train").is_dir() else []
+    if len(folders) != 1000:
+        raise PipelineError(f"{root}/train: expected the 1000 ImageNet class folders (the subsets index their "
+                            f"sorted list), found {len(folders)}")
+    classes = [(folders[i], name) for i, name in IMAGENET_SUBSETS[subset]]
+    out = {}
+    for split, directory in (("train", root / "train"), ("test", root / "val")):
+        files = [(f, label) for label, (wnid, _) in enumerate(classes) for f in sorted((directory / wnid).glob("*"))
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+        for label, (wnid, name) in enumerate(classes):
+            if not any(lab == label for _, lab in files):
+                raise PipelineError(f"{directory / wnid}: no images of class '{name}' (ImageNet val must be sorted "
+                                    "into class folders val/<wnid>/)")
+        images = [resize_center_crop(decode_image(f.read_bytes(), str(f), "RGB"), size)
+                  for f, _ in tqdm(files, desc=f"read {subset} {split}", disable=len(files) < 2000)]
+        out[split] = (np.stack(images), np.array([lab for _, lab in files], dtype=np.int64), [[] for _ in files])
+    return out, [name for _, name in classes], [wnid for wnid, _ in classes]
+
+
+def stratified_sample(labels: np.ndarray, count, seed: int) -> np.ndarray:
+    """Sorted indices of count(n_class) seeded random items per class."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(count(len(idx)), len(idx))
+        picked.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def to_table(images, labels, captions, uids, split, class_names) -> pa.Table:
+    pngs = [png_bytes(img[..., 0] if img.shape[-1] == 1 else img)
+            for img in tqdm(images, desc=f"encode {split}", disable=len(images) < 5000)]
+    return pa.table({
+        "uid": pa.array(uids, pa.string()),
+        "split": pa.array([split] * len(uids), pa.string()),
+        "label": pa.array(labels, pa.int64()),
+        "class_name": pa.array([class_names[i] for i in labels], pa.string()),
+        "image": pa.array(pngs, pa.binary()),
+        "width": pa.array([images.shape[2]] * len(uids), pa.int32()),
+        "height": pa.array([images.shape[1]] * len(uids), pa.int32()),
+        "captions": pa.array(captions, pa.list_(pa.string())),
+    })

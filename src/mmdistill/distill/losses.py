@@ -1,0 +1,130 @@
+"""The matching losses of the distillation methods, over class-major batches.
+
+Every function takes real and synthetic batches that are class-major with equal counts per class
+(`classes` blocks) and returns a scalar summed over classes; each equals a per-class loop
+(tests/test_engine.py checks it against the loops in benchmarks/speed.py). DM embeds all classes in
+one forward pass; DC's per-class gradients are one backward pass per class ("loop", the default)
+or one torch.func.vmap call over classes ("vmap", the earlier default: slower on CPU and not
+bit-identical to "loop"). benchmarks/speed.md has the timings.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from mmdistill.core.storage import PipelineError
+
+
+def class_means(features: torch.Tensor, classes: int) -> torch.Tensor:
+    return features.view(classes, -1, features.shape[1]).mean(1)
+
+
+def distribution_gap(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -> torch.Tensor:
+    """DM: sum over classes of the squared distance between mean real and mean synthetic embeddings
+    (in float32 when the embeddings come out of bf16/fp16 autocast)."""
+    with torch.no_grad():
+        real_mean = class_means(net.embed(real).float(), classes)
+    return ((real_mean - class_means(net.embed(syn).float(), classes)) ** 2).sum()
+
+
+def caption_gap(syn_features: torch.Tensor, real_means: torch.Tensor, classes: int) -> torch.Tensor:
+    """Caption matching: sum over classes of the squared distance between the mean caption feature of the
+    synthetic images (class-major) and the mean caption embedding of the real images of the class."""
+    if syn_features.shape[1] != real_means.shape[1] or len(real_means) != classes:
+        raise PipelineError(f"caption features of the synthetic images are {tuple(syn_features.shape[1:])}-d but "
+                            f"the real class means are {tuple(real_means.shape)} (expected ({classes}, d))")
+    return ((class_means(syn_features, classes) - real_means) ** 2).sum()
+
+
+CLASS_GRADIENTS = ("loop", "vmap")
+
+
+def class_gradients(net, images: torch.Tensor, classes: int, how: str = "loop",
+                    create_graph: bool = True) -> dict[str, torch.Tensor]:
+    """Per class, the gradient of the mean cross-entropy of that class's images w.r.t. each parameter
+    (a dict of [classes, *param.shape]); differentiable w.r.t. `images` if `create_graph`.
+    `how`: "loop" (a backward pass per class) or "vmap" (torch.func over classes)."""
+    x = images.view(classes, -1, *images.shape[1:])
+    y = torch.arange(classes, device=images.device).view(classes, 1).expand(classes, x.shape[1])
+    if how == "loop":
+        names, params = zip(*net.named_parameters())
+        per_class = [torch.autograd.grad(F.cross_entropy(net(xc), yc), params, create_graph=create_graph)
+                     for xc, yc in zip(x, y)]
+        return {name: torch.stack([g[i] for g in per_class]) for i, name in enumerate(names)}
+    if how != "vmap":
+        raise PipelineError(f"unknown class-gradient method {how!r}; valid: {', '.join(CLASS_GRADIENTS)}")
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def loss(p, xc, yc):
+        return F.cross_entropy(functional_call(net, p, (xc,)), yc)
+
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+
+def layerwise_distance(a: dict, b: dict) -> torch.Tensor:
+    """DC's distance: per layer, per output unit, 1 - cosine of the two gradients, summed over units,
+    layers and classes. Parameters with one value per unit (biases, norm scales) are skipped, as in DC.
+    Written (|a||b| - a.b) / (|a||b| + eps) rather than DC's 1 - a.b / (|a||b| + eps): the same up to
+    eps, but units with (near-)zero gradients add 0 instead of up to 1, so identical sets give 0."""
+    total = 0.0
+    for name, ga in a.items():
+        if ga.dim() <= 2:  # [classes, units]
+            continue
+        ga, gb = ga.flatten(2), b[name].flatten(2)
+        norms = ga.norm(dim=-1) * gb.norm(dim=-1)
+        total = total + ((norms - (ga * gb).sum(-1)) / (norms + 1e-6)).sum()
+    return total
+
+
+def gradient_match(net, real: torch.Tensor, syn: torch.Tensor, classes: int, how: str = "loop") -> torch.Tensor:
+    """DC: layer-wise distance between the per-class gradients of real and synthetic images
+    (`how`: see class_gradients)."""
+    real_grads = {k: v.detach() for k, v in class_gradients(net, real, classes, how, create_graph=False).items()}
+    return layerwise_distance(real_grads, class_gradients(net, syn, classes, how))
+
+
+def covariance(features: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per-class (biased) covariance matrices [classes, d, d] of class-major features."""
+    f = features.view(classes, -1, features.shape[1])
+    f = f - f.mean(1, keepdim=True)
+    return f.transpose(1, 2) @ f / f.shape[1]
+
+
+def dsdm_terms(real_features: torch.Tensor, syn_features: torch.Tensor, history: torch.Tensor | None,
+               classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DSDM's prototype loss, semantic-diversity (covariance) loss and historical-prototype loss.
+
+    `history` is the [classes, d] EMA memory of synthetic prototypes under the current network
+    (None before that network's first use, when the historical term is 0). Computed in float32, also
+    under bf16/fp16 autocast."""
+    with torch.autocast(real_features.device.type, enabled=False):
+        real_features, syn_features = real_features.float(), syn_features.float()
+        d = real_features.shape[1]
+        syn_mean = class_means(syn_features, classes)
+        proto = ((class_means(real_features, classes) - syn_mean) ** 2).sum()
+        diversity = ((covariance(real_features, classes) - covariance(syn_features, classes)) ** 2).sum() / d
+        hist = ((syn_mean - history) ** 2).sum() if history is not None else syn_mean.new_zeros(())
+    return proto, diversity, hist
+
+
+def factor_encode(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """IDC's partition: every `factor`^2 consecutive images become one image of `factor` x `factor`
+    tiles, each the image downsampled by `factor` (tile j at row j // factor, column j % factor)."""
+    n, c, h, w = images.shape
+    if h % factor or w % factor:
+        raise PipelineError(f"image size {h}x{w} is not divisible by the factor {factor}")
+    small = F.interpolate(images, size=(h // factor, w // factor), mode="area")
+    small = small.view(n // factor**2, factor, factor, c, h // factor, w // factor)
+    return small.permute(0, 3, 1, 4, 2, 5).reshape(n // factor**2, c, h, w)
+
+
+def factor_decode(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Inverse layout of factor_encode: each tile upsampled (bilinear) to the full size, in tile order."""
+    n, c, h, w = images.shape
+    if factor == 1:
+        return images
+    tiles = images.view(n, c, factor, h // factor, factor, w // factor).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * factor**2, c, h // factor, w // factor)
+    return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+

@@ -1,0 +1,272 @@
+"""embed: features of images, masked instances, captions and descriptions -> data/features/
+
+    python -m mmdistill.stages.embed --modality image   # DVC stage embed_image: image, instance
+    python -m mmdistill.stages.embed --modality text    # DVC stage embed_text: caption, description
+
+For each kind in (image, instance, caption, description):
+`data/features/<kind>/index.parquet` is the index (one row per feature vector) and
+`data/features/<kind>/vectors-NNNNN.npy` are float16 shards, L2-normalised, row-aligned
+with the index (row r of the index is row r of the concatenated shards).
+The two modalities are separate DVC stages, so a caption change never re-encodes images.
+
+| kind        | index columns            | encoder              | what is encoded                       |
+|-------------|--------------------------|----------------------|---------------------------------------|
+| image       | uid, label               | embed.image_encoder  | the whole image                       |
+| instance    | uid, label, instance_id  | embed.image_encoder  | the image with all but the mask zeroed|
+| caption     | uid, label, instance_id  | embed.text_encoder   | caption text (instance_id -1 = image) |
+| description | uid, label               | embed.text_encoder   | description text                      |
+
+Every index records `{"encoder": name, "settings": {..., "space": ...}, "dim": d}` in its metadata;
+two kinds are in one joint space when their `settings.space` strings are equal.
+
+Encoders (`embed.image_encoder`, `embed.text_encoder`):
+  efficientnet_lite0  image only: ImageNet-pretrained EfficientNet-Lite0, pooled 1280-d (the offline default)
+  minilm              text only: all-MiniLM-L6-v2, 384-d (the offline default); not in one space with images
+  open_clip           `embed.open_clip.model` (a built-in name such as ViT-B-32, or local-dir:/path holding
+                      open_clip_config.json + weights) and `embed.open_clip.pretrained` (a tag whose weights
+                      are in the Hugging Face cache, or a checkpoint file); images and texts in CLIP's space
+  hf_clip             transformers CLIPModel + CLIPProcessor from `embed.hf_clip.model` (hub id in the local
+                      cache, or a folder saved with save_pretrained)
+Set both encoders to the same CLIP to get one joint space. Weights that cannot be found are an error,
+never random weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmdistill.annotate.cache import (
+    PIPELINE,
+    AnnotationTarget,
+    load_annotation_input,
+    read_annotations,
+)
+from mmdistill.core.config import param, positive
+from mmdistill.core.paths import FEATURES
+from mmdistill.core.storage import (
+    PipelineError,
+    atomic_path,
+    decode_image,
+    read_parquet,
+    read_parquet_metadata,
+    save_npy,
+    write_parquet,
+)
+from mmdistill.data.datasets import decode_images
+from mmdistill.nn.pretrained import EfficientNetLite0, MiniLM, batched
+
+KINDS = ("image", "instance", "caption", "description")
+
+
+def unique_encode(encode_batch, texts: list[str], batch_size: int, desc: str) -> np.ndarray:
+    """Encode each distinct text once (captions repeat a lot), in batches with a progress bar."""
+    unique = sorted(set(texts))
+    out = [encode_batch(unique[sl]) for sl in batched(len(unique), batch_size, desc)]
+    vecs = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    index = {t: i for i, t in enumerate(unique)}
+    return vecs[[index[t] for t in texts]].astype(np.float32)
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """uint8 N x C x H x W -> RGB PIL images."""
+    from PIL import Image
+    pixels = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    return [Image.fromarray(a) for a in pixels.permute(0, 2, 3, 1).numpy()]
+
+
+class OpenClip:
+    """An open_clip model (built-in name + pretrained tag or checkpoint file, or `local-dir:/path`).
+
+    Images go through the model's own preprocessing; images and texts land in its joint space.
+    """
+
+    def __init__(self, model: str, pretrained, device):
+        import open_clip
+        if model.startswith("local-dir:"):
+            folder = Path(model[len("local-dir:"):])
+            if not (folder / "open_clip_config.json").is_file() or not any(
+                    p.suffix in (".safetensors", ".bin", ".pth", ".pt") for p in folder.glob("*")):
+                raise PipelineError(f"param 'embed.open_clip.model' = {model!r}: the folder needs "
+                                    "open_clip_config.json and a weights file (.safetensors/.bin/.pth)")
+            pretrained = None
+        elif not pretrained:
+            raise PipelineError(f"param 'embed.open_clip.pretrained' is empty: open_clip model {model!r} would "
+                                "have random weights; give a pretrained tag or a checkpoint file")
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
+                                                                                   device=device)
+            self.tokenizer = open_clip.get_tokenizer(model)
+        except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError for missing weights
+            raise PipelineError(f"could not load open_clip model {model!r} with pretrained {pretrained!r} "
+                                f"(params 'embed.open_clip.model'/'pretrained'): {exc}. Without internet, the "
+                                "weights must be in the Hugging Face cache, or give a checkpoint file or "
+                                "local-dir:/path") from exc
+        self.model.eval()
+        self.device = device
+        self.settings = {"model": model, "pretrained": pretrained,
+                         "preprocess": {k: (list(v) if isinstance(v, tuple) else v)
+                                        for k, v in self.model.visual.preprocess_cfg.items()},
+                         "space": f"open_clip {model} {pretrained}"}
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([self.preprocess(im) for im in to_pil(images)]).to(self.device)
+        return F.normalize(self.model.encode_image(x).float(), dim=1).cpu()
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        def encode_batch(batch):
+            out = self.model.encode_text(self.tokenizer(batch).to(self.device)).float()
+            return F.normalize(out, dim=1).cpu().numpy()
+        return unique_encode(encode_batch, texts, batch_size, "embed texts")
+
+
+class HFClip:
+    """A transformers CLIPModel + CLIPProcessor (hub id in the local cache, or a saved folder)."""
+
+    def __init__(self, model: str, device):
+        from transformers import CLIPModel, CLIPProcessor
+        try:
+            self.model = CLIPModel.from_pretrained(model).eval().to(device)
+            self.processor = CLIPProcessor.from_pretrained(model)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"could not load transformers CLIPModel {model!r} (param 'embed.hf_clip.model'): "
+                                f"{exc}. Without internet, give a folder saved with save_pretrained or a model "
+                                "already in the Hugging Face cache") from exc
+        self.device = device
+        size = self.processor.image_processor.crop_size
+        self.settings = {"model": model, "image_size": [size["height"], size["width"]],
+                         "space": f"hf_clip {model}"}
+
+    @staticmethod
+    def _pooled(out) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5 returns an output object
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.processor(images=to_pil(images), return_tensors="pt")["pixel_values"].to(self.device)
+        return F.normalize(self._pooled(self.model.get_image_features(pixel_values=pixels)).float(), dim=1).cpu()
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        def encode_batch(batch):
+            tokens = self.processor(text=batch, return_tensors="pt", padding=True, truncation=True).to(self.device)
+            out = self._pooled(self.model.get_text_features(**tokens)).float()
+            return F.normalize(out, dim=1).cpu().numpy()
+        return unique_encode(encode_batch, texts, batch_size, "embed texts")
+
+
+def open_clip_encoder(params, device):
+    return OpenClip(param(params, "embed.open_clip.model", str), param(params, "embed.open_clip.pretrained",
+                                                                      (str, type(None)), None), device)
+
+
+def hf_clip_encoder(params, device):
+    return HFClip(param(params, "embed.hf_clip.model", str), device)
+
+
+def efficientnet_encoder(params, device):
+    encoder = EfficientNetLite0(device, positive(params, "embed.input_size"))
+    encoder.settings = {"input_size": encoder.input_size, "space": "efficientnet_lite0"}
+    return encoder
+
+
+def minilm_encoder(params, device):
+    encoder = MiniLM(device)
+    encoder.settings = {"space": "minilm"}
+    return encoder
+
+
+IMAGE_ENCODERS = {"efficientnet_lite0": efficientnet_encoder, "open_clip": open_clip_encoder,
+                  "hf_clip": hf_clip_encoder}
+TEXT_ENCODERS = {"minilm": minilm_encoder, "open_clip": open_clip_encoder, "hf_clip": hf_clip_encoder}
+
+
+def build_encoder(params, key: str, registry: dict, device):
+    name = param(params, key, str)
+    if name not in registry:
+        raise PipelineError(f"unknown encoder {name!r} (param '{key}'); valid: {', '.join(sorted(registry))}")
+    return name, registry[name](params, device)
+
+
+def write_features(kind: str, index: dict, vectors: np.ndarray, encoder: str, settings: dict,
+                   rows_per_shard: int, root=FEATURES) -> None:
+    with atomic_path(Path(root) / kind) as tmp:
+        tmp.mkdir()
+        for i, start in enumerate(range(0, max(len(vectors), 1), rows_per_shard)):
+            save_npy(vectors[start:start + rows_per_shard].astype(np.float16), tmp / f"vectors-{i:05d}.npy")
+        write_parquet(index, tmp / "index.parquet", {"features": {"encoder": encoder, "settings": settings,
+                                                                  "dim": int(vectors.shape[1])}})
+
+
+def load_features(kind: str, root=FEATURES):
+    """(index table, float32 matrix) for one kind of features."""
+    if kind not in KINDS:
+        raise PipelineError(f"unknown feature kind {kind!r}; valid: {', '.join(KINDS)}")
+    index = read_parquet(Path(root) / kind / "index.parquet")
+    shards = sorted((Path(root) / kind).glob("vectors-*.npy"))
+    vectors = np.concatenate([np.load(s) for s in shards]).astype(np.float32) if shards else np.zeros((0, 0))
+    if len(vectors) != index.num_rows:
+        raise PipelineError(f"{root}/{kind}: index has {index.num_rows} rows but shards hold {len(vectors)}; "
+                            "re-run `dvc repro embed`")
+    return index, vectors
+
+
+def feature_metadata(kind: str, root=FEATURES) -> dict:
+    return read_parquet_metadata(Path(root) / kind / "index.parquet").get("features", {})
+
+
+def encode_images(encoder, images: torch.Tensor, batch_size: int, desc: str) -> np.ndarray:
+    out = [encoder.features(images[sl]).numpy() for sl in batched(len(images), batch_size, desc)]
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def embed_images(params, device, batch_size, rows_per_shard) -> str:
+    name, encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
+    embed_settings = {"batch_size": batch_size} | encoder.settings
+    table = load_annotation_input(("uid", "label", "image"))
+    uids, labels = table["uid"].to_pylist(), table["label"].to_pylist()
+    images = torch.from_numpy(decode_images(table["image"].to_pylist(), uids, channels=3))
+    write_features("image", {"uid": uids, "label": labels},
+                   encode_images(encoder, images, batch_size, "embed images"), name, embed_settings, rows_per_shard)
+
+    inst = read_annotations("instances", ["uid", "instance_id", "mask"])
+    position = {u: i for i, u in enumerate(uids)}
+    inst_uids = inst["uid"].to_pylist()
+    masks = np.stack([decode_image(b, f"mask of {u}", "L") > 0 for u, b in zip(inst_uids, inst["mask"].to_pylist())]) \
+        if inst_uids else np.zeros((0,) + tuple(images.shape[2:]), bool)
+    masked = images[[position[u] for u in inst_uids]] * torch.from_numpy(masks)[:, None]
+    write_features("instance", {"uid": inst_uids, "label": [labels[position[u]] for u in inst_uids],
+                                "instance_id": inst["instance_id"].to_pylist()},
+                   encode_images(encoder, masked, batch_size, "embed instances"), name, embed_settings,
+                   rows_per_shard)
+    return f"{len(uids)} images and {len(inst_uids)} instances with {name}"
+
+
+def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, batch_size: int, rows_per_shard: int,
+                   root=FEATURES, target: AnnotationTarget = PIPELINE) -> list:
+    """Encode `target`'s captions.parquet into `root`/caption; returns the caption uids."""
+    caps = read_annotations("captions", ["uid", "instance_id", "caption"], target)
+    cap_uids = caps["uid"].to_pylist()
+    write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
+                               "instance_id": caps["instance_id"].to_pylist()},
+                   encoder.encode(caps["caption"].to_pylist(), batch_size), name, embed_settings, rows_per_shard,
+                   root=root)
+    return cap_uids
+
+
+def embed_texts(params, device, batch_size, rows_per_shard) -> str:
+    name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
+    embed_settings = {"batch_size": batch_size} | encoder.settings
+    table = load_annotation_input(("uid", "label"))
+    label_of = dict(zip(table["uid"].to_pylist(), table["label"].to_pylist()))
+    cap_uids = embed_captions(encoder, name, embed_settings, label_of, batch_size, rows_per_shard)
+    desc = read_annotations("descriptions", ["uid", "description"])
+    desc_uids = desc["uid"].to_pylist()
+    write_features("description", {"uid": desc_uids, "label": [label_of[u] for u in desc_uids]},
+                   encoder.encode(desc["description"].to_pylist(), batch_size), name, embed_settings,
+                   rows_per_shard)
+    return f"{len(cap_uids)} captions and {len(desc_uids)} descriptions with {name}"

@@ -1,0 +1,53 @@
+"""pretrain: the pool of networks DSDM draws its feature extractors from -> data/pretrained/pool.pt
+
+    python -m mmdistill.stages.pretrain
+
+`pretrain.models` networks (`pretrain.net`, seeds seed+0, seed+1, ...) are trained from scratch
+on the real train split for `pretrain.epochs` epochs with the shared training loop (SGD momentum
+0.9, lr `pretrain.lr` x0.1 at half the epochs, DSA augmentation when `pretrain.augment`).
+
+The output is a tensor file (mmdistill.core.storage.load_tensors) with:
+  net, channels, classes, image_size   what make_net needs to rebuild each network
+  states         list of state_dicts, one per network
+  val_accuracy   list of validation accuracies (%), one per network
+  info           settings, seed and library versions
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdistill.core.config import param, positive
+from mmdistill.core.paths import POOL
+from mmdistill.core.runtime import resolve_device, seed_everything, versions
+from mmdistill.core.storage import save_tensors
+from mmdistill.data.datasets import load_split
+from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.nets import make_net
+from mmdistill.nn.train import accuracy, train_classifier
+
+
+def pretrain(params: dict) -> Path:
+    seed = param(params, "seed", int)
+    device = resolve_device(params)
+    models = positive(params, "pretrain.models")
+    epochs = positive(params, "pretrain.epochs")
+    net_name = param(params, "pretrain.net", str)
+    augment = DifferentiableAugment(flip=param(params, "pretrain.flip", bool)) \
+        if param(params, "pretrain.augment", bool) else None
+    train, val = load_split("train"), load_split("val")
+    images, val_images = train.normalized(), val.normalized()
+    channels, size, classes = images.shape[1], images.shape[2], len(train.class_names)
+    states, val_accuracy = [], []
+    for m in range(models):
+        seed_everything(seed + m)
+        net = make_net(net_name, channels, classes, size)
+        train_classifier(net, images, train.labels, epochs, device, lr=param(params, "pretrain.lr", float),
+                         batch_size=positive(params, "pretrain.batch_size"), augment=augment, seed=seed + m,
+                         desc=f"pretrain {m + 1}/{models}")
+        val_accuracy.append(round(100 * accuracy(net, val_images, val.labels, device), 2))
+        states.append({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
+        print(f"network {m + 1}/{models}: val accuracy {val_accuracy[-1]:.2f}%", flush=True)
+    save_tensors({"net": net_name, "channels": channels, "classes": classes, "image_size": size, "states": states,
+                  "val_accuracy": val_accuracy, "info": {"seed": seed, "settings": param(params, "pretrain", dict),
+                                                         "device": str(device), "versions": versions()}}, POOL)
+    return POOL

@@ -1,0 +1,213 @@
+"""vae: a small diffusers AutoencoderKL trained on the real train split -> data/vae/, and the
+parameterisations of the distillation engine (pixels, or the latent space of an AutoencoderKL).
+
+    python -m mmdistill.stages.vae
+
+Stage: an `AutoencoderKL` (`vae.block_out_channels`, one downsample per extra block, so (16, 32) on
+28x28 gives 4 x 14 x 14 latents; `vae.latent_channels`; input/output channels = the prepared data's)
+is trained for `vae.epochs` epochs (Adam, lr `vae.lr`, batch `vae.batch_size`) on the train images
+scaled to [-1, 1] (the diffusers convention) with MSE reconstruction + `vae.kl_weight` x KL. Its
+`scaling_factor` is then set to 1 / std of the train latent means, as Stable Diffusion's is.
+
+Outputs:
+  data/vae/                  save_pretrained folder (config.json, diffusion_pytorch_model.safetensors)
+  outputs/metrics/vae.json   val reconstruction of the latent mean: mse (pixels in [0, 1]) and psnr (dB),
+                             scaling_factor, train loss of the last epoch, settings, seed, versions
+
+Parameterisation (`distill.engine.parameterisation`, used by stages/engine.py and stages/distill.py):
+  pixels   the synthetic set is optimised as normalised pixels (identity; the default).
+  latent   it is optimised as latents of `distill.engine.vae`: `offline` (this stage's data/vae) or a
+           diffusers AutoencoderKL hub id / local folder (+ `vae_revision`, `vae_subfolder`), loaded
+           like the annotation models (offline: the HF cache or a local folder). Latents start as the
+           scaled latent means of the real init images; every loss sees them decoded by the frozen
+           decoder; the output holds them decoded once more, clamped to valid pixels. Data in the
+           pipeline's normalisation goes to the VAE as [-1, 1] pixels: grey data is repeated to RGB
+           for an RGB VAE (and the decoded RGB averaged back to grey), and images are resized
+           (bilinear) up to a multiple of the VAE's downsampling and back.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mmdistill.core.config import param, positive
+from mmdistill.core.hub import from_pretrained
+from mmdistill.core.paths import VAE_DIR, VAE_METRICS
+from mmdistill.core.runtime import resolve_device, seed_everything, versions
+from mmdistill.core.storage import PipelineError, atomic_path, save_json
+from mmdistill.data.datasets import dataset_info, load_split
+from mmdistill.nn.train import adam_minibatches
+
+PARAMETERISATIONS = ("pixels", "latent")
+
+
+def build_vae(params: dict, channels: int, size: int):
+    from diffusers import AutoencoderKL
+    widths = param(params, "vae.block_out_channels", list)
+    if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise PipelineError(f"param 'vae.block_out_channels' must be a list of positive integers, got {widths!r}")
+    groups = positive(params, "vae.norm_num_groups")
+    if any(w % groups for w in widths):
+        raise PipelineError(f"param 'vae.norm_num_groups' = {groups} must divide every 'vae.block_out_channels' {widths}")
+    return AutoencoderKL(in_channels=channels, out_channels=channels, block_out_channels=tuple(widths),
+                         down_block_types=("DownEncoderBlock2D",) * len(widths),
+                         up_block_types=("UpDecoderBlock2D",) * len(widths),
+                         layers_per_block=positive(params, "vae.layers_per_block"),
+                         latent_channels=positive(params, "vae.latent_channels"), norm_num_groups=groups,
+                         sample_size=size, mid_block_add_attention=param(params, "vae.attention", bool))
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> [-1, 1] floats."""
+    return images.float() / 127.5 - 1
+
+
+@torch.no_grad()
+def reconstruction(vae, images: torch.Tensor, device, batch_size: int) -> tuple[float, torch.Tensor]:
+    """(val MSE of the decoded latent means in [0, 1] pixels, the latent means)."""
+    errors, means = [], []
+    for start in range(0, len(images), batch_size):
+        x = to_unit(images[start:start + batch_size]).to(device)
+        mean = vae.encode(x).latent_dist.mean
+        y = vae.decode(mean).sample.clamp(-1, 1)
+        errors.append(((y - x) / 2).pow(2).flatten(1).mean(1).cpu())
+        means.append(mean.cpu())
+    return torch.cat(errors).mean().item(), torch.cat(means)
+
+
+def train_vae(params: dict) -> Path:
+    seed = param(params, "seed", int)
+    seed_everything(seed)
+    device = resolve_device(params)
+    epochs, batch_size = positive(params, "vae.epochs"), positive(params, "vae.batch_size")
+    kl_weight = param(params, "vae.kl_weight", float)
+    train, val = load_split("train"), load_split("val")
+    channels, size = train.images.shape[1], train.images.shape[2]
+    vae = build_vae(params, channels, size).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    vae.train()
+
+    def batch_loss(idx):
+        x = to_unit(train.images[idx]).to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        return F.mse_loss(vae.decode(z).sample, x) + kl_weight * posterior.kl().mean() / x[0].numel()
+
+    history = adam_minibatches(vae.parameters(), len(train), batch_loss, epochs=epochs, batch_size=batch_size,
+                               lr=param(params, "vae.lr", float), generator=gen, desc="vae")
+    vae.eval()
+    _, train_means = reconstruction(vae, train.images, device, 256)
+    vae.register_to_config(scaling_factor=round(1.0 / train_means.std().item(), 6))
+    mse, _ = reconstruction(vae, val.images, device, 256)
+    with atomic_path(VAE_DIR) as tmp:
+        vae.to("cpu").save_pretrained(tmp)
+    save_json({"val_mse": round(mse, 6), "val_psnr": round(10 * math.log10(1 / mse), 3),
+               "scaling_factor": vae.config.scaling_factor, "train_loss_last_epoch": round(history[-1], 6),
+               "latent_shape": list(train_means.shape[1:]), "train_images": len(train), "seed": seed,
+               "settings": param(params, "vae", dict), "device": str(device), "versions": versions()}, VAE_METRICS)
+    print(f"vae: val reconstruction mse {mse:.5f}, psnr {10 * math.log10(1 / mse):.2f} dB")
+    return VAE_DIR
+
+
+class Pixels:
+    """The synthetic set is its normalised pixels."""
+
+    fingerprint: dict = {}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, syn: torch.Tensor) -> torch.Tensor:
+        return syn
+
+    def final(self, syn: torch.Tensor) -> torch.Tensor:
+        return syn.detach().cpu()
+
+    def outputs(self, syn: torch.Tensor) -> dict:
+        return {}
+
+
+class Latent:
+    """The synthetic set is latents of a frozen AutoencoderKL; images are their decodings."""
+
+    def __init__(self, vae, source: dict, mean, std, channels: int, size: tuple[int, int], device):
+        self.vae = vae.to(device).eval().requires_grad_(False)
+        self.scale = float(vae.config.scaling_factor)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.channels, self.size = channels, tuple(size)
+        self.vae_channels = vae.config.in_channels
+        if self.vae_channels != channels and not (channels == 1 and self.vae_channels == 3):
+            raise PipelineError(f"VAE {source['vae']!r} takes {self.vae_channels}-channel images; the data has "
+                                f"{channels} channels (only grey data with an RGB VAE is converted)")
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_size = tuple(math.ceil(s / down) * down for s in self.size)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(vae.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.source = {**source, "scaling_factor": self.scale, "digest": digest.hexdigest()[:16]}
+        self.fingerprint = {"parameterisation": "latent", "vae": self.source}
+
+    def _to_vae(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images * self.std + self.mean) * 2 - 1
+        if self.vae_channels != self.channels:
+            x = x.expand(-1, self.vae_channels, -1, -1)
+        if self.vae_size != self.size:
+            x = F.interpolate(x, size=self.vae_size, mode="bilinear", align_corners=False)
+        return x
+
+    def _from_vae(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vae_size != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        if self.vae_channels != self.channels:
+            x = x.mean(1, keepdim=True)
+        return ((x + 1) / 2 - self.mean) / self.std
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> scaled latent means."""
+        return self.vae.encode(self._to_vae(images)).latent_dist.mean * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> normalised images (differentiable)."""
+        return self._from_vae(self.vae.decode(latents / self.scale).sample)
+
+    @torch.no_grad()
+    def final(self, latents: torch.Tensor) -> torch.Tensor:
+        """The images written to the output: decoded, clamped to valid pixels, normalised."""
+        pixels = ((self.decode(latents) * self.std + self.mean).clamp(0, 1))
+        return ((pixels - self.mean) / self.std).cpu()
+
+    def outputs(self, latents: torch.Tensor) -> dict:
+        return {"latents": latents.detach().cpu().contiguous(), "vae": self.source}
+
+
+def load_vae(params: dict):
+    """The AutoencoderKL named by `distill.engine.vae` -> (model, description of its source)."""
+    from diffusers import AutoencoderKL
+    key = "distill.engine.vae"
+    source = param(params, key, str)
+    if source == "offline":
+        if not (VAE_DIR / "config.json").exists():
+            raise PipelineError(f"param '{key}' is 'offline' but {VAE_DIR} has no trained VAE: run `dvc repro vae` "
+                                "(python -m mmdistill.stages.vae)")
+        return AutoencoderKL.from_pretrained(VAE_DIR, low_cpu_mem_usage=False), {"vae": "offline"}
+    subfolder = param(params, "distill.engine.vae_subfolder", str, "") or None
+    vae = from_pretrained(AutoencoderKL, params, key, "distill.engine.vae_revision", subfolder=subfolder,
+                          low_cpu_mem_usage=False)  # True only warns without `accelerate`
+    return vae, {"vae": source, "revision": param(params, "distill.engine.vae_revision", str, "main"),
+                 "subfolder": subfolder or ""}
+
+
+def parameterisation(params: dict, device) -> Pixels | Latent:
+    """The engine's parameterisation from `distill.engine.parameterisation` (pixels by default)."""
+    kind = param(params, "distill.engine.parameterisation", str, "pixels", choices=PARAMETERISATIONS)
+    if kind == "pixels":
+        return Pixels()
+    info = dataset_info()
+    vae, source = load_vae(params)
+    return Latent(vae, source, info["mean"], info["std"], info["channels"], (info["height"], info["width"]), device)

@@ -1,0 +1,64 @@
+"""report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it.
+
+Reads outputs/metrics/{method}-ipcK.json for every (method, IPC) of params (any method name:
+the table is built from the metrics files) and, when present, outputs/metrics/full.json (the
+whole-train-split upper bound). Beside our default-net numbers it prints the papers' published
+accuracy where a row exists for the same dataset, method, IPC and network (PUBLISHED below),
+labelled with its source; their budgets are the papers', not ours.
+"""
+from __future__ import annotations
+
+_DSDM = "DSDM paper (Li et al.), Table 1: ConvNet-3, 1500 evaluation epochs, mean of 5"
+_MULTIMODAL = "multi-modal DD paper (Li, Reynaud, Kainz), Table 1: ConvNet, IPC 1, 128 px, pixel-space DC and DM"
+# dataset -> where the numbers apply and {method: accuracy (%) at each of `ipcs`}; "full" = whole train set.
+PUBLISHED = {
+    "fashion_mnist": {"source": _DSDM, "nets": ("convnet3", "convnet"), "size": 28, "ipcs": (1, 10, 50),
+                      "full": 93.5,
+                      "rows": {"random": (51.4, 73.8, 82.5), "herding": (67.0, 71.1, 71.9),
+                               "kcenter": (66.9, 54.7, 68.3), "dc": (70.5, 82.3, 83.6), "dsa": (70.6, 84.6, 88.7),
+                               "dm": (70.7, 83.5, 88.1), "dsdm": (80.8, 87.3, 88.9)}},
+    "cifar10": {"source": _DSDM, "nets": ("convnet3", "convnet"), "size": 32, "ipcs": (1, 10, 50), "full": 84.8,
+                "rows": {"random": (14.4, 26.0, 43.4), "herding": (21.5, 31.6, 40.4), "kcenter": (21.5, 14.7, 27.0),
+                         "dc": (28.3, 44.9, 53.9), "dsa": (28.8, 52.1, 60.6), "dm": (26.0, 48.9, 63.0),
+                         "dsdm": (45.0, 66.5, 75.8)}},
+    # ImageNet subsets at 128 px; "-" where our copy of the paper's table has no readable number
+    **{name: {"source": _MULTIMODAL, "nets": ("convnet", "convnet5"), "size": 128, "ipcs": (1,),
+              "rows": {"dm": (dm,), **({"dc": (dc,)} if dc else {})}}
+       for name, dm, dc in (("imnet_a", 39.4, 43.2), ("imnet_b", 40.9, None), ("imnet_c", 39.0, 41.3),
+                            ("imnet_d", 30.8, None), ("imnet_e", 27.0, 34.9), ("imagenette", 30.4, 34.2),
+                            ("imagewoof", 20.7, 22.5), ("imnet_birds", 26.6, 32.0), ("imnet_fruits", 20.4, 21.0),
+                            ("imnet_cats", 20.1, 22.0))},
+}
+
+
+def published(info: dict, net: str, method: str, ipc: int | None) -> float | None:
+    """The published accuracy for this dataset/net/method/IPC (ipc None: whole train set), or None."""
+    entry = PUBLISHED.get(info["name"])
+    if entry is None or net not in entry["nets"] or info["height"] != entry["size"]:
+        return None
+    if ipc is None:
+        return entry.get("full")
+    if method not in entry["rows"] or ipc not in entry["ipcs"]:
+        return None
+    return entry["rows"][method][entry["ipcs"].index(ipc)]
+
+
+def cell(m: dict | None) -> str:
+    return "—" if m is None else f"{m['test_accuracy_mean']:.2f} ± {m['test_accuracy_std']:.2f}"
+
+
+def table(rows: list[tuple[str, str, dict]], info: dict) -> list[str]:
+    """rows: (method label, IPC label, metrics); columns: default net, its val, other nets, published."""
+    nets = list(dict.fromkeys(n for _, _, m in rows for n in m.get("nets", [m["net"]])))
+    default = rows[0][2]["net"]
+    others = [n for n in nets if n != default]
+    lines = ["| method | IPC | accuracy (%) | val accuracy (%) | " + "".join(f"{n} (%) | " for n in others) +
+             f"published, {default} (%) |",
+             "|---" * (5 + len(others)) + "|"]
+    for method, ipc, m in rows:
+        archs = m.get("architectures", {})
+        pub = published(info, m["net"], m["method"], m["ipc"])
+        lines.append(f"| {method} | {ipc} | {cell(m)} | {m['val_accuracy_mean']:.2f} | " +
+                     "".join(f"{cell(archs.get(n))} | " for n in others) +
+                     f"{'—' if pub is None else f'{pub:.1f}'} |")
+    return lines

@@ -1,0 +1,114 @@
+"""prepare: ingest a dataset into Parquet shards with train/val/test splits.
+
+Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
+
+| column     | type          | meaning                                           |
+|------------|---------------|---------------------------------------------------|
+| uid        | string        | `<dataset>-<source split>-<index>`, stable id     |
+| split      | string        | train / val / test                                |
+| label      | int64         | class index into metadata `class_names`           |
+| class_name | string        |                                                   |
+| image      | binary        | PNG bytes (L or RGB)                              |
+| width      | int32         |                                                   |
+| height     | int32         |                                                   |
+| captions   | list<string>  | source captions (empty where the source has none) |
+
+Schema metadata `dataset`: name, source, class_names, channels, height, width,
+per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
+ImageNet class folders, for the ImageNet subsets).
+The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
+
+Datasets (`prepare.dataset`, read from `prepare.source`):
+  fashion_mnist   the four idx files (.gz ok)
+  image_folder    root/<class>/*.png|jpg, or root/train/<class>/* + root/test/<class>/*
+  cifar10         the standard python archive cifar-10-python.tar.gz (the file, its folder, or
+                  the extracted cifar-10-batches-py folder); test = its test_batch
+  imagenette, imagewoof, imnet_a ... imnet_e, imnet_birds, imnet_fruits, imnet_cats
+                  the 10-class ImageNet subsets of the multi-modal paper (class lists of GLaD,
+                  IMAGENET_SUBSETS: indices into the sorted 1000 ImageNet class folders),
+                  from an ImageNet root with train/<wnid>/ and val/<wnid>/ (val sorted into
+                  class folders); test = ImageNet val. Each image: shorter side resized to
+                  `prepare.image_size` (the paper: 128 or 256), centre crop, RGB.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmdistill.core.config import load_params, param, positive
+from mmdistill.core.paths import PREPARED
+from mmdistill.core.storage import PipelineError, write_parquet_shards
+from mmdistill.data.sources import (
+    DATASETS,
+    IMAGENET_SUBSETS,
+    load_cifar10,
+    load_fashion_mnist,
+    load_image_folder,
+    load_imagenet_subset,
+    stratified_sample,
+    to_table,
+)
+from mmdistill.stages import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    seed = param(params, "seed", int)
+    name = param(params, "prepare.dataset", str, choices=DATASETS)
+    root = Path(param(params, "prepare.source", str))
+    if not root.is_dir() and not (name == "cifar10" and root.is_file()):
+        raise PipelineError(f"param 'prepare.source': {root} is not a directory")
+    val_per_class = param(params, "prepare.val_per_class", int)
+    max_train = param(params, "prepare.max_train_per_class", int, 0)
+    rows_per_shard = positive(params, "prepare.rows_per_shard")
+    source_classes = None
+    if name == "fashion_mnist":
+        splits, class_names = load_fashion_mnist(root)
+    elif name == "cifar10":
+        splits, class_names = load_cifar10(root)
+    elif name in IMAGENET_SUBSETS:
+        splits, class_names, source_classes = load_imagenet_subset(root, name, positive(params, "prepare.image_size"))
+    else:
+        splits, class_names = load_image_folder(root, positive(params, "prepare.image_size"),
+                                                param(params, "prepare.channels", int, choices=(1, 3)),
+                                                param(params, "prepare.test_fraction", float), seed)
+
+    images, labels, captions = splits["train"]
+    uids = [f"{name}-train-{i:05d}" for i in range(len(labels))]
+    for c in range(len(class_names)):
+        n = int((labels == c).sum())
+        if n <= val_per_class:
+            raise PipelineError(f"class '{class_names[c]}' has {n} train images, not more than "
+                                f"prepare.val_per_class={val_per_class}")
+    val_idx = stratified_sample(labels, lambda n: val_per_class, seed)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    if max_train > 0:
+        keep = stratified_sample(labels[train_idx], lambda n: max_train, seed + 2)
+        train_idx = train_idx[keep]
+    parts = {
+        "train": (images[train_idx], labels[train_idx], [captions[i] for i in train_idx], [uids[i] for i in train_idx]),
+        "val": (images[val_idx], labels[val_idx], [captions[i] for i in val_idx], [uids[i] for i in val_idx]),
+    }
+    t_images, t_labels, t_caps = splits["test"]
+    parts["test"] = (t_images, t_labels, t_caps, [f"{name}-test-{i:05d}" for i in range(len(t_labels))])
+
+    train_pixels = parts["train"][0].reshape(-1, parts["train"][0].shape[-1]).astype(np.float64) / 255.0
+    info = {
+        "name": name, "source": str(root), "class_names": class_names, "seed": seed,
+        "channels": int(images.shape[-1]), "height": int(images.shape[1]), "width": int(images.shape[2]),
+        "mean": [round(float(v), 6) for v in train_pixels.mean(0)],
+        "std": [round(float(v), 6) for v in train_pixels.std(0)],
+        "sizes": {s: int(len(p[1])) for s, p in parts.items()},
+        **({"source_classes": source_classes} if source_classes else {}),
+    }
+    for split, (imgs, labs, caps, ids) in parts.items():
+        for old in PREPARED.glob(f"{split}-*.parquet"):
+            old.unlink()
+        write_parquet_shards(to_table(imgs, labs, caps, ids, split, class_names), PREPARED, split,
+                             rows_per_shard, {"dataset": info})
+    print(f"prepared {name}: " + ", ".join(f"{s} {n}" for s, n in info["sizes"].items()))
+
+
+if __name__ == "__main__":
+    run_stage(main)

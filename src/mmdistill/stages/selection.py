@@ -1,0 +1,91 @@
+"""select: LOF outliers, per-class k-means prototypes and coresets -> data/selections/
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from mmdistill.core.config import int_list, load_params, param, positive
+from mmdistill.core.paths import FORGETTING_EVENTS, SELECTIONS
+from mmdistill.core.storage import (
+    PipelineError,
+    read_parquet,
+    read_parquet_metadata,
+    write_parquet,
+)
+from mmdistill.data.datasets import dataset_info
+from mmdistill.selection.coresets import (
+    CORESETS,
+    kmeans_prototypes,
+    lof_inliers,
+    most_forgotten,
+    selection_figures,
+    train_features,
+)
+from mmdistill.stages import run_stage
+
+
+def main() -> None:
+    """LOF, k-means prototypes and coresets -> data/selections/."""
+    params = load_params()
+    seed = param(params, "seed", int)
+    ipcs = int_list(params, "distill.ipcs")
+    n_neighbors = positive(params, "select.lof_neighbors")
+    contamination = param(params, "select.lof_contamination", float)
+    if not 0 <= contamination < 0.5:
+        raise PipelineError(f"param 'select.lof_contamination' must be in [0, 0.5), got {contamination}")
+    n_init = positive(params, "select.kmeans_n_init")
+    class_names = dataset_info()["class_names"]
+
+    uids, labels, vectors = train_features("image")
+
+    scores = np.zeros(len(uids), np.float32)
+    inlier = np.ones(len(uids), bool)
+    rows = {k: [] for k in ipcs}
+    coreset_rows = {(name, k): [] for name in CORESETS for k in ipcs}
+    for c, name in enumerate(tqdm(class_names, desc="select", mininterval=2)):
+        members = np.flatnonzero(labels == c)
+        if len(members) == 0:
+            raise PipelineError(f"class '{name}' has no train images with features")
+        scores[members], inlier[members] = lof_inliers(vectors[members], n_neighbors, contamination, seed)
+        kept = members[inlier[members]]
+        for k in ipcs:
+            if k > len(kept):
+                raise PipelineError(f"IPC {k} (param 'distill.ipcs') is larger than class '{name}', which has "
+                                    f"{len(kept)} train images after outlier removal")
+            centres, assign, nearest = kmeans_prototypes(vectors[kept], k, n_init, seed)
+            sizes = np.bincount(assign, minlength=k)
+            for j in range(k):
+                rows[k].append({"label": c, "class_name": name, "cluster": j, "uid": str(uids[kept[nearest[j]]]),
+                                "cluster_size": int(sizes[j]), "center": centres[j].tolist()})
+            for coreset, choose in CORESETS.items():
+                for rank, i in enumerate(choose(vectors[kept], k, seed)):
+                    coreset_rows[(coreset, k)].append({"label": c, "class_name": name, "rank": rank,
+                                                       "uid": str(uids[kept[i]])})
+
+    write_parquet({"uid": uids.tolist(), "label": labels.tolist(), "lof_score": scores, "outlier": ~inlier},
+                  SELECTIONS / "lof.parquet", {"selection": {"n_neighbors": n_neighbors,
+                                                              "contamination": contamination}})
+    schema = pa.schema([("label", pa.int64()), ("class_name", pa.string()), ("cluster", pa.int32()),
+                        ("uid", pa.string()), ("cluster_size", pa.int32()), ("center", pa.list_(pa.float32()))])
+    for k in ipcs:
+        write_parquet(pa.Table.from_pylist(rows[k], schema=schema), SELECTIONS / f"kmeans-ipc{k}.parquet",
+                      {"selection": {"method": "kmeans", "ipc": k, "n_init": n_init, "seed": seed}})
+        selection_figures(uids, labels, vectors, inlier, rows[k], class_names, k)
+    coreset_schema = pa.schema([("label", pa.int64()), ("class_name", pa.string()), ("rank", pa.int32()),
+                                ("uid", pa.string())])
+    for (coreset, k), chosen in coreset_rows.items():
+        write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"{coreset}-ipc{k}.parquet",
+                      {"selection": {"method": coreset, "ipc": k, "seed": seed}})
+    events = read_parquet(FORGETTING_EVENTS, ["uid", "label", "forgetting_events", "learned", "misclassified"])
+    for k, chosen in most_forgotten(events, class_names, ipcs).items():
+        write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"forgetting-ipc{k}.parquet",
+                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed,
+                                     "events": read_parquet_metadata(FORGETTING_EVENTS).get("forgetting", {})}})
+    print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means (+ text prototypes), herding, "
+          f"k-center and forgetting for IPC {ipcs}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
