@@ -122,7 +122,8 @@ def schema() -> dict:
             },
         },
         "select": {
-            "lof_neighbors": Int(),
+            "prototypes": List(Str("on")),
+        "lof_neighbors": Int(),
             "lof_contamination": Float(),
             "kmeans_n_init": Int(),
             "text_threshold": Float(),
