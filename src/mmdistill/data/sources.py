@@ -1,34 +1,6 @@
-"""prepare: ingest a dataset into Parquet shards with train/val/test splits.
+"""Ingest a dataset into Parquet shards with train/val/test splits.
 
-Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
-
-| column     | type          | meaning                                           |
-|------------|---------------|---------------------------------------------------|
-| uid        | string        | `<dataset>-<source split>-<index>`, stable id     |
-| split      | string        | train / val / test                                |
-| label      | int64         | class index into metadata `class_names`           |
-| class_name | string        |                                                   |
-| image      | binary        | PNG bytes (L or RGB)                              |
-| width      | int32         |                                                   |
-| height     | int32         |                                                   |
-| captions   | list<string>  | source captions (empty where the source has none) |
-
-Schema metadata `dataset`: name, source, class_names, channels, height, width,
-per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
-ImageNet class folders, for the ImageNet subsets).
-The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
-
-Datasets (`prepare.dataset`, read from `prepare.source`):
-  fashion_mnist   the four idx files (.gz ok)
-  image_folder    root/<class>/*.png|jpg, or root/train/<class>/* + root/test/<class>/*
-  cifar10         the standard python archive cifar-10-python.tar.gz (the file, its folder, or
-                  the extracted cifar-10-batches-py folder); test = its test_batch
-  imagenette, imagewoof, imnet_a ... imnet_e, imnet_birds, imnet_fruits, imnet_cats
-                  the 10-class ImageNet subsets of the multi-modal paper (class lists of GLaD,
-                  IMAGENET_SUBSETS: indices into the sorted 1000 ImageNet class folders),
-                  from an ImageNet root with train/<wnid>/ and val/<wnid>/ (val sorted into
-                  class folders); test = ImageNet val. Each image: shorter side resized to
-                  `prepare.image_size` (the paper: 128 or 256), centre crop, RGB.
+The stage, its outputs and their schema: mmdistill.stages.prepare.
 """
 from __future__ import annotations
 

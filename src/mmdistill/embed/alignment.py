@@ -1,24 +1,6 @@
-"""align: a learned joint space for the offline image and text features -> data/aligned/, outputs/metrics/align.json
+"""A learned joint space for the offline image and text features.
 
-    python -m mmdistill.stages.align
-
-The offline encoders (EfficientNet-Lite0 images, MiniLM texts) do not share a space. Two small
-projection heads (one linear layer per modality to `align.dim`, L2-normalised, with a learned
-temperature as in CLIP) are trained with the symmetric contrastive (InfoNCE) loss on the train split's
-image / whole-image-caption pairs (`instance_id` -1). Training is its own cached DVC stage.
-
-Outputs:
-  data/aligned/heads.pt            state dicts of the heads, settings, loss curve, seed, versions
-  data/aligned/{image,caption}/    every image and caption feature projected, in the format of
-                                   data/features/<kind>/ (float16 shards + index), `settings.space` = "aligned"
-  data/aligned/pair_forgetting.parquet   per train pair: uid, forgetting_events, learned, misclassified, counted
-                                   during training (a pair is correct when image and caption retrieve each other
-                                   within the mini-batch); the `forgetting` pair coreset reads it
-  outputs/metrics/align.json       retrieval recall@1/5/10 on the val split's pairs, image->text and
-                                   text->image, beside chance (K / number of val pairs)
-
-Recall counts a hit when the true partner is among the K most similar; candidates exactly as similar as
-the true partner (e.g. identical template captions of other images) do not push it down.
+The stage, its outputs and their schema: mmdistill.stages.align.
 """
 from __future__ import annotations
 

@@ -1,33 +1,6 @@
-"""evaluate: train fresh networks on one synthetic set -> outputs/metrics/{method}-ipc{K}.json
+"""Train fresh networks on one synthetic set.
 
-    python -m mmdistill.stages.evaluate --method dm --ipc 10
-    python -m mmdistill.stages.evaluate --full          # upper bound: the whole prepared train split
-
-For every architecture in `evaluate.nets` (names of stages.nets, e.g. convnet3, resnet18,
-vgg11:instance), `repeats` networks (seeds seed+0, seed+1, ...) are trained from scratch on
-the synthetic set only (SGD momentum 0.9, weight decay 5e-4, lr `evaluate.lr` x0.1 at half
-the epochs as in DC's protocol, optional DSA augmentation), then scored on the validation and
-the test split. No choice (epoch, learning rate, checkpoint) is made on either split: the
-training budget is fixed in params, and test is read only to report.
-
-`--full` trains the same networks the same way on the whole prepared train split (the
-upper-bound row) with its own budget and augmentation switch `evaluate_full.{epochs,repeats,
-augment}` and writes outputs/metrics/full.json.
-
-caption_concat: each network becomes a CaptionConcat classifier (penultimate features ++ caption
-embedding -> linear), trained on the synthetic images with their stored caption embeddings and scored
-on val and test images with their OWN caption embeddings (mean of instance captions: val from
-data/features/caption, test from stage annotate_test's data/features_test/caption, made without labels).
-Its metrics add `test_images_without_caption` (those get a zero caption vector).
-
-Metrics file (committed to git, declared as DVC metrics), accuracies in %, std over repeats
-(population std):
-  test_accuracy_mean, test_accuracy_std, val_accuracy_mean, test_accuracies: the first
-      architecture of `evaluate.nets` (the default net, read by `report` and `dvc metrics`)
-  net (that name), nets (all names), architectures: {name: {test_accuracy_mean,
-      test_accuracy_std, val_accuracy_mean, val_accuracy_std, test_accuracies, val_accuracies}}
-  method, ipc (null for --full), train_images, epochs, repeats, lr, batch_size, augment, seed,
-  distill (the synthetic set's settings; empty for --full), versions
+The stage, its outputs and their schema: mmdistill.stages.evaluate.
 """
 from __future__ import annotations
 

@@ -1,35 +1,6 @@
-"""caption_head: a differentiable image -> caption-embedding head for caption_match -> data/caption_head/
+"""A differentiable image -> caption-embedding head (offline ConvNet or frozen BLIP-2 + linear map).
 
-    python -m mmdistill.stages.caption_head
-
-Caption matching (multi-modal DD paper, Sec. 3.2) needs caption features of the synthetic images at
-every distillation step, so it needs a differentiable map from pixels to the caption-embedding space
-of `data/features/caption`. `caption_head.head` picks it:
-
-  offline  a small ConvNet (`caption_head.width` channels, depth by image size, as stages/nets.py's
-           ConvNet) whose linear layer outputs the caption dimension, L2-normalised. Trained with Adam on
-           the train split's (normalised image, caption embedding) pairs to maximise their cosine; scored
-           on the val split's pairs.
-  blip2    BLIP-2 (transformers, `caption_head.blip2.model` + `revision`, frozen): the images are turned
-           into BLIP-2's input differentiably (back to [0, 1] pixels, grey to RGB, bilinear resize to the
-           processor's size, its mean/std), then vision encoder -> Q-Former -> language projection; the
-           query outputs are averaged and a linear map, trained like the offline head on the train pairs
-           (BLIP-2's query features computed once), takes them into the caption space, L2-normalised. The
-           caption space is the text encoder's (e.g. MiniLM), which BLIP-2 does not share, hence the map.
-
-An image's caption embedding (`image_caption_vectors`) is the L2-normalised mean of the embeddings of its
-instance captions (`instance_id` >= 0: the paper captions object instances), or, with
-`caption_head.target: image`, its whole-image caption (`instance_id` -1). Images without such a
-caption get a zero vector (they are left out of the head's training and scoring).
-
-Outputs:
-  data/caption_head/head.pt      `state_dict` (offline: the ConvNet; blip2: the linear map only), `head`,
-                                 `width`, `channels`, `image_size`, `dim` (caption dimension), `target`,
-                                 `mean`/`std` (the dataset's normalisation), `settings` (blip2: model, revision),
-                                 `loss` curve, `space` (the caption features' encoder settings), seed, versions
-  outputs/metrics/caption_head.json   val mean cosine of head(image) and its caption embedding, val
-                                 retrieval R@1/5/10 image->caption (ties do not count against), chance,
-                                 pairs, settings, final train loss
+The stage, its outputs and their schema: mmdistill.stages.caption_head.
 """
 from __future__ import annotations
 

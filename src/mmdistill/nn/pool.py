@@ -1,16 +1,6 @@
-"""pretrain: the pool of networks DSDM draws its feature extractors from -> data/pretrained/pool.pt
+"""The pool of networks DSDM draws its feature extractors from.
 
-    python -m mmdistill.stages.pretrain
-
-`pretrain.models` networks (`pretrain.net`, seeds seed+0, seed+1, ...) are trained from scratch
-on the real train split for `pretrain.epochs` epochs with the shared training loop (SGD momentum
-0.9, lr `pretrain.lr` x0.1 at half the epochs, DSA augmentation when `pretrain.augment`).
-
-The output is a tensor file (mmdistill.core.storage.load_tensors) with:
-  net, channels, classes, image_size   what make_net needs to rebuild each network
-  states         list of state_dicts, one per network
-  val_accuracy   list of validation accuracies (%), one per network
-  info           settings, seed and library versions
+The stage, its outputs and their schema: mmdistill.stages.pretrain.
 """
 from __future__ import annotations
 

@@ -1,27 +1,6 @@
-"""forgetting: forgetting events of every train image under the shared ConvNet -> data/forgetting/events.parquet
+"""Forgetting events of every train image under the shared ConvNet.
 
-    python -m mmdistill.stages.forgetting
-
-Forgetting events (Toneva et al., 2019; a coreset baseline of MTT-VL): a network is trained on the
-train split, and every time an image is presented in a mini-batch its correctness is read off that same
-forward pass (before the update). A forgetting event is a presentation at which an image that was
-classified correctly at its previous presentation is misclassified. Images never classified correctly
-are the most forgotten of all. Training is its own cached stage; stage `select` turns the counts into the
-`forgetting-ipc{K}` selections (per class, the K most forgotten images).
-
-`data/forgetting/events.parquet`, one row per train image:
-
-| column            | type   | meaning                                                     |
-|-------------------|--------|-------------------------------------------------------------|
-| uid               | string | train image                                                 |
-| label             | int64  |                                                             |
-| forgetting_events | int32  | correct -> incorrect transitions over all presentations     |
-| learned           | bool   | classified correctly at least once                          |
-| misclassified     | int32  | presentations at which it was misclassified                 |
-
-Metadata `forgetting`: the settings (`select.forgetting`), seed, device and library versions.
-Network and optimiser are those of evaluation (`select.forgetting.net`, SGD momentum 0.9, weight decay
-5e-4), without augmentation, at a constant learning rate.
+The stage, its outputs and their schema: mmdistill.stages.forgetting.
 """
 from __future__ import annotations
 
