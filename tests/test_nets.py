@@ -49,3 +49,20 @@ def test_bad_names_are_clear_errors(name, match):
 
 def test_every_registered_name_is_tested():
     assert {n.partition(":")[0] for n in ARCHITECTURES} | {"convnet4", "convnet5", "convnet6"} == set(NETWORKS)
+
+
+def test_short_training_starts_at_the_full_learning_rate():
+    """The x0.1 decay comes after half the epochs, never before the first batch (a 1-epoch DSDM pool used to train
+    at a tenth of its rate): one plain SGD step moves the weights by exactly lr x gradient."""
+    from mmdistill.nn.train import train_classifier
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    images, labels = torch.randn(8, 1, 2, 2), torch.tensor([0, 1] * 4)
+    before = [p.detach().clone() for p in net.parameters()]
+    F.cross_entropy(net(images), labels).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    train_classifier(net, images, labels, 1, "cpu", lr=0.5, batch_size=8, momentum=0.0, weight_decay=0.0,
+                     progress=False)
+    for old, grad, new in zip(before, grads, net.parameters()):
+        torch.testing.assert_close(old - new.detach(), 0.5 * grad)

@@ -14,7 +14,8 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
                      seed: int = 0, desc: str = "train", decay: bool = True, on_batch=None,
                      generator: torch.Generator | None = None, autocast=contextlib.nullcontext, progress: bool = True,
                      captions: torch.Tensor | None = None):
-    """SGD with momentum; lr x0.1 at half the epochs (the DC/DM evaluation protocol) unless `decay` is False.
+    """SGD with momentum; lr x0.1 after half the epochs (the DC/DM evaluation protocol; never before the first
+    epoch, so a 1-epoch run trains at `lr` throughout) unless `decay` is False.
 
     `on_batch(idx, logits, targets)` sees every mini-batch's (detached) logits before its update.
     Shuffling and augmentation seeds come from `generator` if given (DC's inner loop passes the
@@ -27,7 +28,7 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2] if decay else [], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(epochs // 2, 1)] if decay else [], gamma=0.1)
     images, labels = images.to(device), labels.to(device)
     captions = captions.to(device) if captions is not None else None
     net.train()
