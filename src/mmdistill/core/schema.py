@@ -146,8 +146,8 @@ def schema() -> dict:
         },
         "distill": {
             "ipcs": List(Int(low=1), min_items=1),
-            "methods": List(Str()),
-            "caption_methods": List(Str()),
+            "methods": {group: List(Str()) for group in ("selection", "distribution", "gradient", "masked", "pool",
+                                                          "caption_match", "caption_concat", "latent")},
             "random": {
                 "source": Str(),
             },
