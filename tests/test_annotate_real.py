@@ -445,3 +445,17 @@ def test_corrupt_image_fail_or_skip(small_project):
     tags = read_annotations("tags")
     assert tags.num_rows == 29 and bad not in tags["uid"].to_pylist()
     assert annotation_backend("tags")["skipped_uids"] == [bad]
+
+
+def test_skipped_images_are_skipped_by_embed_image(small_project):
+    from mmdistill.embed.features import feature_metadata, load_features
+    bad = corrupt_first_image(small_project)
+    use_plugin(small_project, **{"annotate.on_error": "skip"})
+    run_stage("tag")
+    run_stage("ground")
+    assert annotation_backend("instances")["skipped_uids"] == [bad]
+    run_stage("embed", "--modality", "image")
+    for kind in ("image", "instance"):
+        index, vectors = load_features(kind)
+        assert bad not in index["uid"].to_pylist() and feature_metadata(kind)["skipped_uids"] == [bad]
+    assert load_features("image")[0].num_rows == 29
