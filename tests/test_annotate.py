@@ -37,6 +37,14 @@ def test_threshold_grounding_finds_planted_rectangle():
     assert len(rows) == 1 and rows[0]["box"] == [8.0, 5.0, 20.0, 15.0] and rows[0]["phrase"] == "shirt"
 
 
+@pytest.mark.parametrize("value", [0, 97, 255])
+def test_threshold_grounding_flat_image_has_no_instances(value):
+    gray = np.full((28, 28), value, np.uint8)            # an all-black (or any single-valued) tile
+    assert not foreground(gray).any()
+    rows = ground.ThresholdGrounder({"ground": {"min_area": 0.02, "max_instances": 3}}).instances(gray, ["tile"])
+    assert rows == []
+
+
 def test_foreground_masks_union(annotated):
     uids = read_annotations("instances", ["uid"])["uid"].to_pylist()[:3]
     masks = load_foreground_masks(uids + ["no-such-uid"], 28, 28)

@@ -393,6 +393,26 @@ def test_incremental_cache(small_project):
     assert BrightnessTagger.images_seen == 70
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_corrupt_cache_shard_is_recomputed_with_a_warning(small_project, capsys, damage):
+    use_plugin(small_project, **{"annotate.shard_size": 10})
+    run_stage("tag")
+    first = (small_project / "data/annotations/tags.parquet").read_bytes()
+    shards = sorted((small_project / "data/annotation_cache/tag").glob("*/shard-*.parquet"))
+    assert len(shards) == 3 and BrightnessTagger.images_seen == 30
+    bad = shards[1]
+    bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2] if damage == "truncated" else b"")
+    capsys.readouterr()
+    run_stage("tag")
+    out = capsys.readouterr()
+    warning = [line for line in (out.out + out.err).splitlines() if str(bad.relative_to(small_project)) in line]
+    assert len(warning) == 1 and "corrupt" in warning[0] and "annotated again" in warning[0]
+    assert BrightnessTagger.images_seen == 40       # only the bad shard's 10 images again
+    assert (small_project / "data/annotations/tags.parquet").read_bytes() == first
+    run_stage("tag")                                # the cache is whole again
+    assert BrightnessTagger.images_seen == 40
+
+
 def test_resume_after_crash(small_project):
     use_plugin(small_project, **{"annotate.shard_size": 4, "tag.batch_size": 2})
     BrightnessTagger.fail_after = 13  # dies in the 4th shard
@@ -425,3 +445,17 @@ def test_corrupt_image_fail_or_skip(small_project):
     tags = read_annotations("tags")
     assert tags.num_rows == 29 and bad not in tags["uid"].to_pylist()
     assert annotation_backend("tags")["skipped_uids"] == [bad]
+
+
+def test_skipped_images_are_skipped_by_embed_image(small_project):
+    from mmdistill.embed.features import feature_metadata, load_features
+    bad = corrupt_first_image(small_project)
+    use_plugin(small_project, **{"annotate.on_error": "skip"})
+    run_stage("tag")
+    run_stage("ground")
+    assert annotation_backend("instances")["skipped_uids"] == [bad]
+    run_stage("embed", "--modality", "image")
+    for kind in ("image", "instance"):
+        index, vectors = load_features(kind)
+        assert bad not in index["uid"].to_pylist() and feature_metadata(kind)["skipped_uids"] == [bad]
+    assert load_features("image")[0].num_rows == 29

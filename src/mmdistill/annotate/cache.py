@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,15 +131,27 @@ def cache_dir(params: dict, stage: str, backend: str, backend_settings: dict,
 
 
 def read_cache(directory: Path) -> dict:
-    """key -> list of rows (without uid) from every finished shard; leftovers of killed writes are removed."""
+    """key -> list of rows (without uid) from every finished shard; leftovers of killed writes are removed.
+
+    A shard that does not read back whole (truncated, 0 bytes, missing columns, a key that is no SHA-256) is
+    removed with a warning naming it, so its images are annotated again."""
     out = {}
     if not directory.exists():
         return out
     for leftover in directory.glob(".*.tmp"):
         leftover.unlink()
     for shard in sorted(directory.glob("shard-*.parquet")):
-        table = read_parquet(shard, ["key", "rows"])
-        out.update(zip(table["key"].to_pylist(), table["rows"].to_pylist()))
+        try:
+            table = read_parquet(shard, ["key", "rows"])
+            keys, rows = table["key"].to_pylist(), table["rows"].to_pylist()
+            if not all(isinstance(k, str) and len(k) == 64 for k in keys) or any(r is None for r in rows):
+                raise PipelineError("a null or malformed key or row")
+        except (pa.ArrowException, OSError, PipelineError) as exc:
+            print(f"warning: {shard}: corrupt annotation-cache shard removed, its images are annotated again "
+                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
+            shard.unlink()
+            continue
+        out.update(zip(keys, rows))
     return out
 
 

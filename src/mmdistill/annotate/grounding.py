@@ -56,6 +56,8 @@ def otsu_threshold(gray: np.ndarray) -> float:
     mu = np.cumsum(prob * np.arange(256))
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
+    if np.isnan(between).all():  # a single grey level: nothing to separate; above the maximum, so no foreground
+        return float(gray.max())
     return float(np.nanargmax(between))
 
 

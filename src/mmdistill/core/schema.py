@@ -12,8 +12,10 @@ def schema() -> dict:
             "val_per_class": Int(),
             "max_train_per_class": Int(),
             "rows_per_shard": Int(),
-            "image_size": Int(),
-            "channels": Int(),
+            "image_size": Int(low=0),
+            "channels": Int(choices=(0, 1, 3)),
+            "resize": Str("squash", "center_crop", "pad"),
+            "classes": List(Str(empty=False)),
             "test_fraction": Float(),
         },
         "tag": {

@@ -157,11 +157,51 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def decode_image(data: bytes, name: str, mode: str | None = None) -> np.ndarray:
-    """Decode image bytes to a uint8 array; a corrupt image raises an error naming it."""
-    from PIL import Image, UnidentifiedImageError
-    try:
+    """Decode image bytes to a uint8 array; a corrupt image, or one too large to decode safely (PIL's
+    decompression-bomb limit), raises an error naming it.
+
+    With `mode` ("L" or "RGB"): 16-bit images are scaled to 8 bits (v / 257, rounded), not clipped; an image
+    with transparency (RGBA, LA, a palette or grey image with a transparent colour) is composited on a
+    BLACK background (colour x alpha), the background of the MNIST family.
+    """
+    with _image_errors(name):
+        from PIL import Image
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return np.asarray(img.convert(mode) if mode else img)
+            return np.asarray(convert_image(img, mode) if mode else img)
+
+
+def image_header(path) -> tuple[str, int, int, bool]:
+    """(PIL mode, width, height, grey) of an image file, from its header only; errors as decode_image's.
+    `grey`: the image has no colour (L, LA, 1, 16-bit, or a palette of greys)."""
+    with _image_errors(str(path)):
+        from PIL import Image
+        with Image.open(path) as img:
+            grey = img.mode in ("1", "L", "LA", "La", "I", "F") or img.mode.startswith("I;16")
+            if img.mode in ("P", "PA"):
+                palette = img.getpalette() or []
+                grey = all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+            return img.mode, img.width, img.height, grey
+
+
+@contextlib.contextmanager
+def _image_errors(name: str):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise PipelineError(f"image too large to decode safely (decompression bomb check): {name} ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise PipelineError(f"corrupt or unreadable image: {name} ({exc})") from exc
+
+
+def convert_image(img, mode: str):
+    """`img` in PIL `mode`, 16-bit scaled and transparency composited on black (see decode_image)."""
+    from PIL import Image
+    if img.mode.startswith("I;16") or img.mode == "I":
+        wide = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
+    if "A" in img.getbands() or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return img.convert(mode)

@@ -7,19 +7,22 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import re
 import struct
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from mmdistill.core.storage import PipelineError, decode_image, png_bytes
+from mmdistill.core.storage import PipelineError, decode_image, image_header, png_bytes
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+RESIZE_MODES = ("squash", "center_crop", "pad")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # The ImageNet subsets of the multi-modal paper, as defined by GLaD (Cazenavette et al.) and, for ImageNette,
 # ImageWoof, Birds, Fruits and Cats, by MTT: (index into the sorted ImageNet-1k class folders, class name).
@@ -84,34 +87,98 @@ def load_fashion_mnist(root: Path):
     """Returns {source split: (images N x H x W x C uint8, labels, captions)} and class names."""
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(find_idx(root, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        image_file = find_idx(root, f"{prefix}-images-idx3-ubyte")
+        label_file = find_idx(root, f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(image_file), read_idx(label_file).astype(np.int64)
+        for path, array, ndim, what in ((image_file, images, 3, "images are 3 (N x H x W)"),
+                                        (label_file, labels, 1, "labels are 1 (N)")):
+            if array.ndim != ndim:
+                raise PipelineError(f"{path}: an idx file of {array.ndim} dimension(s), but {what}; are the images "
+                                    "and labels files swapped?")
         if len(images) != len(labels):
             raise PipelineError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
+        check_labels(labels, len(FASHION_MNIST_CLASSES), label_file)
         out[split] = (images[..., None], labels, [[] for _ in labels])
     return out, FASHION_MNIST_CLASSES
 
 
-def load_image_folder(root: Path, size: int, channels: int, test_fraction: float, seed: int):
-    """`root/<class>/*.png|jpg`, or `root/train/<class>/*` + `root/test/<class>/*`."""
-    mode = "L" if channels == 1 else "RGB"
+def check_labels(labels: np.ndarray, n_classes: int, where) -> None:
+    """Every label in 0..n_classes-1, or an error naming `where` (the file) and the first bad label."""
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if len(bad):
+        raise PipelineError(f"{where}: label {int(labels[bad[0]])} at row {int(bad[0])} is out of range "
+                            f"0..{n_classes - 1} ({len(bad)} such label(s))")
+
+
+def check_class_names(class_names: list[str], where) -> None:
+    """At least two classes, no two names equal up to case (they would be one word in captions)."""
+    if len(class_names) < 2:
+        raise PipelineError(f"{where}: {len(class_names)} class ({', '.join(class_names)}); a classifier needs "
+                            "at least 2 classes")
+    seen = {}
+    for name in class_names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise PipelineError(f"{where}: class names '{other}' and '{name}' differ only in case; rename one")
+
+
+def uid_prefix(root: Path) -> str:
+    """The source folder's name, characters other than letters, digits, '_' and '.' replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", Path(root).resolve().name) or "root"
+
+
+def load_image_folder(root: Path, size: int, channels: int, test_fraction: float, seed: int, resize: str,
+                      classes: list[str]):
+    """`root/<class>/*.png|jpg`, or `root/train/<class>/*` + `root/test/<class>/*`.
+
+    Classes: the class folders in sorted order of their names (Python string order), folders and files whose
+    name starts with "." left out (`.ipynb_checkpoints`); or, when `classes` is not empty, exactly those
+    folders in that order (other folders are left out, with a note). Each image is decoded as decode_image
+    does (16-bit scaled, transparency on black) and made size x size by `resize`: `squash` (resize both
+    sides, the aspect ratio is lost), `center_crop` (shorter side to `size`, then the central square) or
+    `pad` (longer side to `size`, centred on black). `size` 0: the most common shorter side (`pad`: longer
+    side) of the images, ties to the smaller; `channels` 0: 1 when every image is grey, else 3.
+    Returns ({source split: (images, labels, captions)}, class names, size, channels).
+    """
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     split_dirs = {"train": root / "train", "test": root / "test"} if has_splits else {"all": root}
-    class_names = sorted(d.name for d in split_dirs.get("train", root).iterdir() if d.is_dir())
-    if not class_names:
+    class_root = split_dirs.get("train", root)
+    folders = sorted(d.name for d in class_root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
         raise PipelineError(f"{root}: no class folders (expected {root}/<class>/*.png)")
-    from PIL import Image
-    out = {}
+    if classes:
+        repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
+        missing = [c for c in classes if c not in folders]
+        if repeated or missing:
+            raise PipelineError("param 'prepare.classes': " + (f"{repeated} listed twice" if repeated else
+                                f"no folder {class_root / missing[0]} (class folders: {', '.join(folders)})"))
+        left_out = [f for f in folders if f not in classes]
+        if left_out:
+            print(f"prepare: class folders not in prepare.classes are left out: {', '.join(left_out)}")
+    class_names = list(classes) if classes else folders
+    check_class_names(class_names, class_root if not classes else "param 'prepare.classes'")
+    listing = {}
     for split, directory in split_dirs.items():
         files = [(f, label) for label, c in enumerate(class_names) for f in sorted((directory / c).glob("*"))
-                 if f.suffix.lower() in IMAGE_SUFFIXES]
+                 if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()]
         if not files:
             raise PipelineError(f"{directory}: no images with suffix {sorted(IMAGE_SUFFIXES)}")
+        listing[split] = files
+    if not size or not channels:
+        headers = [image_header(f) for files in listing.values() for f, _ in files]
+        if not size:
+            sides = Counter((max if resize == "pad" else min)(w, h) for _, w, h, _ in headers)
+            size = min(sides, key=lambda s: (-sides[s], s))
+        if not channels:
+            channels = 1 if all(grey for *_, grey in headers) else 3
+        print(f"prepare: image_size {size}, channels {channels} (from the images)")
+    mode = "L" if channels == 1 else "RGB"
+    out = {}
+    for split, files in listing.items():
         images = []
         for f, _ in tqdm(files, desc=f"read {split} images", disable=len(files) < 2000):
-            array = decode_image(f.read_bytes(), str(f), mode)
-            img = Image.fromarray(array).resize((size, size), Image.BILINEAR)
-            images.append(np.asarray(img).reshape(size, size, channels))
+            array = fit_square(decode_image(f.read_bytes(), str(f), mode), size, resize)
+            images.append(array.reshape(size, size, channels))
         out[split] = (np.stack(images), np.array([lab for _, lab in files], dtype=np.int64), [[] for _ in files])
     if not has_splits:
         images, labels, caps = out.pop("all")
@@ -119,7 +186,24 @@ def load_image_folder(root: Path, size: int, channels: int, test_fraction: float
         train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
         out["train"] = (images[train_idx], labels[train_idx], [caps[i] for i in train_idx])
         out["test"] = (images[test_idx], labels[test_idx], [caps[i] for i in test_idx])
-    return out, class_names
+    return out, class_names, size, channels
+
+
+def fit_square(array: np.ndarray, size: int, resize: str) -> np.ndarray:
+    """A size x size image by `resize` (squash | center_crop | pad; see load_image_folder), bilinear."""
+    from PIL import Image
+    if resize == "center_crop":
+        return resize_center_crop(array, size)
+    img = Image.fromarray(array)
+    if resize == "squash":
+        return np.asarray(img.resize((size, size), Image.BILINEAR))
+    if resize != "pad":
+        raise PipelineError(f"param 'prepare.resize' = {resize!r} is not one of: {', '.join(RESIZE_MODES)}")
+    scale = size / max(img.size)
+    w, h = max(1, min(size, round(img.width * scale))), max(1, min(size, round(img.height * scale)))
+    canvas = Image.new(img.mode, (size, size))
+    canvas.paste(img.resize((w, h), Image.BILINEAR), ((size - w) // 2, (size - h) // 2))
+    return np.asarray(canvas)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -159,6 +243,7 @@ def load_cifar10(source: Path):
                 labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
             except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
                 raise PipelineError(f"{source}: {name} is not a CIFAR-10 batch ({exc})") from exc
+            check_labels(labels[-1], len(CIFAR10_CLASSES), f"{source}: {name}")
             if len(data) != len(labels[-1]):
                 raise PipelineError(f"{source}: {name} has {len(data)} images but {len(labels[-1])} labels")
             images.append(data.transpose(0, 2, 3, 1))

@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from mmdistill.annotate.cache import (
     PIPELINE,
     AnnotationTarget,
+    annotation_backend,
     load_annotation_input,
     read_annotations,
 )
@@ -165,13 +167,13 @@ def build_encoder(params, key: str, registry: dict, device):
 
 
 def write_features(kind: str, index: dict, vectors: np.ndarray, encoder: str, settings: dict,
-                   rows_per_shard: int, root=FEATURES) -> None:
+                   rows_per_shard: int, root=FEATURES, extra: dict | None = None) -> None:
     with atomic_path(Path(root) / kind) as tmp:
         tmp.mkdir()
         for i, start in enumerate(range(0, max(len(vectors), 1), rows_per_shard)):
             save_npy(vectors[start:start + rows_per_shard].astype(np.float16), tmp / f"vectors-{i:05d}.npy")
         write_parquet(index, tmp / "index.parquet", {"features": {"encoder": encoder, "settings": settings,
-                                                                  "dim": int(vectors.shape[1])}})
+                                                                  "dim": int(vectors.shape[1]), **(extra or {})}})
 
 
 def load_features(kind: str, root=FEATURES):
@@ -200,10 +202,18 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
     name, encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
     embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label", "image"))
+    # images the annotation stages skipped as corrupt (annotate.on_error: skip) are left out here too
+    skipped = sorted(annotation_backend("instances").get("skipped_uids", []))
+    extra = {"skipped_uids": skipped} if skipped else None
+    if skipped:
+        keep = set(table["uid"].to_pylist()) - set(skipped)
+        table = table.filter(pa.array([u in keep for u in table["uid"].to_pylist()]))
+        print(f"embed: leaving out {len(skipped)} image(s) the annotation stages skipped: {', '.join(skipped)}")
     uids, labels = table["uid"].to_pylist(), table["label"].to_pylist()
     images = torch.from_numpy(decode_images(table["image"].to_pylist(), uids, channels=3))
     write_features("image", {"uid": uids, "label": labels},
-                   encode_images(encoder, images, batch_size, "embed images"), name, embed_settings, rows_per_shard)
+                   encode_images(encoder, images, batch_size, "embed images"), name, embed_settings, rows_per_shard,
+                   extra=extra)
 
     inst = read_annotations("instances", ["uid", "instance_id", "mask"])
     position = {u: i for i, u in enumerate(uids)}
@@ -214,7 +224,7 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
     write_features("instance", {"uid": inst_uids, "label": [labels[position[u]] for u in inst_uids],
                                 "instance_id": inst["instance_id"].to_pylist()},
                    encode_images(encoder, masked, batch_size, "embed instances"), name, embed_settings,
-                   rows_per_shard)
+                   rows_per_shard, extra=extra)
     return f"{len(uids)} images and {len(inst_uids)} instances with {name}"
 
 

@@ -4,7 +4,7 @@ Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
 
 | column     | type          | meaning                                           |
 |------------|---------------|---------------------------------------------------|
-| uid        | string        | `<dataset>-<source split>-<index>`, stable id     |
+| uid        | string        | `<prefix>-<source split>-<index>`, stable id (*)  |
 | split      | string        | train / val / test                                |
 | label      | int64         | class index into metadata `class_names`           |
 | class_name | string        |                                                   |
@@ -13,14 +13,20 @@ Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
 | height     | int32         |                                                   |
 | captions   | list<string>  | source captions (empty where the source has none) |
 
+(*) prefix: the dataset's name; image_folder: the source folder's name, so two folders give other uids.
+
 Schema metadata `dataset`: name, source, class_names, channels, height, width,
 per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
-ImageNet class folders, for the ImageNet subsets).
+ImageNet class folders, for the ImageNet subsets; `resize`, for image_folder).
 The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
 
 Datasets (`prepare.dataset`, read from `prepare.source`):
   fashion_mnist   the four idx files (.gz ok)
-  image_folder    root/<class>/*.png|jpg, or root/train/<class>/* + root/test/<class>/*
+  image_folder    root/<class>/*.png|jpg, or root/train/<class>/* + root/test/<class>/*; classes in sorted
+                  order of the folder names unless `prepare.classes` lists them; names starting with "."
+                  are left out; at least 2 classes, no two names equal up to case; each image made
+                  square by `prepare.resize` (squash | center_crop | pad), `prepare.image_size` and
+                  `prepare.channels` 0 = inferred from the images (mmdistill.data.sources.load_image_folder)
   cifar10         the standard python archive cifar-10-python.tar.gz (the file, its folder, or
                   the extracted cifar-10-batches-py folder); test = its test_batch
   imagenette, imagewoof, imnet_a ... imnet_e, imnet_birds, imnet_fruits, imnet_cats
@@ -38,16 +44,18 @@ import numpy as np
 
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import PREPARED
-from mmdistill.core.storage import PipelineError, write_parquet_shards
+from mmdistill.core.storage import PipelineError, atomic_path, write_parquet_shards
 from mmdistill.data.sources import (
     DATASETS,
     IMAGENET_SUBSETS,
+    RESIZE_MODES,
     load_cifar10,
     load_fashion_mnist,
     load_image_folder,
     load_imagenet_subset,
     stratified_sample,
     to_table,
+    uid_prefix,
 )
 from mmdistill.stages import run_stage
 
@@ -62,7 +70,11 @@ def main() -> None:
     val_per_class = param(params, "prepare.val_per_class", int)
     max_train = param(params, "prepare.max_train_per_class", int, 0)
     rows_per_shard = positive(params, "prepare.rows_per_shard")
-    source_classes = None
+    source_classes, extra_info, prefix = None, {}, name
+    classes = param(params, "prepare.classes", list)
+    if classes and name != "image_folder":
+        raise PipelineError(f"param 'prepare.classes' applies to image_folder only (prepare.dataset is {name}); "
+                            "set it to []")
     if name == "fashion_mnist":
         splits, class_names = load_fashion_mnist(root)
     elif name == "cifar10":
@@ -70,12 +82,14 @@ def main() -> None:
     elif name in IMAGENET_SUBSETS:
         splits, class_names, source_classes = load_imagenet_subset(root, name, positive(params, "prepare.image_size"))
     else:
-        splits, class_names = load_image_folder(root, positive(params, "prepare.image_size"),
-                                                param(params, "prepare.channels", int, choices=(1, 3)),
-                                                param(params, "prepare.test_fraction", float), seed)
+        resize = param(params, "prepare.resize", str, choices=RESIZE_MODES)
+        splits, class_names, _, _ = load_image_folder(
+            root, param(params, "prepare.image_size", int), param(params, "prepare.channels", int, choices=(0, 1, 3)),
+            param(params, "prepare.test_fraction", float), seed, resize, classes)
+        extra_info, prefix = {"resize": resize}, uid_prefix(root)
 
     images, labels, captions = splits["train"]
-    uids = [f"{name}-train-{i:05d}" for i in range(len(labels))]
+    uids = [f"{prefix}-train-{i:05d}" for i in range(len(labels))]
     for c in range(len(class_names)):
         n = int((labels == c).sum())
         if n <= val_per_class:
@@ -91,7 +105,7 @@ def main() -> None:
         "val": (images[val_idx], labels[val_idx], [captions[i] for i in val_idx], [uids[i] for i in val_idx]),
     }
     t_images, t_labels, t_caps = splits["test"]
-    parts["test"] = (t_images, t_labels, t_caps, [f"{name}-test-{i:05d}" for i in range(len(t_labels))])
+    parts["test"] = (t_images, t_labels, t_caps, [f"{prefix}-test-{i:05d}" for i in range(len(t_labels))])
 
     train_pixels = parts["train"][0].reshape(-1, parts["train"][0].shape[-1]).astype(np.float64) / 255.0
     info = {
@@ -100,13 +114,13 @@ def main() -> None:
         "mean": [round(float(v), 6) for v in train_pixels.mean(0)],
         "std": [round(float(v), 6) for v in train_pixels.std(0)],
         "sizes": {s: int(len(p[1])) for s, p in parts.items()},
-        **({"source_classes": source_classes} if source_classes else {}),
+        **({"source_classes": source_classes} if source_classes else {}), **extra_info,
     }
-    for split, (imgs, labs, caps, ids) in parts.items():
-        for old in PREPARED.glob(f"{split}-*.parquet"):
-            old.unlink()
-        write_parquet_shards(to_table(imgs, labs, caps, ids, split, class_names), PREPARED, split,
-                             rows_per_shard, {"dataset": info})
+    with atomic_path(PREPARED) as tmp:  # every split into a new folder, swapped in once: a failure changes nothing
+        tmp.mkdir()
+        for split, (imgs, labs, caps, ids) in parts.items():
+            write_parquet_shards(to_table(imgs, labs, caps, ids, split, class_names), tmp, split,
+                                 rows_per_shard, {"dataset": info})
     print(f"prepared {name}: " + ", ".join(f"{s} {n}" for s, n in info["sizes"].items()))
 
 
