@@ -54,7 +54,9 @@ def tiny_params(source: Path) -> dict:
     params["select"]["pair_coresets"]["sizes"] = [10]
     params["align"].update(epochs=3, batch_size=32)
     params["distill"]["ipcs"] = [1, 2]
-    params["distill"]["methods"] = ["random", "kmeans", "dm", "masked_dm"]
+    params["distill"]["methods"] = {"selection": ["random", "kmeans"], "distribution": ["dm"], "gradient": [],
+                                    "masked": ["masked_dm"], "pool": [], "caption_match": [], "caption_concat": [],
+                                    "latent": []}
     for method in ("dm", "masked_dm"):
         params["distill"][method].update(iterations=3, batch_real=4)
     params["evaluate"].update(epochs=2, repeats=2)
