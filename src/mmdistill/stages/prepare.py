@@ -40,6 +40,7 @@ from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import PREPARED
 from mmdistill.core.storage import PipelineError, write_parquet_shards
 from mmdistill.data.sources import (
+    CHANNELS,
     DATASETS,
     IMAGENET_SUBSETS,
     load_cifar10,
@@ -71,7 +72,7 @@ def main() -> None:
         splits, class_names, source_classes = load_imagenet_subset(root, name, positive(params, "prepare.image_size"))
     else:
         splits, class_names = load_image_folder(root, positive(params, "prepare.image_size"),
-                                                param(params, "prepare.channels", int, choices=(1, 3)),
+                                                param(params, "prepare.channels", int, choices=CHANNELS),
                                                 param(params, "prepare.test_fraction", float), seed)
 
     images, labels, captions = splits["train"]
