@@ -21,7 +21,7 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(params: dict):
     import torch
-    name = param(params, "device", str, "auto", choices=DEVICES)
+    name = param(params, "device", str, choices=DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise PipelineError("param 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if name == "auto":

@@ -61,7 +61,7 @@ def main() -> None:
     if not root.is_dir() and not (name == "cifar10" and root.is_file()):
         raise PipelineError(f"param 'prepare.source': {root} is not a directory")
     val_per_class = param(params, "prepare.val_per_class", int)
-    max_train = param(params, "prepare.max_train_per_class", int, 0)
+    max_train = param(params, "prepare.max_train_per_class", int)
     rows_per_shard = positive(params, "prepare.rows_per_shard")
     source_classes = None
     if name == "fashion_mnist":
