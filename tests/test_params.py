@@ -228,14 +228,16 @@ def rewrite(path: Path, **updates) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.parametrize("breakage, message", [
+BREAKAGES = [
     (lambda path: rewrite(path, prepare__max_train_per_class={"rename": "max_train_per_clas"}),
      "error: unknown param 'prepare.max_train_per_clas' in params.yaml; did you mean 'prepare.max_train_per_class'?"),
     (lambda path: rewrite(path, evaluate__lr={"value": 0}), "error: param 'evaluate.lr' must be > 0, got 0"),
     (lambda path: path.write_text(path.read_text().replace("seed: 0\n", "seed: [0\n", 1)), "error: params.yaml:"),
-])
-def test_stage_with_bad_params_exits_with_one_line_and_writes_nothing(tmp_path, fashion_dir, breakage, message):
-    """python -m mmdistill.stages.prepare, after one good run: the bad params stop it before it touches anything."""
+]
+
+
+def test_stage_with_bad_params_exits_with_one_line_and_writes_nothing(tmp_path, fashion_dir):
+    """python -m mmdistill.stages.prepare, after one good run: bad params stop it before it touches anything."""
     root = make_project(tmp_path / "project", fashion_dir)
     env = dict(os.environ, PYTHONPATH=str(root / "src"), PYTHONDONTWRITEBYTECODE="1")
     env.pop("MMDISTILL_DEBUG", None)
@@ -243,9 +245,12 @@ def test_stage_with_bad_params_exits_with_one_line_and_writes_nothing(tmp_path, 
     first = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert list((root / "data/prepared").glob("train-*.parquet"))
-    breakage(root / "params.yaml")
-    before = snapshot(root)
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    assert result.returncode == 1 and result.stdout == ""
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
-    assert snapshot(root) == before
+    good = (root / "params.yaml").read_text()
+    for breakage, message in BREAKAGES:
+        (root / "params.yaml").write_text(good)
+        breakage(root / "params.yaml")
+        before = snapshot(root)
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        assert result.returncode == 1 and result.stdout == ""
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+        assert snapshot(root) == before
