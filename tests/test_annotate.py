@@ -55,7 +55,7 @@ def test_foreground_masks_union(annotated):
 def test_unknown_backend_lists_valid(project):
     run_stage("prepare")
     set_params(project, **{"tag.backend": "ram_plus"})
-    with pytest.raises(PipelineError, match="valid: clip, offline_imagenet, plugin"):
+    with pytest.raises(PipelineError, match="'tag.backend' = 'ram_plus' is not one of: clip, offline_imagenet, plugin"):
         run_stage("tag")
 
 

@@ -70,7 +70,7 @@ def test_caption_gap_shape_mismatch_is_clear():
 
 def test_unknown_head_and_missing_blip2_weights_are_errors(annotated):
     set_params(annotated, **{"caption_head.head": "nope"})
-    with pytest.raises(PipelineError, match="unknown caption head 'nope'"):
+    with pytest.raises(PipelineError, match="'caption_head.head' = 'nope' is not one of: offline, blip2"):
         run_stage("caption_head")
     set_params(annotated, **{"caption_head.head": "blip2", "caption_head.blip2.model": str(annotated / "missing")})
     with pytest.raises(PipelineError, match="caption_head.blip2.model"):

@@ -125,5 +125,6 @@ def test_missing_weights_are_clear_errors(tmp_path):
 
 def test_unknown_encoder_lists_valid(project):
     set_params(project, **{"embed.image_encoder": "siglip"})
-    with pytest.raises(PipelineError, match="valid: efficientnet_lite0, hf_clip, open_clip"):
+    with pytest.raises(PipelineError,
+                       match="'embed.image_encoder' = 'siglip' is not one of: efficientnet_lite0, hf_clip, open_clip"):
         run_stage("embed", "--modality", "image")

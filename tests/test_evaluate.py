@@ -69,7 +69,8 @@ def test_shape_mismatch_is_a_clear_error(prepared):
 def test_unknown_architecture_fails_before_training(prepared):
     write_synthetic()
     set_params(prepared, **{"evaluate.nets": ["convnet3", "resnet50"]})
-    with pytest.raises(PipelineError, match="param 'evaluate.nets': unknown network 'resnet50'"):
+    with pytest.raises(PipelineError,
+                       match=r"'evaluate.nets\[1\]' = 'resnet50' is not one of: convnet, .*did you mean 'resnet18'\?"):
         run_stage("evaluate", "--method", "random", "--ipc", "1")
     assert not (prepared / "outputs/metrics/random-ipc1.json").exists()
 

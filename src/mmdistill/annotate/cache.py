@@ -48,6 +48,8 @@ from mmdistill.core.storage import (
 
 ANNOTATED_SPLITS = ("train", "val")  # the pipeline's annotations; the test split only by stage annotate_test
 CACHE_VERSION = 1
+ENGINES = ("local", "ray")    # annotate.engine
+ON_ERROR = ("fail", "skip")  # annotate.on_error
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ class ShardWorker:
         self.backend.load()
         self.stage, self.directory = stage, Path(directory)
         self.batch_size = positive(params, f"{stage}.batch_size")
-        self.on_error = param(params, "annotate.on_error", str, choices=("fail", "skip"))
+        self.on_error = param(params, "annotate.on_error", str, choices=ON_ERROR)
         self.row_type = pa.list_(pa.struct([f for f in schema if f.name != "uid"]))
 
     def run(self, records: list[dict]) -> list[str]:
@@ -228,8 +230,8 @@ def annotate_incrementally(params: dict, stage: str, registry_path: str, schema:
     registry = import_object(registry_path, "annotate.registry")
     name, backend = build_backend(params, stage, registry)
     directory = cache_dir(params, stage, name, backend.settings, target)
-    engine = param(params, "annotate.engine", str, choices=("local", "ray"))
-    param(params, "annotate.on_error", str, choices=("fail", "skip"))
+    engine = param(params, "annotate.engine", str, choices=ENGINES)
+    param(params, "annotate.on_error", str, choices=ON_ERROR)
     shard_size = positive(params, "annotate.shard_size")
     settings_hash = digest([CACHE_VERSION, stage, name, backend.settings])
     for rec in records:

@@ -47,6 +47,7 @@ from mmdistill.core.storage import PipelineError, png_bytes
 SCHEMA = pa.schema([("uid", pa.string()), ("instance_id", pa.int32()), ("box", pa.list_(pa.float32())),
                     ("score", pa.float32()), ("phrase", pa.string()), ("mask", pa.binary()),
                     ("area", pa.float32())])
+SAM_IMPLEMENTATIONS = ("transformers", "segment_anything")  # ground.sam.implementation
 
 
 def otsu_threshold(gray: np.ndarray) -> float:
@@ -117,7 +118,7 @@ class GroundingDinoSam:
         self.max_instances = positive(params, "ground.max_instances")
         self.box_threshold = param(params, "ground.grounding_dino.box_threshold", float)
         self.text_threshold = param(params, "ground.grounding_dino.text_threshold", float)
-        self.sam_impl = param(params, "ground.sam.implementation", str, choices=("transformers", "segment_anything"))
+        self.sam_impl = param(params, "ground.sam.implementation", str, choices=SAM_IMPLEMENTATIONS)
         sam = ({"model": param(params, "ground.sam.model", str), "revision": param(params, "ground.sam.revision", str)}
                if self.sam_impl == "transformers" else
                {"model_type": param(params, "ground.sam.model_type", str),

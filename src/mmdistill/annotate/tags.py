@@ -128,7 +128,7 @@ class PluginTagger(Tagger):
     def __init__(self, params):
         super().__init__(params)
         self.path = param(params, "tag.plugin.class", str)
-        self.kwargs = param(params, "tag.plugin.kwargs", dict, {}) or {}
+        self.kwargs = param(params, "tag.plugin.kwargs", dict)
         self.settings.update({"class": self.path, "kwargs": self.kwargs})
 
     def load(self):

@@ -23,7 +23,7 @@ def model_source(params: dict, key: str) -> str:
 def from_pretrained(loader, params: dict, key: str, revision_key: str, **kwargs):
     """`loader.from_pretrained(params[key], revision=params[revision_key])`; missing weights -> PipelineError."""
     source = model_source(params, key)
-    revision = param(params, revision_key, str, "main") or None
+    revision = param(params, revision_key, str) or None
     try:
         return loader.from_pretrained(source, revision=revision, **kwargs)
     except (OSError, ValueError) as exc:

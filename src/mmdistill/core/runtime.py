@@ -9,6 +9,8 @@ import numpy as np
 from mmdistill.core.config import param
 from mmdistill.core.storage import PipelineError
 
+DEVICES = ("auto", "cpu", "cuda")  # param device
+
 
 def seed_everything(seed: int) -> None:
     import torch
@@ -19,7 +21,7 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(params: dict):
     import torch
-    name = param(params, "device", str, "auto", choices=("auto", "cpu", "cuda"))
+    name = param(params, "device", str, choices=DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise PipelineError("param 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if name == "auto":

@@ -1,149 +1,184 @@
-"""The schema of params.yaml: every key, its type and range. Defaults live in params.yaml only."""
+"""The schema of params.yaml: every key, its type, range and valid names. No default value: those live in
+params.yaml only (mmdistill.core.config.load_params checks the whole file against this before any stage runs).
+
+Valid names come from the code's registries (backends, encoders, networks, datasets, ...), so there is one list of
+them: registering a new backend makes its name valid here.
+"""
 from mmdistill.core.config import BOOL, FREE, Float, Int, List, Str
+
+COUNT = Int(low=1)                       # sizes, epochs, batch sizes, iterations: at least one
+RATE = Float(above=0)                    # learning rates: 0 would leave everything where it started
+FRACTION = Float(low=0, high=1)          # a share or a probability-like score
+NAME = Str(empty=False)                  # a model id, path or template: "" means nothing
+REVISION = Str()                         # a hub revision; "" = the repository's default branch
+
+
+def names(registry) -> Str:
+    """The keys of a registry (a dict or tuple of valid names) as a choice."""
+    return Str(*sorted(registry))
+
+
+def net_name() -> Str:
+    """A network of mmdistill.nn.nets.NETWORKS, optionally with `:norm`."""
+    from mmdistill.nn.nets import NETWORKS, NORMS
+    return Str(*NETWORKS, *(f"{n}:{norm}" for n in NETWORKS for norm in NORMS),
+               hint=f"{', '.join(NETWORKS)} (each optionally :norm, norm one of {', '.join(NORMS)})")
 
 
 def schema() -> dict:
+    # the registries are imported here, not at module level: importing this module stays cheap
+    from mmdistill.annotate.cache import ENGINES, ON_ERROR
+    from mmdistill.annotate.captions import CAPTIONERS
+    from mmdistill.annotate.descriptions import DESCRIBERS
+    from mmdistill.annotate.grounding import GROUNDERS, SAM_IMPLEMENTATIONS
+    from mmdistill.annotate.tags import TAGGERS
+    from mmdistill.core.runtime import DEVICES
+    from mmdistill.data.sources import CHANNELS, DATASETS, RESIZE_MODES
+    from mmdistill.embed.features import IMAGE_ENCODERS, TEXT_ENCODERS
+    from mmdistill.nn.caption_head import HEADS, TARGETS
+    from mmdistill.selection.coresets import PAIR_CORESETS, PDS_FEATURES
+    net = net_name()
     return {
-        "seed": Int(),
-        "device": Str(),
+        "seed": Int(low=0),
+        "device": Str(*DEVICES),
         "prepare": {
-            "dataset": Str(),
-            "source": Str(),
-            "val_per_class": Int(),
-            "max_train_per_class": Int(),
-            "rows_per_shard": Int(),
-            "image_size": Int(low=0),
-            "channels": Int(choices=(0, 1, 3)),
-            "resize": Str("squash", "center_crop", "pad"),
-            "classes": List(Str(empty=False)),
-            "test_fraction": Float(),
+            "dataset": Str(*DATASETS),
+            "source": NAME,
+            "val_per_class": COUNT,
+            "max_train_per_class": Int(low=0),          # 0 = all
+            "rows_per_shard": COUNT,
+            "image_size": Int(low=0),              # 0 = from the data (image_folder)
+            "channels": Int(choices=CHANNELS),
+            "resize": Str(*RESIZE_MODES),
+            "classes": List(Str(empty=False), unique=True),
+            "test_fraction": Float(above=0, below=1),
         },
         "tag": {
-            "backend": Str(),
-            "top_k": Int(),
-            "threshold": Float(),
-            "batch_size": Int(),
-            "input_size": Int(),
+            "backend": names(TAGGERS),
+            "top_k": COUNT,
+            "threshold": FRACTION,
+            "batch_size": COUNT,
+            "input_size": COUNT,
             "clip": {
-                "model": Str(),
-                "revision": Str(),
-                "vocabulary": Str(),
-                "prompt": Str(),
+                "model": NAME,
+                "revision": REVISION,
+                "vocabulary": NAME,
+                "prompt": NAME,
             },
             "plugin": {
-                "class": Str(),
+                "class": Str(),                         # "" unless tag.backend is plugin
                 "kwargs": FREE,
             },
         },
         "ground": {
-            "backend": Str(),
-            "min_area": Float(),
-            "max_instances": Int(),
-            "batch_size": Int(),
+            "backend": names(GROUNDERS),
+            "min_area": FRACTION,
+            "max_instances": COUNT,
+            "batch_size": COUNT,
             "grounding_dino": {
-                "model": Str(),
-                "revision": Str(),
-                "box_threshold": Float(),
-                "text_threshold": Float(),
+                "model": NAME,
+                "revision": REVISION,
+                "box_threshold": FRACTION,
+                "text_threshold": FRACTION,
             },
             "sam": {
-                "implementation": Str(),
-                "model": Str(),
-                "revision": Str(),
-                "model_type": Str(),
-                "checkpoint": Str(),
+                "implementation": Str(*SAM_IMPLEMENTATIONS),
+                "model": NAME,
+                "revision": REVISION,
+                "model_type": NAME,                     # a segment_anything registry key, checked when it loads
+                "checkpoint": NAME,
             },
         },
         "caption": {
-            "backend": Str(),
-            "batch_size": Int(),
-            "instance_template": Str(),
-            "image_template": Str(),
+            "backend": names(CAPTIONERS),
+            "batch_size": COUNT,
+            "instance_template": NAME,
+            "image_template": NAME,
             "blip2": {
-                "model": Str(),
-                "revision": Str(),
-                "max_new_tokens": Int(),
-                "num_beams": Int(),
-                "prompt": Str(),
+                "model": NAME,
+                "revision": REVISION,
+                "max_new_tokens": COUNT,
+                "num_beams": COUNT,
+                "prompt": Str(),                        # optional text prefix
             },
         },
         "describe": {
-            "backend": Str(),
-            "batch_size": Int(),
-            "template": Str(),
+            "backend": names(DESCRIBERS),
+            "batch_size": COUNT,
+            "template": NAME,
             "llava": {
-                "model": Str(),
-                "revision": Str(),
-                "prompt": Str(),
-                "temperature": Float(),
-                "max_new_tokens": Int(),
+                "model": NAME,
+                "revision": REVISION,
+                "prompt": NAME,
+                "temperature": Float(low=0),            # 0 = greedy
+                "max_new_tokens": COUNT,
             },
         },
         "annotate": {
-            "engine": Str(),
-            "shard_size": Int(),
-            "on_error": Str(),
-            "cache_dir": Str(),
+            "engine": Str(*ENGINES),
+            "shard_size": COUNT,
+            "on_error": Str(*ON_ERROR),
+            "cache_dir": NAME,
             "ray": {
-                "address": Str(),
-                "actors": Int(),
-                "cpus_per_actor": Int(),
-                "gpus_per_actor": Int(),
+                "address": Str(),                       # "" = a local Ray instance
+                "actors": COUNT,
+                "cpus_per_actor": Float(above=0),
+                "gpus_per_actor": Float(low=0),
             },
         },
         "embed": {
-            "image_encoder": Str(),
-            "text_encoder": Str(),
+            "image_encoder": names(IMAGE_ENCODERS),
+            "text_encoder": names(TEXT_ENCODERS),
             "open_clip": {
-                "model": Str(),
-                "pretrained": Str(),
+                "model": NAME,
+                "pretrained": Str(),                    # may be "" only with a local-dir: model
             },
             "hf_clip": {
-                "model": Str(),
+                "model": NAME,
             },
-            "input_size": Int(),
-            "batch_size": Int(),
-            "rows_per_shard": Int(),
+            "input_size": COUNT,
+            "batch_size": COUNT,
+            "rows_per_shard": COUNT,
         },
         "align": {
-            "dim": Int(),
-            "epochs": Int(),
-            "batch_size": Int(),
-            "lr": Float(),
+            "dim": COUNT,
+            "epochs": COUNT,
+            "batch_size": COUNT,
+            "lr": RATE,
         },
         "caption_head": {
-            "head": Str(),
-            "target": Str(),
-            "width": Int(),
-            "epochs": Int(),
-            "batch_size": Int(),
-            "lr": Float(),
+            "head": Str(*HEADS),
+            "target": Str(*TARGETS),
+            "width": COUNT,
+            "epochs": COUNT,
+            "batch_size": COUNT,
+            "lr": RATE,
             "blip2": {
-                "model": Str(),
-                "revision": Str(),
+                "model": NAME,
+                "revision": REVISION,
             },
         },
         "select": {
             "prototypes": List(Str("on")),
-        "lof_neighbors": Int(),
-            "lof_contamination": Float(),
-            "kmeans_n_init": Int(),
-            "text_threshold": Float(),
-            "text_top_k": Int(),
+            "lof_neighbors": COUNT,
+            "lof_contamination": Float(low=0, high=0.5),  # sklearn's range; 0 keeps every image
+            "kmeans_n_init": COUNT,
+            "text_threshold": Float(above=0, high=1),
+            "text_top_k": COUNT,
             "pds": {
-                "clusters": List(Int(low=1), min_items=1),
-                "prune_ratio": Float(),
-                "features": Str(),
+                "clusters": List(COUNT, min_items=1, unique=True),
+                "prune_ratio": Float(low=0, below=1),
+                "features": Str(*PDS_FEATURES),
             },
             "pair_coresets": {
-                "methods": List(Str()),
-                "sizes": List(Int(low=1), min_items=1),
+                "methods": List(names(PAIR_CORESETS), unique=True),
+                "sizes": List(COUNT, min_items=1, unique=True),
             },
             "forgetting": {
-                "net": Str(),
-                "epochs": Int(),
-                "batch_size": Int(),
-                "lr": Float(),
+                "net": net,
+                "epochs": COUNT,
+                "batch_size": COUNT,
+                "lr": RATE,
             },
         },
         "distill": {
@@ -284,37 +319,37 @@ def schema() -> dict:
             },
         },
         "vae": {
-            "block_out_channels": List(Int(low=1), min_items=1),
-            "latent_channels": Int(),
-            "layers_per_block": Int(),
-            "norm_num_groups": Int(),
+            "block_out_channels": List(COUNT, min_items=1),
+            "latent_channels": COUNT,
+            "layers_per_block": COUNT,
+            "norm_num_groups": COUNT,                   # must divide every block's channels (checked when built)
             "attention": BOOL,
-            "epochs": Int(),
-            "batch_size": Int(),
-            "lr": Float(),
-            "kl_weight": Float(),
+            "epochs": COUNT,
+            "batch_size": COUNT,
+            "lr": RATE,
+            "kl_weight": Float(low=0),
         },
         "pretrain": {
-            "net": Str(),
-            "models": Int(),
-            "epochs": Int(),
-            "lr": Float(),
-            "batch_size": Int(),
+            "net": net,
+            "models": COUNT,
+            "epochs": COUNT,
+            "lr": RATE,
+            "batch_size": COUNT,
             "augment": BOOL,
             "flip": BOOL,
         },
         "evaluate": {
-            "nets": List(Str()),
-            "repeats": Int(),
-            "epochs": Int(),
-            "lr": Float(),
-            "batch_size": Int(),
+            "nets": List(net, min_items=1, unique=True),
+            "repeats": COUNT,
+            "epochs": COUNT,
+            "lr": RATE,
+            "batch_size": COUNT,
             "augment": BOOL,
             "flip": BOOL,
         },
         "evaluate_full": {
-            "epochs": Int(),
-            "repeats": Int(),
+            "epochs": COUNT,
+            "repeats": COUNT,
             "augment": BOOL,
         },
     }

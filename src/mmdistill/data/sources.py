@@ -58,6 +58,7 @@ IMAGENET_SUBSETS = {
                    (287, "lynx")],
 }
 DATASETS = ("fashion_mnist", "image_folder", "cifar10", *IMAGENET_SUBSETS)
+CHANNELS = (0, 1, 3)  # image_folder: from the data, L or RGB (prepare.channels)
 
 
 def read_idx(path: Path) -> np.ndarray:

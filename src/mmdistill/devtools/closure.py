@@ -3,6 +3,10 @@
 Static: every `import mmdistill...` / `from mmdistill... import ...` at any depth of a module (also inside
 functions), and every string constant naming a project module (`"mmdistill.annotate.tags:TAGGERS"`, the way
 registries name what they import lazily). A package's `__init__.py` counts when any of its modules is imported.
+
+The params schema (core/schema.py) is in every closure, but its own imports are not followed: it reads the
+registries' names to reject bad params, which cannot change what a stage computes from valid ones, and following
+them would make every stage depend on every module.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "mmdistill"
+VALIDATION_ONLY = {f"{PACKAGE}.core.schema"}  # modules whose imports are not followed (see above)
 _MODULE_STRING = re.compile(rf"^({PACKAGE}(?:\.\w+)+)(?::\w+)?$")
 
 
@@ -52,7 +57,8 @@ def _closure(src: Path, module: str) -> frozenset[Path]:
             if path is None or path in seen:
                 continue
             seen.add(path)
-            todo.extend(_imported_names(path))
+            if ".".join(parts[:i]) not in VALIDATION_ONLY:
+                todo.extend(_imported_names(path))
     return frozenset(seen)
 
 

@@ -134,8 +134,8 @@ class HFClip:
 
 
 def open_clip_encoder(params, device):
-    return OpenClip(param(params, "embed.open_clip.model", str), param(params, "embed.open_clip.pretrained",
-                                                                      (str, type(None)), None), device)
+    return OpenClip(param(params, "embed.open_clip.model", str), param(params, "embed.open_clip.pretrained", str),
+                    device)
 
 
 def hf_clip_encoder(params, device):

@@ -109,7 +109,7 @@ def _settings(params: dict) -> dict:
     if head == "blip2":
         model_source(params, "caption_head.blip2.model")
         settings["blip2"] = {"model": param(params, "caption_head.blip2.model", str),
-                             "revision": param(params, "caption_head.blip2.revision", str, "main")}
+                             "revision": param(params, "caption_head.blip2.revision", str)}
     return settings
 
 

@@ -173,16 +173,16 @@ def load_vae(params: dict):
             raise PipelineError(f"param '{key}' is 'offline' but {VAE_DIR} has no trained VAE: run `dvc repro vae` "
                                 "(python -m mmdistill.stages.vae)")
         return AutoencoderKL.from_pretrained(VAE_DIR, low_cpu_mem_usage=False), {"vae": "offline"}
-    subfolder = param(params, "distill.engine.vae_subfolder", str, "") or None
+    subfolder = param(params, "distill.engine.vae_subfolder", str) or None
     vae = from_pretrained(AutoencoderKL, params, key, "distill.engine.vae_revision", subfolder=subfolder,
                           low_cpu_mem_usage=False)  # True only warns without `accelerate`
-    return vae, {"vae": source, "revision": param(params, "distill.engine.vae_revision", str, "main"),
+    return vae, {"vae": source, "revision": param(params, "distill.engine.vae_revision", str),
                  "subfolder": subfolder or ""}
 
 
 def parameterisation(params: dict, device) -> Pixels | Latent:
-    """The engine's parameterisation from `distill.engine.parameterisation` (pixels by default)."""
-    kind = param(params, "distill.engine.parameterisation", str, "pixels", choices=PARAMETERISATIONS)
+    """The engine's parameterisation from `distill.engine.parameterisation`."""
+    kind = param(params, "distill.engine.parameterisation", str, choices=PARAMETERISATIONS)
     if kind == "pixels":
         return Pixels()
     info = dataset_info()

@@ -92,11 +92,8 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-from sklearn.neighbors import LocalOutlierFactor
 
+# sklearn and scipy are imported where used: the params schema imports this module (PAIR_CORESETS) in every stage
 from mmdistill.annotate.cache import read_annotations
 from mmdistill.core.config import int_list, param
 from mmdistill.core.paths import (
@@ -122,6 +119,7 @@ def lof_inliers(features: np.ndarray, n_neighbors: int, contamination: float, se
     """(scores, inlier mask) of LOF; contamination 0 keeps everything."""
     if len(features) <= n_neighbors or contamination <= 0:
         return np.zeros(len(features), np.float32), np.ones(len(features), bool)
+    from sklearn.neighbors import LocalOutlierFactor
     lof = LocalOutlierFactor(n_neighbors=n_neighbors, contamination=contamination)
     inlier = lof.fit_predict(features) == 1
     return lof.negative_outlier_factor_.astype(np.float32), inlier
@@ -129,6 +127,7 @@ def lof_inliers(features: np.ndarray, n_neighbors: int, contamination: float, se
 
 def kmeans_prototypes(features: np.ndarray, k: int, n_init: int, seed: int):
     """(centres, labels, index of the nearest member of each centre), clusters sorted by size."""
+    from sklearn.cluster import KMeans
     km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(features)
     sizes = np.bincount(km.labels_, minlength=k)
     order = np.argsort(-sizes, kind="stable")
@@ -171,6 +170,7 @@ def k_center(features: np.ndarray, k: int) -> np.ndarray:
     return np.array(chosen)
 
 
+PDS_FEATURES = ("aligned", "embed")  # select.pds.features: the space PDS clusters in
 CORESETS = {"herding": lambda x, k, seed: herding(x, k), "kcenter": lambda x, k, seed: k_center(x, k)}
 
 
@@ -184,6 +184,7 @@ def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.nd
     used remaining words (counted once per description); each member description scores the summed counts of
     the top words it uses, and the best one is the text prototype (ties: the image nearest the centre).
     """
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
     bags = [set(re.findall(r"[a-z]+", text.lower())) - ENGLISH_STOP_WORDS for text in descriptions]
     used_by = Counter(word for bag in bags for word in bag)
     common = {word for word, n in used_by.items() if n > threshold * len(bags)}
@@ -246,6 +247,9 @@ def pds_prototypes(image: np.ndarray, text: np.ndarray, clusters: int, prune_rat
     if clusters > len(keep):
         raise PipelineError(f"{clusters} clusters asked for but only {len(keep)} pairs are left after pruning")
     img, txt = image[keep], text[keep]
+
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.cluster import MiniBatchKMeans
 
     def cluster(x):
         km = MiniBatchKMeans(n_clusters=clusters, random_state=seed, batch_size=batch_size, n_init=1).fit(x)
@@ -337,7 +341,7 @@ def pds_selection(params: dict) -> None:
     """PDS on the train split's image / whole-image-caption pairs -> data/prototypes/pds-{M}.parquet."""
     seed = param(params, "seed", int)
     prune_ratio = param(params, "select.pds.prune_ratio", float)
-    source = param(params, "select.pds.features", str, choices=("aligned", "embed"))
+    source = param(params, "select.pds.features", str, choices=PDS_FEATURES)
     root = ALIGNED if source == "aligned" else FEATURES
     spaces = {kind: feature_metadata(kind, root).get("settings", {}).get("space") for kind in ("image", "caption")}
     if spaces["image"] != spaces["caption"]:

@@ -45,7 +45,7 @@ def main() -> None:
     batch_size = positive(params, "embed.batch_size")
     uids = embed_captions(encoder, name, {"batch_size": batch_size} | encoder.settings,
                           dict(zip(table["uid"].to_pylist(), table["label"].to_pylist())), batch_size,
-                          positive(params, "embed.rows_per_shard", int, 50000), root=FEATURES_HELDOUT, target=TEST)
+                          positive(params, "embed.rows_per_shard"), root=FEATURES_HELDOUT, target=TEST)
     print(f"annotate_test: {table.num_rows} test images, {len(uids)} captions -> {FEATURES_HELDOUT}/caption")
 
 

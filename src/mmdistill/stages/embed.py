@@ -47,7 +47,7 @@ def main() -> None:
     params = load_params()
     device = resolve_device(params)
     batch_size = positive(params, "embed.batch_size")
-    rows_per_shard = positive(params, "embed.rows_per_shard", int, 50000)
+    rows_per_shard = positive(params, "embed.rows_per_shard")
     run = embed_images if args.modality == "image" else embed_texts
     print("embedded " + run(params, device, batch_size, rows_per_shard))
 

@@ -46,6 +46,7 @@ from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import PREPARED
 from mmdistill.core.storage import PipelineError, atomic_path, write_parquet_shards
 from mmdistill.data.sources import (
+    CHANNELS,
     DATASETS,
     IMAGENET_SUBSETS,
     RESIZE_MODES,
@@ -68,7 +69,7 @@ def main() -> None:
     if not root.is_dir() and not (name == "cifar10" and root.is_file()):
         raise PipelineError(f"param 'prepare.source': {root} is not a directory")
     val_per_class = param(params, "prepare.val_per_class", int)
-    max_train = param(params, "prepare.max_train_per_class", int, 0)
+    max_train = param(params, "prepare.max_train_per_class", int)
     rows_per_shard = positive(params, "prepare.rows_per_shard")
     source_classes, extra_info, prefix = None, {}, name
     classes = param(params, "prepare.classes", list)
@@ -84,7 +85,7 @@ def main() -> None:
     else:
         resize = param(params, "prepare.resize", str, choices=RESIZE_MODES)
         splits, class_names, _, _ = load_image_folder(
-            root, param(params, "prepare.image_size", int), param(params, "prepare.channels", int, choices=(0, 1, 3)),
+            root, param(params, "prepare.image_size", int), param(params, "prepare.channels", int, choices=CHANNELS),
             param(params, "prepare.test_fraction", float), seed, resize, classes)
         extra_info, prefix = {"resize": resize}, uid_prefix(root)
 

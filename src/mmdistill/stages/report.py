@@ -23,7 +23,7 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
-    methods = param(params, "distill.methods", list) + param(params, "distill.caption_methods", list, [])
+    methods = param(params, "distill.methods", list) + param(params, "distill.caption_methods", list)
     ipcs = int_list(params, "distill.ipcs")
     rows = []
     for method in methods:
@@ -62,7 +62,7 @@ def main() -> None:
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")
     for method in methods:
-        section = param(params, f"distill.{method}", dict, {})
+        section = param(params, f"distill.{method}", dict)
         settings = ", ".join(f"{k} {v}" for k, v in section.items() if not isinstance(v, (dict, list)))
         lines.append(f"- {method}: {settings or 'no settings'}")
     lines += ["", "## Backends", ""]
