@@ -127,7 +127,7 @@ def test_wrong_type_is_named(tmp_path, repo_params, key, value, message):
     ("device", "gpu", r"param 'device' = 'gpu' is not one of: auto, cpu, cuda"),
     ("prepare.dataset", "fashion-mnist", r"'prepare\.dataset' = 'fashion-mnist' is not one of: fashion_mnist, .*"
                                          r"did you mean 'fashion_mnist'\?"),
-    ("prepare.channels", 4, r"param 'prepare\.channels' = 4 is not one of: 1, 3"),
+    ("prepare.channels", 4, r"param 'prepare\.channels' = 4 is not one of: 0, 1, 3"),
     ("ground.backend", "grounding_dino", r"'ground\.backend' = 'grounding_dino' is not one of: "
                                          r"grounding_dino_sam, offline_threshold; did you mean 'grounding_dino_sam'"),
     ("annotate.on_error", "ignore", r"param 'annotate\.on_error' = 'ignore' is not one of: fail, skip"),

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 
 from mmdistill.annotate.cache import annotation_backend
-from mmdistill.core.config import int_list, load_params, param
+from mmdistill.core.config import load_params, param
 from mmdistill.core.paths import FULL_METRICS, METRICS, REPORT
 from mmdistill.core.runtime import versions
 from mmdistill.core.storage import PipelineError, save_text
 from mmdistill.data.datasets import dataset_info
+from mmdistill.distill.runs import enabled_runs, run_name
 from mmdistill.embed.features import feature_metadata
 from mmdistill.report.markdown import PUBLISHED, table
 from mmdistill.stages import run_stage
@@ -23,15 +24,14 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
-    methods = param(params, "distill.methods", list) + param(params, "distill.caption_methods", list)
-    ipcs = int_list(params, "distill.ipcs")
+    runs = enabled_runs(params)
+    methods = list(dict.fromkeys(method for method, _, _ in runs))
     rows = []
-    for method in methods:
-        for ipc in ipcs:
-            path = METRICS / f"{method}-ipc{ipc}.json"
-            if not path.exists():
-                raise PipelineError(f"{path} is missing: run `dvc repro evaluate`")
-            rows.append((method, str(ipc), json.loads(path.read_text())))
+    for method, ipc, latent in runs:
+        path = METRICS / f"{run_name(method, ipc, latent)}.json"
+        if not path.exists():
+            raise PipelineError(f"{path} is missing: run `dvc repro`")
+        rows.append((f"{method} (latent)" if latent else method, str(ipc), json.loads(path.read_text())))
     full = json.loads(FULL_METRICS.read_text()) if FULL_METRICS.exists() else None
     if full is not None:
         rows.append((f"whole train split ({full['train_images']} images)", "—", full))
@@ -74,9 +74,9 @@ def main() -> None:
               f"- device: {param(params, 'device', str)}"]
     lines += [f"- {k}: {v}" for k, v in sorted(versions().items())]
     lines += ["", "## Synthetic sets", ""]
-    for method in methods:
-        for ipc in ipcs:
-            lines.append(f"![{method}, IPC {ipc}](figures/distilled/{method}-ipc{ipc}.png)")
+    for method, ipc, latent in runs:
+        lines.append(f"![{method}{' (latent)' if latent else ''}, IPC {ipc}](figures/distilled/"
+                     f"{run_name(method, ipc, latent)}.png)")
     save_text("\n".join(lines) + "\n", REPORT)
     print(f"wrote {REPORT}")
 
