@@ -125,7 +125,8 @@ def build_tiny_segment_anything(checkpoint=None):
     return sam
 
 
-def build_blip2(out: Path) -> Path:
+def build_blip2(out: Path, language: str = "opt") -> Path:
+    """A tiny BLIP-2 whose language model is OPT (decoder-only) or T5 (encoder-decoder, as blip2-flan-t5-*)."""
     from transformers import (
         Blip2Config,
         Blip2ForConditionalGeneration,
@@ -135,19 +136,29 @@ def build_blip2(out: Path) -> Path:
     tokenizer = word_tokenizer()
     processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
                                tokenizer=tokenizer, num_query_tokens=4)  # adds <image> to the tokenizer
+    text_config = {
+        "opt": dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64,
+                    pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        "t5": dict(model_type="t5", vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1,
+                   num_decoder_layers=1, num_heads=2, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                   decoder_start_token_id=0),
+    }[language]
     config = Blip2Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
         qformer_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=64, encoder_hidden_size=32),
-        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3),
-        num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+        text_config=text_config, num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    folder = out / ("blip2" if language == "opt" else f"blip2-{language}")
     torch.manual_seed(0)
-    Blip2ForConditionalGeneration(config).save_pretrained(out / "blip2")
-    processor.save_pretrained(out / "blip2")
-    return out / "blip2"
+    model = Blip2ForConditionalGeneration(config)
+    if language == "t5":  # T5 ties its head to the embeddings: shrink the special tokens' rows, else a random
+        with torch.no_grad():  # decoder started at <pad> only ever predicts <pad> and every caption is empty
+            model.language_model.get_input_embeddings().weight[:4] *= 0.1
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def build_llava(out: Path) -> Path:
@@ -300,6 +311,38 @@ def test_blip2_tiny_crop(tiny_models):
               "instances": [{"instance_id": 0, "box": [0.0, 0.0, 2.0, 3.0], "mask": png_bytes(mask)}]}
     rows = captioner.annotate([record])
     assert [r["instance_id"] for r in rows[0]] == [-1, 0]
+
+
+@pytest.mark.parametrize("language", ["opt", "t5"])
+def test_blip2_caption_is_the_generated_text(tmp_path, language):
+    """OPT's generate() returns the image and prompt tokens before the new ones, T5's only the new ones: the caption
+    is the decoded new tokens for both (blip2-opt-* and blip2-flan-t5-* checkpoints)."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from mmdistill.core.hub import pil_images
+    folder = build_blip2(tmp_path, language)
+    params = {"device": "cpu", "caption": {"blip2": {"model": str(folder), "revision": "main",
+                                                     "max_new_tokens": 4, "num_beams": 1, "prompt": "a photo of"}}}
+    captioner = caption.Blip2Captioner(params)
+    captioner.load()
+    rng = np.random.default_rng(0)
+    records = [{"uid": f"u{i}", "image": rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "instances": []}
+               for i in range(3)]
+    captions = [rows[0]["caption"] for rows in captioner.annotate(records)]
+
+    processor, model = Blip2Processor.from_pretrained(folder), Blip2ForConditionalGeneration.from_pretrained(folder)
+    inputs = processor(images=pil_images([r["image"] for r in records]), text=["a photo of"] * 3,
+                       return_tensors="pt", padding=True)
+    with torch.no_grad():
+        tokens = model.generate(**inputs, do_sample=False, max_new_tokens=4, num_beams=1)
+    if language == "opt":  # the prompt comes back first
+        assert torch.equal(tokens[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
+        new = tokens[:, inputs["input_ids"].shape[1]:]
+    else:  # only the decoder's tokens: its start token, then the new ones
+        assert (tokens[:, 0] == model.config.text_config.decoder_start_token_id).all() and tokens.shape[1] <= 5
+        new = tokens
+    expected = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+    assert captions == expected and all(captions), (captions, expected)
 
 
 def test_masked_crop_blacks_out_background():
