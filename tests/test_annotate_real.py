@@ -101,8 +101,11 @@ def build_sam_transformers(out: Path) -> Path:
     return out / "sam"
 
 
+TINY_SAM_BUILDER = "tests.test_annotate_real:build_tiny_segment_anything"  # a ground.sam.model_type builder
+
+
 def build_tiny_segment_anything(checkpoint=None):
-    """A ~100k-parameter `segment_anything` Sam; registered in sam_model_registry like vit_b/vit_l/vit_h."""
+    """A ~100k-parameter `segment_anything` Sam, built like the registry's vit_b/vit_l/vit_h."""
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -258,15 +261,13 @@ def test_plugin_tagger_threshold_and_top_k(small_project):
 
 
 @pytest.mark.parametrize("sam", ["transformers", "segment_anything"])
-def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
-    from segment_anything import sam_model_registry
-    monkeypatch.setitem(sam_model_registry, "tiny_test", build_tiny_segment_anything)
+def test_grounding_dino_sam(small_project, tiny_models, sam):
     use_plugin(small_project, **{"tag.plugin.kwargs": {"words": ["shirt", "bag"]}})
     run_stage("tag")
     set_params(small_project, **{"ground.backend": "grounding_dino_sam", "ground.batch_size": 4,
                                  "ground.grounding_dino.model": str(tiny_models["grounding_dino"]),
                                  "ground.sam.implementation": sam, "ground.sam.model": str(tiny_models["sam"]),
-                                 "ground.sam.model_type": "tiny_test",
+                                 "ground.sam.model_type": TINY_SAM_BUILDER,
                                  "ground.sam.checkpoint": str(tiny_models["sam_checkpoint"])})
     run_stage("ground")
     inst = read_annotations("instances")
@@ -281,6 +282,71 @@ def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
         per_image.setdefault(row["uid"], []).append(row["instance_id"])
     assert all(ids == list(range(len(ids))) and len(ids) <= 3 for ids in per_image.values())
     assert annotation_backend("instances")["backend_settings"]["sam"]["implementation"] == sam
+
+
+def segment_anything_params(tiny_models, model_type: str, checkpoint) -> dict:
+    return {"device": "cpu", "ground": {
+        "max_instances": 3, "grounding_dino": {"model": str(tiny_models["grounding_dino"]), "revision": "main",
+                                               "box_threshold": 0.35, "text_threshold": 0.25},
+        "sam": {"implementation": "segment_anything", "model_type": model_type, "checkpoint": str(checkpoint)}}}
+
+
+def test_segment_anything_builder_loads_the_checkpoint(tiny_models):
+    """`ground.sam.model_type` as a builder `module:function`: the predictor's model holds the checkpoint's
+    weights and gives the masks of the tiny SAM run directly."""
+    from segment_anything import SamPredictor
+
+    from mmdistill.annotate.grounding import GroundingDinoSam
+    grounder = GroundingDinoSam(segment_anything_params(tiny_models, TINY_SAM_BUILDER, tiny_models["sam_checkpoint"]))
+    torch.manual_seed(1)  # a random init would differ from the checkpoint
+    grounder.load()
+    saved = torch.load(tiny_models["sam_checkpoint"], weights_only=True)
+    loaded = grounder.predictor.model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    image = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    boxes = torch.tensor([[2.0, 3.0, 20.0, 25.0], [0.0, 0.0, 28.0, 28.0]])
+    masks = grounder.masks(image, boxes)
+    reference = SamPredictor(build_tiny_segment_anything(tiny_models["sam_checkpoint"]))
+    reference.set_image(image)
+    for mask, box in zip(masks, boxes):
+        expected, _, _ = reference.predict(box=box.numpy(), multimask_output=False)
+        assert mask.shape == (28, 28) and np.array_equal(mask, expected[0])
+
+
+def fake_sam_checkpoint(path, embed_dim: int, blocks: int):
+    """A state dict with the image-encoder keys of a SAM of that size (tensors tiny except the patch embedding)."""
+    state = {"image_encoder.patch_embed.proj.weight": torch.zeros(embed_dim, 3, 1, 1)}
+    state.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(blocks)})
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("case, match", [
+    ("registry size, other checkpoint", r"'ground.sam.checkpoint'/'ground.sam.model_type'.*embed dim 32, 2 blocks"
+                                        r".*builder 'package.module:function'"),
+    ("vit_l checkpoint", r"does not fit the .* the checkpoint is a vit_l .*'ground.sam.model_type'"),
+    ("unknown type", r"param 'ground.sam.model_type' = 'vit_x' is neither .*vit_b"),
+    ("builder not a Sam", r"param 'ground.sam.model_type': 'torch.nn:Identity' returned a Identity"),
+    ("missing builder", r"param 'ground.sam.model_type': cannot import 'tests.nowhere:build'"),
+    ("pickled object", r"param 'ground.sam.checkpoint': cannot read .* weights_only=True"),
+    ("not a state dict", r"param 'ground.sam.checkpoint': .* holds a list, not a state dict"),
+])
+def test_segment_anything_load_errors_name_the_param(tiny_models, tmp_path, case, match):
+    from mmdistill.annotate.grounding import GroundingDinoSam
+    checkpoint = tiny_models["sam_checkpoint"]
+    model_type = {"registry size, other checkpoint": "vit_b", "unknown type": "vit_x",
+                  "builder not a Sam": "torch.nn:Identity", "missing builder": "tests.nowhere:build"}.get(
+        case, TINY_SAM_BUILDER)
+    if case == "vit_l checkpoint":
+        checkpoint = fake_sam_checkpoint(tmp_path / "sam_vit_l.pth", 1024, 24)
+    elif case == "pickled object":
+        checkpoint = tmp_path / "pickled.pth"
+        torch.save({"model": partial(print, "code")}, checkpoint)  # not loadable with weights_only=True
+    elif case == "not a state dict":
+        checkpoint = tmp_path / "list.pth"
+        torch.save([torch.zeros(1)], checkpoint)
+    with pytest.raises(PipelineError, match=match):
+        GroundingDinoSam(segment_anything_params(tiny_models, model_type, checkpoint)).load()
 
 
 def test_blip2_captions(small_project, tiny_models):
