@@ -25,11 +25,15 @@ WORDS = "<pad> <unk> <s> </s> a an the of in is it photo shirt bag coat dog with
 
 # ---- tiny models of the real classes -------------------------------------------------------------------
 
-def word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def word_tokenizer(adds_bos: bool = False):
+    """A word-level tokenizer over WORDS; `adds_bos`: it puts <s> before every text (as Llama's does)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                          special_tokens=[("<s>", WORDS.index("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>")
 
@@ -164,34 +168,38 @@ def build_blip2(out: Path, language: str = "opt") -> Path:
     return folder
 
 
-def build_llava(out: Path) -> Path:
+LLAVA_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+                  "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def build_llava(out: Path, language: str = "llama", template: str | None = LLAVA_TEMPLATE, adds_bos: bool = False,
+                name: str = "llava") -> Path:
+    """A tiny LLaVA (CLIP vision tower) with a Llama or Qwen2 language model; `template` None: no chat template."""
     from transformers import (
         CLIPImageProcessor,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
-    tokenizer = word_tokenizer()
+    tokenizer = word_tokenizer(adds_bos)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
-                "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
-                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=tokenizer, patch_size=8, num_additional_image_tokens=1, vision_feature_select_strategy="default",
         chat_template=template, image_token="<image>")
+    text_config = dict(model_type=language, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                       max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16),
-        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="default")
+        text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="default")
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(out / "llava")
-    processor.save_pretrained(out / "llava")
-    return out / "llava"
+    LlavaForConditionalGeneration(config).save_pretrained(out / name)
+    processor.save_pretrained(out / name)
+    return out / name
 
 
 @pytest.fixture(scope="session")
@@ -436,6 +444,48 @@ def test_llava_descriptions_deterministic(small_project, tiny_models):
     shutil.rmtree(small_project / "data/annotation_cache/describe")
     run_stage("describe")
     assert out.read_bytes() == first
+
+
+def llava_describer(folder: Path):
+    from mmdistill.annotate.descriptions import LlavaDescriber
+    return LlavaDescriber({"seed": 0, "device": "cpu", "describe": {"llava": {
+        "model": str(folder), "revision": "main", "prompt": "a photo of a {class_name}", "temperature": 0.0,
+        "max_new_tokens": 4}}})
+
+
+def test_llava_without_chat_template_fails_before_loading_the_model(tmp_path):
+    folder = build_llava(tmp_path, template=None)
+    for weights in folder.glob("*.safetensors"):  # the model is never reached: the template is checked first
+        weights.unlink()
+    with pytest.raises(PipelineError, match=r"param 'describe.llava.model'.*chat template"):
+        llava_describer(folder).load()
+
+
+@pytest.mark.parametrize("language, bos_in_template, adds_bos", [
+    ("llama", True, True),    # template writes {{ bos_token }} and the tokenizer adds one: must not give two
+    ("llama", False, True),   # llava-1.5: the tokenizer's BOS only
+    ("qwen2", False, False),  # no BOS at all
+    ("qwen2", True, False),   # the template's BOS only
+])
+def test_llava_prompt_has_one_bos_and_describes(tmp_path, language, bos_in_template, adds_bos):
+    template = ("{{ bos_token }}" if bos_in_template else "") + LLAVA_TEMPLATE
+    describer = llava_describer(build_llava(tmp_path, language, template, adds_bos))
+    describer.load()
+    rng = np.random.default_rng(0)
+    records = [{"key": f"k{i}", "class_name": name, "image": rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)}
+               for i, name in enumerate(["Shirt", "Bag"])]
+    inputs = describer.inputs(records)
+    bos = describer.processor.tokenizer.bos_token_id
+    for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
+        prompt = ids[mask.bool()].tolist()  # left padding removed
+        assert prompt.count(bos) == int(bos_in_template or adds_bos) and (bos not in prompt or prompt[0] == bos)
+    descriptions = [rows[0]["description"] for rows in describer.annotate(records)]
+    with torch.no_grad():  # temperature 0: greedy, so the model run directly gives the same tokens
+        tokens = describer.model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=4)
+    prompt_length = inputs["input_ids"].shape[1]
+    assert torch.equal(tokens[:, :prompt_length], inputs["input_ids"])  # decoder-only: the prompt comes back first
+    expected = describer.processor.batch_decode(tokens[:, prompt_length:], skip_special_tokens=True)
+    assert descriptions == [t.strip() for t in expected] and all(descriptions)
 
 
 @pytest.mark.parametrize("updates, match", [
