@@ -55,7 +55,11 @@ def build_clip(out: Path) -> Path:
     (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=77)
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **tower),
+    # open_clip names its specials <start_of_text>/<end_of_text>, so the tokenizer added <|startoftext|> and
+    # <|endoftext|> as new ids: the config must use them, else CLIP pools every prompt at the same position
+    special_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **special_ids, **tower),
                         vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=16)
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(out / "clip")
@@ -256,6 +260,14 @@ def test_clip_tagger(small_project, tiny_models):
     meta = annotation_backend("tags")
     assert meta["backend_settings"]["model"] == str(tiny_models["clip"])
     assert len(meta["backend_settings"]["vocabulary_sha256"]) == 64
+    # CLIP pools the text at the EOS token: with the wrong id every prompt got one feature and uniform scores
+    from mmdistill.annotate.tags import ClipTagger
+    from mmdistill.core.config import load_params
+    tagger = ClipTagger(load_params())
+    tagger.load()
+    distances = torch.cdist(tagger.text, tagger.text) + torch.eye(len(vocab))
+    assert len(tagger.text) == len(vocab) and distances.min().item() > 1e-3  # two prompts, two features
+    assert any(s[0] > s[1] + 1e-4 for s in tags["scores"].to_pylist())
 
 
 def test_plugin_tagger_threshold_and_top_k(small_project):
