@@ -25,11 +25,15 @@ WORDS = "<pad> <unk> <s> </s> a an the of in is it photo shirt bag coat dog with
 
 # ---- tiny models of the real classes -------------------------------------------------------------------
 
-def word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def word_tokenizer(adds_bos: bool = False):
+    """A word-level tokenizer over WORDS; `adds_bos`: it puts <s> before every text (as Llama's does)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                          special_tokens=[("<s>", WORDS.index("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>")
 
@@ -51,7 +55,11 @@ def build_clip(out: Path) -> Path:
     (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=77)
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **tower),
+    # open_clip names its specials <start_of_text>/<end_of_text>, so the tokenizer added <|startoftext|> and
+    # <|endoftext|> as new ids: the config must use them, else CLIP pools every prompt at the same position
+    special_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **special_ids, **tower),
                         vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=16)
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(out / "clip")
@@ -101,8 +109,11 @@ def build_sam_transformers(out: Path) -> Path:
     return out / "sam"
 
 
+TINY_SAM_BUILDER = "tests.test_annotate_real:build_tiny_segment_anything"  # a ground.sam.model_type builder
+
+
 def build_tiny_segment_anything(checkpoint=None):
-    """A ~100k-parameter `segment_anything` Sam; registered in sam_model_registry like vit_b/vit_l/vit_h."""
+    """A ~100k-parameter `segment_anything` Sam, built like the registry's vit_b/vit_l/vit_h."""
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -125,7 +136,8 @@ def build_tiny_segment_anything(checkpoint=None):
     return sam
 
 
-def build_blip2(out: Path) -> Path:
+def build_blip2(out: Path, language: str = "opt") -> Path:
+    """A tiny BLIP-2 whose language model is OPT (decoder-only) or T5 (encoder-decoder, as blip2-flan-t5-*)."""
     from transformers import (
         Blip2Config,
         Blip2ForConditionalGeneration,
@@ -135,49 +147,63 @@ def build_blip2(out: Path) -> Path:
     tokenizer = word_tokenizer()
     processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
                                tokenizer=tokenizer, num_query_tokens=4)  # adds <image> to the tokenizer
+    text_config = {
+        "opt": dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64,
+                    pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        "t5": dict(model_type="t5", vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1,
+                   num_decoder_layers=1, num_heads=2, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                   decoder_start_token_id=0),
+    }[language]
     config = Blip2Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
         qformer_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=64, encoder_hidden_size=32),
-        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3),
-        num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+        text_config=text_config, num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    folder = out / ("blip2" if language == "opt" else f"blip2-{language}")
     torch.manual_seed(0)
-    Blip2ForConditionalGeneration(config).save_pretrained(out / "blip2")
-    processor.save_pretrained(out / "blip2")
-    return out / "blip2"
+    model = Blip2ForConditionalGeneration(config)
+    if language == "t5":  # T5 ties its head to the embeddings: shrink the special tokens' rows, else a random
+        with torch.no_grad():  # decoder started at <pad> only ever predicts <pad> and every caption is empty
+            model.language_model.get_input_embeddings().weight[:4] *= 0.1
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
-def build_llava(out: Path) -> Path:
+LLAVA_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+                  "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def build_llava(out: Path, language: str = "llama", template: str | None = LLAVA_TEMPLATE, adds_bos: bool = False,
+                name: str = "llava") -> Path:
+    """A tiny LLaVA (CLIP vision tower) with a Llama or Qwen2 language model; `template` None: no chat template."""
     from transformers import (
         CLIPImageProcessor,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
-    tokenizer = word_tokenizer()
+    tokenizer = word_tokenizer(adds_bos)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
-                "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
-                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=tokenizer, patch_size=8, num_additional_image_tokens=1, vision_feature_select_strategy="default",
         chat_template=template, image_token="<image>")
+    text_config = dict(model_type=language, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                       max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16),
-        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="default")
+        text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="default")
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(out / "llava")
-    processor.save_pretrained(out / "llava")
-    return out / "llava"
+    LlavaForConditionalGeneration(config).save_pretrained(out / name)
+    processor.save_pretrained(out / name)
+    return out / name
 
 
 @pytest.fixture(scope="session")
@@ -234,6 +260,14 @@ def test_clip_tagger(small_project, tiny_models):
     meta = annotation_backend("tags")
     assert meta["backend_settings"]["model"] == str(tiny_models["clip"])
     assert len(meta["backend_settings"]["vocabulary_sha256"]) == 64
+    # CLIP pools the text at the EOS token: with the wrong id every prompt got one feature and uniform scores
+    from mmdistill.annotate.tags import ClipTagger
+    from mmdistill.core.config import load_params
+    tagger = ClipTagger(load_params())
+    tagger.load()
+    distances = torch.cdist(tagger.text, tagger.text) + torch.eye(len(vocab))
+    assert len(tagger.text) == len(vocab) and distances.min().item() > 1e-3  # two prompts, two features
+    assert any(s[0] > s[1] + 1e-4 for s in tags["scores"].to_pylist())
 
 
 def test_plugin_tagger_threshold_and_top_k(small_project):
@@ -247,15 +281,13 @@ def test_plugin_tagger_threshold_and_top_k(small_project):
 
 
 @pytest.mark.parametrize("sam", ["transformers", "segment_anything"])
-def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
-    from segment_anything import sam_model_registry
-    monkeypatch.setitem(sam_model_registry, "tiny_test", build_tiny_segment_anything)
+def test_grounding_dino_sam(small_project, tiny_models, sam):
     use_plugin(small_project, **{"tag.plugin.kwargs": {"words": ["shirt", "bag"]}})
     run_stage("tag")
     set_params(small_project, **{"ground.backend": "grounding_dino_sam", "ground.batch_size": 4,
                                  "ground.grounding_dino.model": str(tiny_models["grounding_dino"]),
                                  "ground.sam.implementation": sam, "ground.sam.model": str(tiny_models["sam"]),
-                                 "ground.sam.model_type": "tiny_test",
+                                 "ground.sam.model_type": TINY_SAM_BUILDER,
                                  "ground.sam.checkpoint": str(tiny_models["sam_checkpoint"])})
     run_stage("ground")
     inst = read_annotations("instances")
@@ -270,6 +302,71 @@ def test_grounding_dino_sam(small_project, tiny_models, sam, monkeypatch):
         per_image.setdefault(row["uid"], []).append(row["instance_id"])
     assert all(ids == list(range(len(ids))) and len(ids) <= 3 for ids in per_image.values())
     assert annotation_backend("instances")["backend_settings"]["sam"]["implementation"] == sam
+
+
+def segment_anything_params(tiny_models, model_type: str, checkpoint) -> dict:
+    return {"device": "cpu", "ground": {
+        "max_instances": 3, "grounding_dino": {"model": str(tiny_models["grounding_dino"]), "revision": "main",
+                                               "box_threshold": 0.35, "text_threshold": 0.25},
+        "sam": {"implementation": "segment_anything", "model_type": model_type, "checkpoint": str(checkpoint)}}}
+
+
+def test_segment_anything_builder_loads_the_checkpoint(tiny_models):
+    """`ground.sam.model_type` as a builder `module:function`: the predictor's model holds the checkpoint's
+    weights and gives the masks of the tiny SAM run directly."""
+    from segment_anything import SamPredictor
+
+    from mmdistill.annotate.grounding import GroundingDinoSam
+    grounder = GroundingDinoSam(segment_anything_params(tiny_models, TINY_SAM_BUILDER, tiny_models["sam_checkpoint"]))
+    torch.manual_seed(1)  # a random init would differ from the checkpoint
+    grounder.load()
+    saved = torch.load(tiny_models["sam_checkpoint"], weights_only=True)
+    loaded = grounder.predictor.model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    image = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    boxes = torch.tensor([[2.0, 3.0, 20.0, 25.0], [0.0, 0.0, 28.0, 28.0]])
+    masks = grounder.masks(image, boxes)
+    reference = SamPredictor(build_tiny_segment_anything(tiny_models["sam_checkpoint"]))
+    reference.set_image(image)
+    for mask, box in zip(masks, boxes):
+        expected, _, _ = reference.predict(box=box.numpy(), multimask_output=False)
+        assert mask.shape == (28, 28) and np.array_equal(mask, expected[0])
+
+
+def fake_sam_checkpoint(path, embed_dim: int, blocks: int):
+    """A state dict with the image-encoder keys of a SAM of that size (tensors tiny except the patch embedding)."""
+    state = {"image_encoder.patch_embed.proj.weight": torch.zeros(embed_dim, 3, 1, 1)}
+    state.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(blocks)})
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("case, match", [
+    ("registry size, other checkpoint", r"'ground.sam.checkpoint'/'ground.sam.model_type'.*embed dim 32, 2 blocks"
+                                        r".*builder 'package.module:function'"),
+    ("vit_l checkpoint", r"does not fit the .* the checkpoint is a vit_l .*'ground.sam.model_type'"),
+    ("unknown type", r"param 'ground.sam.model_type' = 'vit_x' is neither .*vit_b"),
+    ("builder not a Sam", r"param 'ground.sam.model_type': 'torch.nn:Identity' returned a Identity"),
+    ("missing builder", r"param 'ground.sam.model_type': cannot import 'tests.nowhere:build'"),
+    ("pickled object", r"param 'ground.sam.checkpoint': cannot read .* weights_only=True"),
+    ("not a state dict", r"param 'ground.sam.checkpoint': .* holds a list, not a state dict"),
+])
+def test_segment_anything_load_errors_name_the_param(tiny_models, tmp_path, case, match):
+    from mmdistill.annotate.grounding import GroundingDinoSam
+    checkpoint = tiny_models["sam_checkpoint"]
+    model_type = {"registry size, other checkpoint": "vit_b", "unknown type": "vit_x",
+                  "builder not a Sam": "torch.nn:Identity", "missing builder": "tests.nowhere:build"}.get(
+        case, TINY_SAM_BUILDER)
+    if case == "vit_l checkpoint":
+        checkpoint = fake_sam_checkpoint(tmp_path / "sam_vit_l.pth", 1024, 24)
+    elif case == "pickled object":
+        checkpoint = tmp_path / "pickled.pth"
+        torch.save({"model": partial(print, "code")}, checkpoint)  # not loadable with weights_only=True
+    elif case == "not a state dict":
+        checkpoint = tmp_path / "list.pth"
+        torch.save([torch.zeros(1)], checkpoint)
+    with pytest.raises(PipelineError, match=match):
+        GroundingDinoSam(segment_anything_params(tiny_models, model_type, checkpoint)).load()
 
 
 def test_blip2_captions(small_project, tiny_models):
@@ -302,6 +399,38 @@ def test_blip2_tiny_crop(tiny_models):
     assert [r["instance_id"] for r in rows[0]] == [-1, 0]
 
 
+@pytest.mark.parametrize("language", ["opt", "t5"])
+def test_blip2_caption_is_the_generated_text(tmp_path, language):
+    """OPT's generate() returns the image and prompt tokens before the new ones, T5's only the new ones: the caption
+    is the decoded new tokens for both (blip2-opt-* and blip2-flan-t5-* checkpoints)."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from mmdistill.core.hub import pil_images
+    folder = build_blip2(tmp_path, language)
+    params = {"device": "cpu", "caption": {"blip2": {"model": str(folder), "revision": "main",
+                                                     "max_new_tokens": 4, "num_beams": 1, "prompt": "a photo of"}}}
+    captioner = caption.Blip2Captioner(params)
+    captioner.load()
+    rng = np.random.default_rng(0)
+    records = [{"uid": f"u{i}", "image": rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "instances": []}
+               for i in range(3)]
+    captions = [rows[0]["caption"] for rows in captioner.annotate(records)]
+
+    processor, model = Blip2Processor.from_pretrained(folder), Blip2ForConditionalGeneration.from_pretrained(folder)
+    inputs = processor(images=pil_images([r["image"] for r in records]), text=["a photo of"] * 3,
+                       return_tensors="pt", padding=True)
+    with torch.no_grad():
+        tokens = model.generate(**inputs, do_sample=False, max_new_tokens=4, num_beams=1)
+    if language == "opt":  # the prompt comes back first
+        assert torch.equal(tokens[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
+        new = tokens[:, inputs["input_ids"].shape[1]:]
+    else:  # only the decoder's tokens: its start token, then the new ones
+        assert (tokens[:, 0] == model.config.text_config.decoder_start_token_id).all() and tokens.shape[1] <= 5
+        new = tokens
+    expected = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+    assert captions == expected and all(captions), (captions, expected)
+
+
 def test_masked_crop_blacks_out_background():
     image = np.full((10, 10, 3), 200, np.uint8)
     mask = np.zeros((10, 10), np.uint8)
@@ -327,6 +456,48 @@ def test_llava_descriptions_deterministic(small_project, tiny_models):
     shutil.rmtree(small_project / "data/annotation_cache/describe")
     run_stage("describe")
     assert out.read_bytes() == first
+
+
+def llava_describer(folder: Path):
+    from mmdistill.annotate.descriptions import LlavaDescriber
+    return LlavaDescriber({"seed": 0, "device": "cpu", "describe": {"llava": {
+        "model": str(folder), "revision": "main", "prompt": "a photo of a {class_name}", "temperature": 0.0,
+        "max_new_tokens": 4}}})
+
+
+def test_llava_without_chat_template_fails_before_loading_the_model(tmp_path):
+    folder = build_llava(tmp_path, template=None)
+    for weights in folder.glob("*.safetensors"):  # the model is never reached: the template is checked first
+        weights.unlink()
+    with pytest.raises(PipelineError, match=r"param 'describe.llava.model'.*chat template"):
+        llava_describer(folder).load()
+
+
+@pytest.mark.parametrize("language, bos_in_template, adds_bos", [
+    ("llama", True, True),    # template writes {{ bos_token }} and the tokenizer adds one: must not give two
+    ("llama", False, True),   # llava-1.5: the tokenizer's BOS only
+    ("qwen2", False, False),  # no BOS at all
+    ("qwen2", True, False),   # the template's BOS only
+])
+def test_llava_prompt_has_one_bos_and_describes(tmp_path, language, bos_in_template, adds_bos):
+    template = ("{{ bos_token }}" if bos_in_template else "") + LLAVA_TEMPLATE
+    describer = llava_describer(build_llava(tmp_path, language, template, adds_bos))
+    describer.load()
+    rng = np.random.default_rng(0)
+    records = [{"key": f"k{i}", "class_name": name, "image": rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)}
+               for i, name in enumerate(["Shirt", "Bag"])]
+    inputs = describer.inputs(records)
+    bos = describer.processor.tokenizer.bos_token_id
+    for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
+        prompt = ids[mask.bool()].tolist()  # left padding removed
+        assert prompt.count(bos) == int(bos_in_template or adds_bos) and (bos not in prompt or prompt[0] == bos)
+    descriptions = [rows[0]["description"] for rows in describer.annotate(records)]
+    with torch.no_grad():  # temperature 0: greedy, so the model run directly gives the same tokens
+        tokens = describer.model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=4)
+    prompt_length = inputs["input_ids"].shape[1]
+    assert torch.equal(tokens[:, :prompt_length], inputs["input_ids"])  # decoder-only: the prompt comes back first
+    expected = describer.processor.batch_decode(tokens[:, prompt_length:], skip_special_tokens=True)
+    assert descriptions == [t.strip() for t in expected] and all(descriptions)
 
 
 @pytest.mark.parametrize("updates, match", [

@@ -110,6 +110,28 @@ def test_open_clip_name_with_checkpoint_file(tmp_path, open_clip_dir):
     assert np.allclose(encoder.encode(texts, 2), reference.encode(texts, 2), atol=1e-6)
 
 
+def test_open_clip_folder_with_pt_weights_loads_them(tmp_path, open_clip_dir):
+    """open_clip itself looks only for .safetensors/.bin/.pth in a folder and builds random weights otherwise: a
+    folder whose weights end in .pt must give the saved model, and a .pt that is no state dict of it an error."""
+    import shutil
+    (tmp_path / "pt").mkdir()
+    shutil.copy(open_clip_dir / "open_clip_config.json", tmp_path / "pt")
+    shutil.copy(open_clip_dir / "open_clip_pytorch_model.bin", tmp_path / "pt" / "tiny-clip.pt")
+    texts, cpu = ["a photo of a shirt", "a bag"], torch.device("cpu")
+    reference = OpenClip(f"local-dir:{open_clip_dir}", None, cpu)
+    torch.manual_seed(1)  # a random init would differ from the saved weights
+    encoder = OpenClip(f"local-dir:{tmp_path / 'pt'}", None, cpu)
+    assert np.allclose(encoder.encode(texts, 2), reference.encode(texts, 2), atol=1e-6)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(encoder.features(images), reference.features(images), atol=1e-6)
+
+    (tmp_path / "bad").mkdir()
+    shutil.copy(open_clip_dir / "open_clip_config.json", tmp_path / "bad")
+    torch.save({"visual.proj": torch.zeros(3)}, tmp_path / "bad" / "tiny-clip.pt")
+    with pytest.raises(PipelineError, match="embed.open_clip.model"):
+        OpenClip(f"local-dir:{tmp_path / 'bad'}", None, cpu)
+
+
 def test_missing_weights_are_clear_errors(tmp_path):
     cpu = torch.device("cpu")
     with pytest.raises(PipelineError, match="could not load open_clip model 'ViT-B-32'"):

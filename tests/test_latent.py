@@ -156,6 +156,29 @@ def test_pretrained_rgb_vae_by_path_with_grey_data(project, tmp_path):
     assert out["vae"]["vae"] == str(tmp_path / "rgb-vae") and out["vae"]["scaling_factor"] == 0.5
 
 
+def test_shift_factor_latents_follow_diffusers_convention(tmp_path):
+    """SD3/Flux VAEs have a shift_factor: latents are (z - shift) * scale, decoded as vae.decode(l / scale + shift)."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  latent_channels=4, norm_num_groups=4, scaling_factor=1.5, shift_factor=0.4).save_pretrained(
+        tmp_path / "sd3-like-vae")
+    params = {"distill": {"engine": {"vae": str(tmp_path / "sd3-like-vae"), "vae_revision": "main",
+                                     "vae_subfolder": ""}}}
+    model, source = vae.load_vae(params)
+    mean, std = 0.3, 0.25
+    space = vae.Latent(model, source, [mean], [std], 1, (16, 16), CPU)
+    images = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = model.encode(((images * std + mean) * 2 - 1).expand(-1, 3, -1, -1)).latent_dist.mean
+        latents = space.encode(images)
+        assert torch.allclose(latents, (z - 0.4) * 1.5, atol=1e-6)
+        decoded = model.decode(latents / 1.5 + 0.4).sample.mean(1, keepdim=True)
+        assert torch.allclose(space.decode(latents), ((decoded + 1) / 2 - mean) / std, atol=1e-5)
+    assert space.source["shift_factor"] == 0.4 and space.source["scaling_factor"] == 1.5  # in the fingerprint
+
+
 def test_clear_errors(project, tmp_path):
     run_stage("prepare")
     set_params(project, **{"distill.engine.parameterisation": "voxels"})

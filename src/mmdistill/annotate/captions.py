@@ -134,7 +134,10 @@ class Blip2Captioner:
                                 padding=True).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         tokens = self.model.generate(**inputs, do_sample=False, **self.generation)
-        tokens = tokens[:, inputs["input_ids"].shape[1]:]  # generate() returns the image and prompt tokens first
+        if not self.model.config.text_config.is_encoder_decoder:
+            # a decoder-only language model (OPT) returns the image and prompt tokens first; an encoder-decoder
+            # one (T5, blip2-flan-t5-*) returns only the decoder's tokens
+            tokens = tokens[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
         out = [[] for _ in records]
         for (i, instance_id), caption in zip(owners, texts):

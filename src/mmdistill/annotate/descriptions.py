@@ -31,6 +31,7 @@ from mmdistill.annotate.captions import fill
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.hub import from_pretrained, pil_images, torch_dtype
 from mmdistill.core.runtime import resolve_device
+from mmdistill.core.storage import PipelineError
 
 SCHEMA = pa.schema([("uid", pa.string()), ("description", pa.string())])
 
@@ -77,18 +78,36 @@ class LlavaDescriber:
         key, rev = "describe.llava.model", "describe.llava.revision"
         self.processor = from_pretrained(AutoProcessor, self.params, key, rev)
         self.processor.tokenizer.padding_side = "left"
+        self.render("object")  # no usable chat template: an error now, before the model loads
         self.model = from_pretrained(LlavaForConditionalGeneration, self.params, key, rev,
                                      dtype=self.dtype).to(self.device).eval()
 
+    def render(self, class_name: str) -> str:
+        """The prompt for one image through the processor's chat template."""
+        from jinja2 import TemplateError
+        try:
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": fill(
+                    self.prompt, "describe.llava.prompt", class_name=class_name)}]}], add_generation_prompt=True)
+        except (ValueError, TemplateError) as exc:
+            raise PipelineError(f"param 'describe.llava.model' = {self.settings['model']!r}: its processor has no "
+                                f"usable chat template ({exc}); LLaVA's prompt is built with it: give a model whose "
+                                "processor is saved with one (chat_template.jinja)") from exc
+
+    def inputs(self, records):
+        """The model inputs of a batch: the chat-templated prompts with their images, left-padded."""
+        texts = [self.render(r["class_name"].lower()) for r in records]
+        bos = self.processor.tokenizer.bos_token
+        # a template that writes the BOS itself ({{ bos_token }}) and a tokenizer that adds one would give two
+        template_bos = bool(bos) and all(t.startswith(bos) for t in texts)
+        inputs = self.processor(images=pil_images(r["image"] for r in records), text=texts, return_tensors="pt",
+                                padding=True, add_special_tokens=not template_bos).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
     @torch.no_grad()
     def annotate(self, records):
-        texts = [self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": fill(
-                self.prompt, "describe.llava.prompt", class_name=r["class_name"].lower())}]}],
-            add_generation_prompt=True) for r in records]
-        inputs = self.processor(images=pil_images(r["image"] for r in records), text=texts, return_tensors="pt",
-                                padding=True).to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        inputs = self.inputs(records)
         # sampling seeded from the seed and the batch's keys: a batch re-run gives the same text
         torch.manual_seed(int(digest([self.seed] + [r["key"] for r in records])[:15], 16))
         tokens = self.model.generate(**inputs, do_sample=self.temperature > 0, temperature=self.temperature or None,

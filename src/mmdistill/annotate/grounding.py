@@ -19,11 +19,12 @@ Backends (`ground.backend`):
 - `grounding_dino_sam`: transformers Grounding DINO prompted with the image's tags ("tag1. tag2. ..."), boxes kept
   above `ground.grounding_dino.box_threshold` with words above `text_threshold` (Grounded-SAM: 0.35 / 0.25), best
   `ground.max_instances` by score; then one SAM mask per box, from transformers `SamModel`
-  (`ground.sam.implementation: transformers`) or the `segment_anything` package (`sam_model_registry[model_type]`
-  with `ground.sam.checkpoint`).
+  (`ground.sam.implementation: transformers`) or the `segment_anything` package (`ground.sam.model_type`: a
+  `sam_model_registry` size or a builder `package.module:function`, with the state dict `ground.sam.checkpoint`).
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from mmdistill.annotate.cache import (
     run_annotation_stage,
 )
 from mmdistill.core.config import load_params, param, positive
-from mmdistill.core.hub import from_pretrained, model_source, pil_images, torch_dtype
+from mmdistill.core.hub import from_pretrained, import_object, model_source, pil_images, torch_dtype
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import PipelineError, png_bytes
 
@@ -108,6 +109,71 @@ def instance_row(instance_id: int, mask: np.ndarray, score: float, phrase: str, 
             "mask": png_bytes(mask.astype(np.uint8) * 255), "area": round(float(mask.mean()), 6)}
 
 
+SAM_SIZES = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h"}  # image encoder: (embed dim, blocks)
+
+
+def sam_size_hint(state: dict) -> str:
+    """What the checkpoint's image encoder looks like, and which `ground.sam.model_type` would fit it."""
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if not isinstance(weight, torch.Tensor):
+        return "; it has no SAM image encoder (image_encoder.patch_embed.proj.weight)"
+    size = (weight.shape[0], len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}))
+    if size in SAM_SIZES:
+        return f"; the checkpoint is a {SAM_SIZES[size]} (embed dim {size[0]}, {size[1]} blocks): set it as " \
+               "'ground.sam.model_type'"
+    return (f"; its image encoder (embed dim {size[0]}, {size[1]} blocks) is none of the registry's sizes: set "
+            "'ground.sam.model_type' to a builder 'package.module:function' that returns this segment_anything Sam")
+
+
+def load_segment_anything(params: dict):
+    """A segment_anything `Sam` with the weights of `ground.sam.checkpoint`.
+
+    `ground.sam.model_type` is a `sam_model_registry` size (vit_b, vit_l, vit_h) or a builder
+    `package.module:function` called without arguments that returns a `segment_anything.modeling.Sam` (other
+    sizes). The checkpoint is read as a state dict with `torch.load(weights_only=True)` (never segment_anything's
+    own unrestricted load) and must fit the model key for key.
+    """
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import Sam
+    type_key, checkpoint_key = "ground.sam.model_type", "ground.sam.checkpoint"
+    model_type = param(params, type_key, str)
+    if ":" in model_type:
+        build = import_object(model_type, type_key)
+        if not callable(build):
+            raise PipelineError(f"param '{type_key}': {model_type!r} is not callable")
+    elif model_type in sam_model_registry:
+        build = partial(sam_model_registry[model_type], checkpoint=None)
+    else:
+        raise PipelineError(f"param '{type_key}' = {model_type!r} is neither a sam_model_registry size "
+                            f"({', '.join(sam_model_registry)}) nor a builder 'package.module:function'")
+    checkpoint = model_source(params, checkpoint_key)
+    if not Path(checkpoint).is_file():
+        raise PipelineError(f"param '{checkpoint_key}': no SAM checkpoint file at {checkpoint!r}; "
+                            f"download the {model_type} checkpoint there")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused (not plain tensors), truncated or not a torch file
+        raise PipelineError(f"param '{checkpoint_key}': cannot read {checkpoint!r} as a state dict of tensors "
+                            f"(torch.load with weights_only=True): {str(exc).splitlines()[0]}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PipelineError(f"param '{checkpoint_key}': {checkpoint!r} holds a {type(state).__name__}, not a "
+                            "state dict of tensors")
+    try:
+        model = build()
+    except Exception as exc:
+        raise PipelineError(f"param '{type_key}': {model_type!r} failed to build a SAM: {exc}") from exc
+    if not isinstance(model, Sam):
+        raise PipelineError(f"param '{type_key}': {model_type!r} returned a {type(model).__name__}, not a "
+                            "segment_anything.modeling.Sam")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise PipelineError(f"params '{checkpoint_key}'/'{type_key}': {checkpoint!r} does not fit the "
+                            f"{model_type} SAM{sam_size_hint(state)} ({detail[:300]})") from exc
+    return model
+
+
 class GroundingDinoSam:
     """Grounding DINO boxes for the image's tags, then SAM masks prompted with those boxes."""
 
@@ -143,13 +209,8 @@ class GroundingDinoSam:
             self.sam = from_pretrained(SamModel, self.params, "ground.sam.model", "ground.sam.revision",
                                        dtype=self.dtype).to(self.device).eval()
         else:
-            from segment_anything import SamPredictor, sam_model_registry
-            model_type = param(self.params, "ground.sam.model_type", str, choices=tuple(sam_model_registry))
-            checkpoint = model_source(self.params, "ground.sam.checkpoint")
-            if not Path(checkpoint).is_file():
-                raise PipelineError(f"param 'ground.sam.checkpoint': no SAM checkpoint file at {checkpoint!r}; "
-                                    f"download the {model_type} checkpoint there")
-            self.predictor = SamPredictor(sam_model_registry[model_type](checkpoint=checkpoint).to(self.device).eval())
+            from segment_anything import SamPredictor
+            self.predictor = SamPredictor(load_segment_anything(self.params).to(self.device).eval())
 
     @staticmethod
     def prompt(tags: list[str]) -> str:

@@ -59,25 +59,39 @@ class OpenClip:
 
     def __init__(self, model: str, pretrained, device):
         import open_clip
+        pt_weights = None
         if model.startswith("local-dir:"):
             folder = Path(model[len("local-dir:"):])
-            if not (folder / "open_clip_config.json").is_file() or not any(
-                    p.suffix in (".safetensors", ".bin", ".pth", ".pt") for p in folder.glob("*")):
+            weights = [p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pth", ".pt")]
+            if not (folder / "open_clip_config.json").is_file() or not weights:
                 raise PipelineError(f"param 'embed.open_clip.model' = {model!r}: the folder needs "
-                                    "open_clip_config.json and a weights file (.safetensors/.bin/.pth)")
+                                    "open_clip_config.json and a weights file (.safetensors/.bin/.pth/.pt)")
+            if all(p.suffix == ".pt" for p in weights):  # open_clip looks only for .safetensors/.bin/.pth
+                if len(weights) > 1:
+                    raise PipelineError(f"param 'embed.open_clip.model' = {model!r}: several weights files "
+                                        f"({', '.join(sorted(p.name for p in weights))}); keep one")
+                pt_weights = weights[0]
             pretrained = None
         elif not pretrained:
             raise PipelineError(f"param 'embed.open_clip.pretrained' is empty: open_clip model {model!r} would "
                                 "have random weights; give a pretrained tag or a checkpoint file")
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
-                                                                                   device=device)
+            # require_pretrained: open_clip raises instead of warning and building random weights
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=pretrained, device=device, load_weights=pt_weights is None,
+                require_pretrained=pt_weights is None)
             self.tokenizer = open_clip.get_tokenizer(model)
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError for missing weights
             raise PipelineError(f"could not load open_clip model {model!r} with pretrained {pretrained!r} "
                                 f"(params 'embed.open_clip.model'/'pretrained'): {exc}. Without internet, the "
                                 "weights must be in the Hugging Face cache, or give a checkpoint file or "
                                 "local-dir:/path") from exc
+        if pt_weights is not None:
+            try:  # a state dict (torch.load with weights_only=True); every key must match the model's
+                open_clip.load_checkpoint(self.model, str(pt_weights), strict=True, weights_only=True)
+            except Exception as exc:
+                raise PipelineError(f"param 'embed.open_clip.model' = {model!r}: {pt_weights.name} is not a "
+                                    f"state dict of the model in open_clip_config.json: {exc}") from exc
         self.model.eval()
         self.device = device
         self.settings = {"model": model, "pretrained": pretrained,

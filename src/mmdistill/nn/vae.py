@@ -109,11 +109,16 @@ class Pixels:
 
 
 class Latent:
-    """The synthetic set is latents of a frozen AutoencoderKL; images are their decodings."""
+    """The synthetic set is latents of a frozen AutoencoderKL; images are their decodings.
+
+    Latents follow diffusers' convention: (z - shift_factor) * scaling_factor, shift_factor 0 when the VAE has
+    none (SD 1/2 VAEs; SD3 and Flux VAEs have one).
+    """
 
     def __init__(self, vae, source: dict, mean, std, channels: int, size: tuple[int, int], device):
         self.vae = vae.to(device).eval().requires_grad_(False)
         self.scale = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.channels, self.size = channels, tuple(size)
@@ -127,6 +132,8 @@ class Latent:
         for name, tensor in sorted(vae.state_dict().items()):
             digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
         self.source = {**source, "scaling_factor": self.scale, "digest": digest.hexdigest()[:16]}
+        if self.shift:  # only when set: a VAE without one keeps its earlier fingerprint and outputs
+            self.source["shift_factor"] = self.shift
         self.fingerprint = {"parameterisation": "latent", "vae": self.source}
 
     def _to_vae(self, images: torch.Tensor) -> torch.Tensor:
@@ -146,12 +153,14 @@ class Latent:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images -> scaled latent means."""
-        return self.vae.encode(self._to_vae(images)).latent_dist.mean * self.scale
+        """Normalised images -> shifted and scaled latent means."""
+        z = self.vae.encode(self._to_vae(images)).latent_dist.mean
+        return (z - self.shift) * self.scale if self.shift else z * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> normalised images (differentiable)."""
-        return self._from_vae(self.vae.decode(latents / self.scale).sample)
+        """Shifted and scaled latents -> normalised images (differentiable)."""
+        z = latents / self.scale + self.shift if self.shift else latents / self.scale
+        return self._from_vae(self.vae.decode(z).sample)
 
     @torch.no_grad()
     def final(self, latents: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ The output is a tensor file (mmdistill.core.storage.load_tensors) with:
                (stages/caption_head.py image_caption_vectors: mean of instance-caption embeddings)
   caption_space  caption_concat only: the caption features' encoder metadata
   latents, vae  `distill.engine.parameterisation: latent` only: the optimised latents (dsdm: of the
-               encoded images) and the VAE (source, revision, subfolder, scaling_factor, weight digest);
+               encoded images) and the VAE (source, revision, subfolder, scaling_factor, shift_factor
+               if it has one, weight digest);
                `images` are then the latents decoded by that VAE, clamped to valid pixels
 plus a PNG grid `outputs/figures/distilled/{method}-ipc{K}.png` (one row per class; dsdm: encoded).
 Optimising methods also write a DVCLive loss curve and periodic grids under

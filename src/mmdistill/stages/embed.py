@@ -23,7 +23,7 @@ Encoders (`embed.image_encoder`, `embed.text_encoder`):
   efficientnet_lite0  image only: ImageNet-pretrained EfficientNet-Lite0, pooled 1280-d (the offline default)
   minilm              text only: all-MiniLM-L6-v2, 384-d (the offline default); not in one space with images
   open_clip           `embed.open_clip.model` (a built-in name such as ViT-B-32, or local-dir:/path holding
-                      open_clip_config.json + weights) and `embed.open_clip.pretrained` (a tag whose weights
+                      open_clip_config.json + weights: .safetensors/.bin/.pth, or a .pt state dict) and `embed.open_clip.pretrained` (a tag whose weights
                       are in the Hugging Face cache, or a checkpoint file); images and texts in CLIP's space
   hf_clip             transformers CLIPModel + CLIPProcessor from `embed.hf_clip.model` (hub id in the local
                       cache, or a folder saved with save_pretrained)
