@@ -4,7 +4,6 @@ import subprocess
 import pytest
 import torch
 
-from benchmarks.speed import distribution_gap_loop, gradient_match_loop
 from mmdistill.core.config import load_params
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import load_split
@@ -18,6 +17,7 @@ from mmdistill.distill.losses import (
     gradient_match,
 )
 from mmdistill.distill.methods import gradient_matching, random_selection
+from mmdistill.distill.reference import distribution_gap_loop, gradient_match_loop
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.nets import make_net
 from tests.conftest import run_stage, set_params
