@@ -114,3 +114,24 @@ def test_no_test_imports_benchmarks():
     pattern = re.compile(r"^\s*(from|import)\s+benchmarks\b", re.MULTILINE)
     offenders = [p.name for p in (REPO / "tests").glob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.slow  # a real run through DVC on the tiny dataset: dvc repro prepare, distill, evaluate (~9 s)
+def test_a_real_run_writes_stamped_results(tmp_path, fashion_dir):
+    config = {"description": "tiny real run", "kind": "accuracy",
+              "set": {"device": "cpu", "prepare.source": str(fashion_dir), "prepare.val_per_class": 2,
+                      "prepare.max_train_per_class": 0, "evaluate.epochs": 1, "evaluate.repeats": 1},
+              "needs": ["prepare"], "rows": ["random:1"]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = tmp_path / "results"
+    runner(str(path), "--workdir", str(tmp_path / "copy"), "--cache", str(tmp_path / "cache"), "--out-dir", str(out))
+    record = json.loads((out / "tiny.json").read_text())
+    assert record["status"] == "complete"
+    assert record["stamp"]["finished"] and len(record["stamp"]["load_end"]) == 3
+    evaluate = [s for s in record["steps"] if s["step"] == "evaluate"]
+    assert len(evaluate) == 1 and evaluate[0]["metrics_file"] == "random-ipc1.json"
+    accuracy = evaluate[0]["metrics"]["test_accuracy_mean"]
+    text = (out / "tiny.md").read_text()
+    assert "do not edit, rerun it" in text and f"| random | 1 | {accuracy:.2f} |" in text
+    assert record["stamp"]["commit"] in text
