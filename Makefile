@@ -1,11 +1,12 @@
-# `make run`: set up and run the default pipeline.  `make test`: set up and run the tests.
+# `make run`: set up and run the default pipeline.  `make test`: set up and run every test (CI).
+# `make test-fast`: set up and run the tests not marked slow (pytest -m "not slow").
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # so that the `python -m mmdistill.stages.X` commands of dvc.yaml run the venv's python
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test setup data
+.PHONY: run test test-fast setup data
 
 run: setup data
 	dvc repro
@@ -13,6 +14,9 @@ run: setup data
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 setup: $(VENV)/.installed
 

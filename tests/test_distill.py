@@ -24,6 +24,7 @@ def dm_objective(images, real: torch.Tensor, classes: int, seeds=range(5)) -> fl
     return float(total) / len(seeds)
 
 
+@pytest.mark.slow  # 10 s at load 4.7 on 2 cores
 def test_dm_reduces_the_distribution_gap(project):
     run_stage("prepare")
     train = load_split("train")
@@ -107,6 +108,7 @@ def test_batch_real_larger_than_class(selected):
         run_stage("distill", "--method", "dm", "--ipc", "1")
 
 
+@pytest.mark.slow  # select + 4 distill/evaluate runs + report: 14 s at load 4.7 on 2 cores
 def test_evaluate_and_report(selected):
     for method in ("random", "kmeans", "dm", "masked_dm"):
         for ipc in (1, 2):

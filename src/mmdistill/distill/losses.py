@@ -2,10 +2,10 @@
 
 Every function takes real and synthetic batches that are class-major with equal counts per class
 (`classes` blocks) and returns a scalar summed over classes; each equals a per-class loop
-(tests/test_engine.py checks it against the loops in benchmarks/speed.py). DM embeds all classes in
+(tests/test_engine.py checks it against the loops in distill/reference.py). DM embeds all classes in
 one forward pass; DC's per-class gradients are one backward pass per class ("loop", the default)
 or one torch.func.vmap call over classes ("vmap", the earlier default: slower on CPU and not
-bit-identical to "loop"). benchmarks/speed.md has the timings.
+bit-identical to "loop"). `python -m benchmarks.run speed` measures their speed.
 """
 from __future__ import annotations
 
