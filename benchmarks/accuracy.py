@@ -168,7 +168,8 @@ def run_row(method: str, ipc: int, base: dict, method_budget: dict, results: dic
     distill.distill(method, ipc, params)
     timings[(method, ipc, "distill")] = time.perf_counter() - start
     start = time.perf_counter()
-    results[(method, ipc)] = evaluate.evaluate(method, ipc, params)
+    metrics, record = evaluate.evaluate(method, ipc, params)
+    results[(method, ipc)] = metrics[record["net"]]
     timings[(method, ipc, "evaluate")] = time.perf_counter() - start
     r = results[(method, ipc)]
     print(f"{method} ipc{ipc}: {r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} "

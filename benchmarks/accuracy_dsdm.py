@@ -111,7 +111,8 @@ def main() -> None:
             path = distill.distill(method, IPC, params)
             distill_s = time.perf_counter() - start
         start = time.perf_counter()
-        result = evaluate.evaluate(method, IPC, params)
+        metrics, record = evaluate.evaluate(method, IPC, params)
+        result = metrics[record["net"]]
         evaluate_s = time.perf_counter() - start
         pool = load_tensors(distill.PRETRAINED)["val_accuracy"] if method == "dsdm" else "-"
         rows.append({"label": label, "mean": result["test_accuracy_mean"], "std": result["test_accuracy_std"],

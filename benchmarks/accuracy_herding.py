@@ -66,7 +66,8 @@ def main() -> None:
         start = time.perf_counter()
         extra = select()
         distill.distill("herding", IPC, copy.deepcopy(params))
-        r = evaluate.evaluate("herding", IPC, params)
+        metrics, record = evaluate.evaluate("herding", IPC, params)
+        r = metrics[record["net"]]
         rows.append(f"| {name}{f' (val. accuracy {extra[0]:.1f} %)' if extra else ''} | "
                     f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_std']:.2f} | {time.perf_counter() - start:.0f} |")
         print(rows[-1], flush=True)

@@ -37,7 +37,7 @@ def main() -> None:
         p = copy.deepcopy(params)
         p["evaluate"].update(nets=[name], epochs=epochs, repeats=1)
         start = time.perf_counter()
-        m = evaluate(method, ipc, p)
+        m = evaluate(method, ipc, p)[0][name]
         lines.append(f"| {name} | {m['test_accuracy_mean']:.2f} | {m['val_accuracy_mean']:.2f} | "
                      f"{time.perf_counter() - start:.0f} |")
         print(lines[-1], flush=True)

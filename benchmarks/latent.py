@@ -35,8 +35,9 @@ EVALUATE = {"nets": ["convnet3"], "epochs": 50, "repeats": 2}
 
 def score(images, labels, params, desc) -> dict:
     val, test = load_split("val"), load_split("test")
-    return train_and_score(images, labels, val, test, params, params["evaluate"]["epochs"],
-                           params["evaluate"]["repeats"], param(params, "evaluate.augment", bool), desc)
+    metrics, record = train_and_score(images, labels, val, test, params, params["evaluate"]["epochs"],
+                                      params["evaluate"]["repeats"], param(params, "evaluate.augment", bool), desc)
+    return metrics[record["net"]]
 
 
 def main() -> None:

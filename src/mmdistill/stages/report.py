@@ -1,10 +1,15 @@
-"""report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it.
+"""report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it;
+outputs/plots/accuracy.json, the data of dvc.yaml's accuracy-vs-IPC plot.
 
-Reads outputs/metrics/{method}-ipcK.json for every (method, IPC) of params (any method name:
-the table is built from the metrics files) and, when present, outputs/metrics/full.json (the
-whole-train-split upper bound). Beside our default-net numbers it prints the papers' published
-accuracy where a row exists for the same dataset, method, IPC and network (PUBLISHED below),
-labelled with its source; their budgets are the papers', not ours.
+Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{method}-ipcK.json (what
+produced them) for every (method, IPC) of params (any method name: the table is built from these
+files) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
+Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
+same dataset, method, IPC and network (PUBLISHED in mmdistill.report.markdown), labelled with its
+source; their budgets are the papers', not ours.
+
+outputs/plots/accuracy.json: one row per IPC of params, {"ipc": K, "<method>": test accuracy (%) of the
+default net, ...} (a method column per method of params).
 """
 from __future__ import annotations
 
@@ -12,13 +17,22 @@ import json
 
 from mmdistill.annotate.cache import annotation_backend
 from mmdistill.core.config import int_list, load_params, param
-from mmdistill.core.paths import FULL_METRICS, METRICS, REPORT
+from mmdistill.core.paths import ACCURACY_PLOT, EVALUATIONS, FULL_METRICS, METRICS, REPORT
 from mmdistill.core.runtime import versions
-from mmdistill.core.storage import PipelineError, save_text
+from mmdistill.core.storage import PipelineError, save_json, save_text
 from mmdistill.data.datasets import dataset_info
 from mmdistill.embed.features import feature_metadata
-from mmdistill.report.markdown import PUBLISHED, table
+from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, table
 from mmdistill.stages import run_stage
+
+
+def evaluation(run: str, stage: str) -> tuple[dict, dict]:
+    """(record, metrics) of one evaluate run, e.g. "dm-ipc10" or "full" (made by `stage`)."""
+    metrics, record = METRICS / f"{run}.json", EVALUATIONS / f"{run}.json"
+    for path in (metrics, record):
+        if not path.exists():
+            raise PipelineError(f"{path} is missing: run `dvc repro {stage}`")
+    return json.loads(record.read_text()), json.loads(metrics.read_text())
 
 
 def main() -> None:
@@ -28,13 +42,11 @@ def main() -> None:
     rows = []
     for method in methods:
         for ipc in ipcs:
-            path = METRICS / f"{method}-ipc{ipc}.json"
-            if not path.exists():
-                raise PipelineError(f"{path} is missing: run `dvc repro evaluate`")
-            rows.append((method, str(ipc), json.loads(path.read_text())))
-    full = json.loads(FULL_METRICS.read_text()) if FULL_METRICS.exists() else None
-    if full is not None:
-        rows.append((f"whole train split ({full['train_images']} images)", "—", full))
+            rows.append((method, str(ipc), *evaluation(f"{method}-ipc{ipc}", "evaluate")))
+    full = None  # the record of the whole-train-split row
+    if FULL_METRICS.exists():
+        full, full_metrics = evaluation("full", "evaluate_full")
+        rows.append((f"whole train split ({full['train_images']} images)", "—", full, full_metrics))
     info = dataset_info()
     first = rows[0][2]
     entry = PUBLISHED.get(info["name"])
@@ -78,7 +90,9 @@ def main() -> None:
         for ipc in ipcs:
             lines.append(f"![{method}, IPC {ipc}](figures/distilled/{method}-ipc{ipc}.png)")
     save_text("\n".join(lines) + "\n", REPORT)
-    print(f"wrote {REPORT}")
+    save_json(accuracy_by_ipc([(record, metrics) for _, _, record, metrics in rows if record["ipc"] is not None]),
+              ACCURACY_PLOT)
+    print(f"wrote {REPORT}, {ACCURACY_PLOT}")
 
 
 if __name__ == "__main__":
