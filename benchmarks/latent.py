@@ -42,7 +42,8 @@ def score(images, labels, params, desc) -> dict:
 
 def main() -> None:
     out = Path("benchmarks/latent.md").resolve()
-    vae_metrics = json.loads(Path("outputs/metrics/vae.json").read_text())
+    vae_metrics = {**json.loads(Path("data/vae/record.json").read_text()),
+                   **json.loads(Path("outputs/metrics/vae.json").read_text())}
     shutil.rmtree(SCRATCH, ignore_errors=True)
     for name in ("prepared", "vae"):
         shutil.copytree(Path("data") / name, SCRATCH / "data" / name)

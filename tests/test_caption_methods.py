@@ -102,7 +102,9 @@ def test_caption_match_end_to_end(annotated):
     fast(annotated, "caption_match")
     run_stage("caption_head")
     metrics = json.loads((annotated / "outputs/metrics/caption_head.json").read_text())
-    assert -1 <= metrics["val"]["cosine_mean"] <= 1 and metrics["val"]["pairs"] > 0
+    record = json.loads((annotated / "data/caption_head/record.json").read_text())
+    assert -1 <= metrics["val"]["cosine_mean"] <= 1 and record["val_pairs"] > 0
+    assert set(metrics) == {"val", "final_train_loss"} and set(metrics["val"]) == {"cosine_mean", "image_to_caption"}
     run_stage("distill", "--method", "caption_match", "--ipc", "1")
     out = load_tensors(annotated / "data/distilled/caption_match-ipc1.pt")
     assert out["images"].shape == (10, 1, 28, 28) and len(out["loss"]) == 2

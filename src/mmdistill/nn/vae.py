@@ -10,9 +10,11 @@ scaled to [-1, 1] (the diffusers convention) with MSE reconstruction + `vae.kl_w
 `scaling_factor` is then set to 1 / std of the train latent means, as Stable Diffusion's is.
 
 Outputs:
-  data/vae/                  save_pretrained folder (config.json, diffusion_pytorch_model.safetensors)
-  outputs/metrics/vae.json   val reconstruction of the latent mean: mse (pixels in [0, 1]) and psnr (dB),
-                             scaling_factor, train loss of the last epoch, settings, seed, versions
+  data/vae/                  save_pretrained folder (config.json, diffusion_pytorch_model.safetensors) and
+                             record.json: what produced the metrics (scaling_factor, latent_shape,
+                             train_images, settings, seed, device, versions)
+  outputs/metrics/vae.json   measured numbers only: val reconstruction of the latent mean, mse (pixels in
+                             [0, 1]) and psnr (dB); train loss of the last epoch
 
 Parameterisation (`distill.engine.parameterisation`, used by stages/engine.py and stages/distill.py):
   pixels   the synthetic set is optimised as normalised pixels (identity; the default).
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.hub import from_pretrained
-from mmdistill.core.paths import VAE_DIR, VAE_METRICS
+from mmdistill.core.paths import VAE_DIR, VAE_METRICS, VAE_RECORD
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, atomic_path, save_json
 from mmdistill.data.datasets import dataset_info, load_split
@@ -105,10 +107,11 @@ def train_vae(params: dict) -> Path:
     mse, _ = reconstruction(vae, val.images, device, 256)
     with atomic_path(VAE_DIR) as tmp:
         vae.to("cpu").save_pretrained(tmp)
+        save_json({"scaling_factor": vae.config.scaling_factor, "latent_shape": list(train_means.shape[1:]),
+                   "train_images": len(train), "seed": seed, "settings": param(params, "vae", dict),
+                   "device": str(device), "versions": versions()}, tmp / VAE_RECORD.relative_to(VAE_DIR))
     save_json({"val_mse": round(mse, 6), "val_psnr": round(10 * math.log10(1 / mse), 3),
-               "scaling_factor": vae.config.scaling_factor, "train_loss_last_epoch": round(history[-1], 6),
-               "latent_shape": list(train_means.shape[1:]), "train_images": len(train), "seed": seed,
-               "settings": param(params, "vae", dict), "device": str(device), "versions": versions()}, VAE_METRICS)
+               "train_loss_last_epoch": round(history[-1], 6)}, VAE_METRICS)
     print(f"vae: val reconstruction mse {mse:.5f}, psnr {10 * math.log10(1 / mse):.2f} dB")
     return VAE_DIR
 
