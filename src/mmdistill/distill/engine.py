@@ -3,9 +3,9 @@
 It owns what the methods have in common: the synthetic set and its SGD optimiser, the real
 batches (one per class, drawn from a checkpointed generator), device placement and optional
 bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a loss curve (in DVCLive's file layout, see LossLog) and a grid
-of the synthetic images every N iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N iterations under
-`data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output bytes
-as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
+of the synthetic images every N iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N
+iterations under `data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output
+bytes as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
 `engine.images()` and calls `engine.update(loss)` (once, or several times as DC's outer loop does).
 
 The optimised tensor `engine.syn` is the normalised pixels, or with `parameterisation: latent` the

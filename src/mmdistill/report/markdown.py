@@ -2,9 +2,10 @@
 
 Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{method}-ipcK.json (what
 produced them) for every (method, IPC) of params (any method name: the table is built from these
-files) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound). Beside our default-net numbers it prints the papers' published
-accuracy where a row exists for the same dataset, method, IPC and network (PUBLISHED below),
-labelled with its source; their budgets are the papers', not ours.
+files) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
+Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
+same dataset, method, IPC and network (PUBLISHED below), labelled with its source; their budgets are
+the papers', not ours.
 """
 from __future__ import annotations
 
