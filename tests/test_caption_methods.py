@@ -102,7 +102,9 @@ def test_caption_match_end_to_end(annotated):
     fast(annotated, "caption_match")
     run_stage("caption_head")
     metrics = json.loads((annotated / "outputs/metrics/caption_head.json").read_text())
-    assert -1 <= metrics["val"]["cosine_mean"] <= 1 and metrics["val"]["pairs"] > 0
+    record = json.loads((annotated / "data/caption_head/record.json").read_text())
+    assert -1 <= metrics["val"]["cosine_mean"] <= 1 and record["val_pairs"] > 0
+    assert set(metrics) == {"val", "final_train_loss"} and set(metrics["val"]) == {"cosine_mean", "image_to_caption"}
     run_stage("distill", "--method", "caption_match", "--ipc", "1")
     out = load_tensors(annotated / "data/distilled/caption_match-ipc1.pt")
     assert out["images"].shape == (10, 1, 28, 28) and len(out["loss"]) == 2
@@ -139,8 +141,10 @@ def test_caption_concat_end_to_end(annotated):
     out = load_tensors(annotated / "data/distilled/caption_concat-ipc1.pt")
     assert out["captions"].shape == (10, 384) and out["images"].shape == (10, 1, 28, 28)
     run_stage("evaluate", "--method", "caption_concat", "--ipc", "1")
-    metrics = json.loads((annotated / "outputs/metrics/caption_concat-ipc1.json").read_text())
-    assert 0 <= metrics["test_accuracy_mean"] <= 100 and len(metrics["test_accuracies"]) == 2
+    metrics = json.loads((annotated / "outputs/metrics/caption_concat-ipc1.json").read_text())["convnet3"]
+    record = json.loads((annotated / "outputs/evaluate/caption_concat-ipc1.json").read_text())
+    assert 0 <= metrics["test_accuracy_mean"] <= 100 and len(record["accuracies"]["convnet3"]["test_accuracies"]) == 2
+    assert 0 <= record["test_images_without_caption"] <= len(load_split("test"))
     # synthetic captions of another dimension: a clear error naming the shapes
     out["captions"] = out["captions"][:, :10]
     save_tensors(out, annotated / "data/distilled/caption_concat-ipc1.pt")

@@ -216,8 +216,9 @@ def git(root, *args) -> str:
 
 @pytest.mark.parametrize("repo", ["plain git", "dvc, no commits", "dvc, committed"])
 def test_loss_log_leaves_the_repository_alone(prepared, repo):
-    """DVCLive writes the loss curve but makes no DVC experiment, commit, ref or dvc.yaml, and does not
-    `dvc init` a plain Git repository (what DVCLive's Git integration would do)."""
+    """The loss curve is written (DVCLive's layout) but no DVC experiment, commit, ref or dvc.yaml is made, and a
+    plain Git repository is not `dvc init`ed (what DVCLive's constructor would do; in a Git repository with no
+    commits it fails)."""
     from dvc.repo import Repo
     set_params(prepared, **{"distill.dm.iterations": 2})
     git(prepared, "init", "-q")
@@ -266,3 +267,27 @@ def test_bf16_autocast_on_cpu_runs_and_is_deterministic(prepared, method):
     assert out["info"]["engine"]["precision"] == "bf16"
     run_stage("distill", "--method", method, "--ipc", "1")
     assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == first
+
+
+def test_loss_log_is_dvclive_layout_and_a_resume_drops_rows_past_its_checkpoint(tmp_path):
+    from mmdistill.distill.engine import LossLog
+    log = LossLog(tmp_path, 0)
+    for step, loss in enumerate([3.0, 2.5, 2.0, 1.5]):  # the interrupted run logged 4 rows, checkpointed at 2
+        log.log(step, loss)
+    assert (tmp_path / "plots/metrics/loss.tsv").read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.0\n3\t1.5\n"
+    log = LossLog(tmp_path, 2)
+    log.log(2, 2.25)
+    assert (tmp_path / "plots/metrics/loss.tsv").read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.25\n"
+    assert (tmp_path / "metrics.json").read_text() == '{\n    "loss": 2.25,\n    "step": 2\n}\n'
+    LossLog(tmp_path, 0)
+    assert not (tmp_path / "plots/metrics").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_compiled_leaves_the_network_alone():
+    from mmdistill.distill.engine import CompiledEmbedding
+    net = make_net("convnet3", 1, 10, 28)
+    wrapped = CompiledEmbedding(net, "eager")
+    assert "embed" not in vars(net) and wrapped.net is net
+    assert {id(p) for p in wrapped.parameters()} == {id(p) for p in net.parameters()}
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(wrapped.embed(x), net.embed(x)) and torch.equal(wrapped(x), net(x))

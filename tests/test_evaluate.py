@@ -37,21 +37,47 @@ def metrics_of(root, name="random-ipc1"):
     return json.loads((root / f"outputs/metrics/{name}.json").read_text())
 
 
+def record_of(root, name="random-ipc1"):
+    return json.loads((root / f"outputs/evaluate/{name}.json").read_text())
+
+
 def test_per_architecture_results_and_default_net_unchanged(prepared):
     write_synthetic()
     run_stage("evaluate", "--method", "random", "--ipc", "1")
-    alone = metrics_of(prepared)
+    alone, alone_record = metrics_of(prepared), record_of(prepared)
     set_params(prepared, **{"evaluate.nets": ["convnet3", "alexnet"]})
     run_stage("evaluate", "--method", "random", "--ipc", "1")
-    both = metrics_of(prepared)
-    assert both["nets"] == ["convnet3", "alexnet"] and both["net"] == "convnet3"
-    assert set(both["architectures"]) == {"convnet3", "alexnet"}
-    for m in both["architectures"].values():
-        assert len(m["test_accuracies"]) == len(m["val_accuracies"]) == 2
+    both, record = metrics_of(prepared), record_of(prepared)
+    assert record["nets"] == ["convnet3", "alexnet"] and record["net"] == "convnet3"
+    assert set(both) == set(record["accuracies"]) == {"convnet3", "alexnet"}
+    for name, m in both.items():
+        assert set(m) == {"test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "val_accuracy_std"}
+        assert len(record["accuracies"][name]["test_accuracies"]) == 2
+        assert len(record["accuracies"][name]["val_accuracies"]) == 2
         assert 0 <= m["test_accuracy_mean"] <= 100
-    for key in ("test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "test_accuracies"):
-        assert both[key] == both["architectures"]["convnet3"][key] == alone[key]  # same seeds, same default numbers
-    assert both["distill"] == {"note": "test"} and both["train_images"] == 10
+    assert both["convnet3"] == alone["convnet3"]  # same seeds, same default numbers
+    assert record["accuracies"]["convnet3"] == alone_record["accuracies"]["convnet3"]
+    assert record["distill"] == {"note": "test"} and record["train_images"] == 10
+    assert record["method"] == "random" and record["ipc"] == 1 and record["repeats"] == 2 and record["epochs"] == 2
+
+
+def test_metrics_hold_measured_numbers_only(prepared):
+    """`dvc metrics show`: one row per (method, IPC), accuracies by network; every setting is in the record."""
+    write_synthetic()
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    metrics = leaves(metrics_of(prepared))
+    assert sorted(metrics) == ["convnet3.test_accuracy_mean", "convnet3.test_accuracy_std",
+                               "convnet3.val_accuracy_mean", "convnet3.val_accuracy_std"]
+    assert all(isinstance(v, float) for v in metrics.values())
+    record = record_of(prepared)
+    for key in ("lr", "batch_size", "augment", "seed", "versions", "distill"):
+        assert key in record
 
 
 def test_synthetic_set_in_another_normalisation_is_converted(prepared):
@@ -73,11 +99,13 @@ def test_unknown_architecture_fails_before_training(prepared):
                        match=r"'evaluate.nets\[1\]' = 'resnet50' is not one of: convnet, .*did you mean 'resnet18'\?"):
         run_stage("evaluate", "--method", "random", "--ipc", "1")
     assert not (prepared / "outputs/metrics/random-ipc1.json").exists()
+    assert not (prepared / "outputs/evaluate/random-ipc1.json").exists()
 
 
 def test_full_train_split_upper_bound(prepared):
     set_params(prepared, **{"evaluate_full.epochs": 2, "evaluate_full.repeats": 1, "evaluate_full.augment": False})
     run_stage("evaluate", "--full")
-    m = metrics_of(prepared, "full")
-    assert m["method"] == "full" and m["ipc"] is None and m["train_images"] == len(load_split("train"))
-    assert m["epochs"] == 2 and m["augment"] is False and len(m["test_accuracies"]) == 1 and 0 <= m["test_accuracy_mean"] <= 100
+    m, r = metrics_of(prepared, "full"), record_of(prepared, "full")
+    assert r["method"] == "full" and r["ipc"] is None and r["train_images"] == len(load_split("train"))
+    assert r["epochs"] == 2 and r["augment"] is False and len(r["accuracies"]["convnet3"]["test_accuracies"]) == 1
+    assert 0 <= m["convnet3"]["test_accuracy_mean"] <= 100

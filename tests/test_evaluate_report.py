@@ -1,14 +1,18 @@
 """report: the method x IPC x architecture table and the published numbers beside ours."""
-from mmdistill.report.markdown import published, table
+import json
+
+import pytest
+
+from mmdistill.report.markdown import accuracy_by_ipc, published, table
 
 FMNIST = {"name": "fashion_mnist", "height": 28}
 
 
-def metrics(method, ipc, nets, base=50.0):
-    archs = {n: {"test_accuracy_mean": base + i, "test_accuracy_std": 0.5, "val_accuracy_mean": base}
-             for i, n in enumerate(nets)}
-    return {"method": method, "ipc": ipc, "net": nets[0], "nets": nets, "architectures": archs,
-            "val_accuracy_mean": base, **{k: archs[nets[0]][k] for k in ("test_accuracy_mean", "test_accuracy_std")}}
+def run(method, ipc, nets, base=50.0):
+    """(evaluation record, metrics) of one evaluate run, in the layout of outputs/evaluate and outputs/metrics."""
+    metrics = {n: {"test_accuracy_mean": base + i, "test_accuracy_std": 0.5, "val_accuracy_mean": base,
+                   "val_accuracy_std": 0.1} for i, n in enumerate(nets)}
+    return {"method": method, "ipc": ipc, "net": nets[0], "nets": nets}, metrics
 
 
 def test_published_numbers_only_where_a_row_exists():
@@ -24,9 +28,9 @@ def test_published_numbers_only_where_a_row_exists():
 
 
 def test_table_has_every_method_and_architecture_even_unknown_ones():
-    rows = [("dm", "10", metrics("dm", 10, ["convnet3", "vit"], 80.0)),
-            ("brand_new", "10", metrics("brand_new", 10, ["convnet3"], 60.0)),
-            ("whole train split (100 images)", "—", metrics("full", None, ["convnet3", "vit"], 90.0))]
+    rows = [("dm", "10", *run("dm", 10, ["convnet3", "vit"], 80.0)),
+            ("brand_new", "10", *run("brand_new", 10, ["convnet3"], 60.0)),
+            ("whole train split (100 images)", "—", *run("full", None, ["convnet3", "vit"], 90.0))]
     lines = table(rows, FMNIST)
     assert lines[0] == "| method | IPC | accuracy (%) | val accuracy (%) | vit (%) | published, convnet3 (%) |"
     assert lines[2] == "| dm | 10 | 80.00 ± 0.50 | 80.00 | 81.00 ± 0.50 | 83.5 |"
@@ -35,10 +39,9 @@ def test_table_has_every_method_and_architecture_even_unknown_ones():
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
-def test_metrics_of_one_architecture_from_before_the_zoo_still_render():
-    old = {"method": "dm", "ipc": 1, "net": "convnet3", "test_accuracy_mean": 70.0, "test_accuracy_std": 1.0,
-           "val_accuracy_mean": 71.0}
-    assert table([("dm", "1", old)], FMNIST)[2] == "| dm | 1 | 70.00 ± 1.00 | 71.00 | 70.7 |"
+def test_accuracy_by_ipc_has_one_row_per_ipc_and_a_column_per_method():
+    runs = [run("dm", 10, ["convnet3", "vit"], 80.0), run("dm", 1, ["convnet3"], 60.0), run("random", 1, ["vit"], 40.0)]
+    assert accuracy_by_ipc(runs) == [{"ipc": 1, "dm": 60.0, "random": 40.0}, {"ipc": 10, "dm": 80.0}]
 
 
 def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
@@ -51,13 +54,27 @@ def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
         write_parquet({"uid": ["a"]}, f"data/features/{kind}/index.parquet", {"features": {"encoder": "fake"}})
     set_params(project, **{"distill.methods": ["dm", "brand_new"], "distill.ipcs": [1], "distill.brand_new": {"k": 3}})
     budget = {"epochs": 2, "repeats": 2, "lr": 0.01, "augment": True}
-    save_json({**metrics("dm", 1, ["convnet3", "vgg11"], 70.0), **budget}, "outputs/metrics/dm-ipc1.json")
-    save_json({**metrics("brand_new", 1, ["convnet3", "vgg11"], 60.0), **budget}, "outputs/metrics/brand_new-ipc1.json")
-    save_json({**metrics("full", None, ["convnet3", "vgg11"], 85.0), **budget, "train_images": 100},
-              "outputs/metrics/full.json")
+    for name, (record, metrics) in (("dm-ipc1", run("dm", 1, ["convnet3", "vgg11"], 70.0)),
+                                    ("brand_new-ipc1", run("brand_new", 1, ["convnet3", "vgg11"], 60.0)),
+                                    ("full", run("full", None, ["convnet3", "vgg11"], 85.0))):
+        save_json(metrics, f"outputs/metrics/{name}.json")
+        save_json({**record, **budget, "train_images": 100}, f"outputs/evaluate/{name}.json")
     run_stage("report")
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
     assert "| brand_new | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | — |" in text
     assert "| whole train split (100 images) | — | 85.00 ± 0.50 | 85.00 | 86.00 ± 0.50 | 93.5 |" in text
     assert "DSDM paper" in text and "- brand_new: k 3" in text and "fake_captions" in text
+    assert "- evaluate: 2 epochs (paper: 1000), lr 0.01 (x0.1 at half)" in text and "2 repeats" in text
+    assert "- whole train split: 2 epochs, 2 repeat(s)" in text
+    assert json.loads((project / "outputs/plots/accuracy.json").read_text()) == [
+        {"ipc": 1, "dm": 70.0, "brand_new": 60.0}]
+
+
+def test_report_names_a_missing_evaluation_record(project):
+    from mmdistill.core.storage import PipelineError, save_json
+    from tests.conftest import run_stage, set_params
+    set_params(project, **{"distill.methods": ["dm"], "distill.ipcs": [1]})
+    save_json(run("dm", 1, ["convnet3"])[1], "outputs/metrics/dm-ipc1.json")
+    with pytest.raises(PipelineError, match="outputs/evaluate/dm-ipc1.json is missing"):
+        run_stage("report")

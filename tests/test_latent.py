@@ -52,13 +52,15 @@ def test_vae_stage_trains_and_round_trips(trained):
     from diffusers import AutoencoderKL
     params = load_params()
     metrics = json.loads(open("outputs/metrics/vae.json").read())
-    assert metrics["latent_shape"] == [4, 14, 14] and metrics["train_images"] == 100
+    record = json.loads(open("data/vae/record.json").read())
+    assert set(metrics) == {"val_mse", "val_psnr", "train_loss_last_epoch"}
+    assert record["latent_shape"] == [4, 14, 14] and record["train_images"] == 100
     val = load_split("val")
     torch.manual_seed(params["seed"])  # the stage's initialisation: training must beat it
     untrained_mse, _ = vae.reconstruction(vae.build_vae(params, 1, 28), val.images, CPU, 64)
     assert 0 < metrics["val_mse"] < untrained_mse
     loaded = AutoencoderKL.from_pretrained(vae.VAE_DIR)
-    assert loaded.config.scaling_factor == metrics["scaling_factor"] != 1.0
+    assert loaded.config.scaling_factor == record["scaling_factor"] != 1.0
     mse, _ = vae.reconstruction(loaded, val.images, CPU, 64)
     assert abs(mse - metrics["val_mse"]) < 1e-6
     first = digest(vae.VAE_DIR / "diffusion_pytorch_model.safetensors")

@@ -59,7 +59,13 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
 
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
     shown = next(iter(metrics.values()))["data"]
-    assert len(shown) == 9
+    # one row per (method, IPC) and the upper bound, measured numbers only: accuracies by network
+    assert len(shown) == 9 and all(v["data"] == {"convnet3": {k: v["data"]["convnet3"][k] for k in (
+        "test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "val_accuracy_std")}} for v in shown.values())
+    plots = json.loads(sh(project, "dvc", "plots", "show", "--json", "accuracy vs IPC"))
+    points = plots["data"]["accuracy vs IPC"][0]["content"]["data"]["values"]
+    assert {(p["field"], p["ipc"]) for p in points} == {(m, k) for m in ("random", "kmeans", "dm", "masked_dm")
+                                                        for k in (1, 2)}
     assert "| masked_dm | 2 |" in (project / "outputs/report.md").read_text()
 
     assert ran(sh(project, "dvc", "repro")) == set()  # everything cached

@@ -45,7 +45,9 @@ def test_select_stage_outputs_and_determinism(annotated):
 
     run_stage("align")  # learned joint space of the offline features, then text and PDS prototypes
     metrics = json.loads((annotated / "outputs/metrics/align.json").read_text())
-    assert metrics["val_pairs"] == 20 and metrics["unaligned"] is None  # EfficientNet and MiniLM: two spaces
+    record = json.loads((annotated / "data/aligned/record.json").read_text())
+    assert record["val_pairs"] == 20 and "unaligned" not in metrics  # EfficientNet and MiniLM: two spaces
+    assert set(metrics) == {"aligned", "final_train_loss"} and record["chance"]["R@1"] == 5.0
     assert set(metrics["aligned"]["image_to_text"]) == {"R@1", "R@5", "R@10"}
     for kind in ("image", "caption"):
         _, aligned = load_features(kind, annotated / "data/aligned")

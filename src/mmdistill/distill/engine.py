@@ -2,10 +2,10 @@
 
 It owns what the methods have in common: the synthetic set and its SGD optimiser, the real
 batches (one per class, drawn from a checkpointed generator), device placement and optional
-bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a DVCLive loss curve and a grid of the synthetic images
-every N iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N iterations under
-`data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output bytes
-as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
+bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a loss curve (in DVCLive's file layout, see LossLog) and a grid
+of the synthetic images every N iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N
+iterations under `data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output
+bytes as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
 `engine.images()` and calls `engine.update(loss)` (once, or several times as DC's outer loop does).
 
 The optimised tensor `engine.syn` is the normalised pixels, or with `parameterisation: latent` the
@@ -24,19 +24,23 @@ the checkpoint; so iteration t draws the same numbers whether or not the run was
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from mmdistill.core.config import param, positive
-from mmdistill.core.paths import CHECKPOINTS, DISTILL_LOGS
+from mmdistill.core.paths import CHECKPOINTS, DISTILL_LOGS, LOSS_CURVES
 from mmdistill.core.storage import (
     PipelineError,
     load_tensors,
     save_figure,
     save_tensors,
+    save_text,
 )
 from mmdistill.data.datasets import ImageSet, denormalize
 from mmdistill.nn.vae import parameterisation
@@ -61,6 +65,33 @@ class RealBatches:
     def sample(self, gen: torch.Generator) -> torch.Tensor:
         """Indices of `batch_real` random images of each class, class-major."""
         return torch.cat([m[torch.randperm(len(m), generator=gen)[:self.batch_real]] for m in self.by_class])
+
+
+class _Embed(nn.Module):
+    """`net.embed` as a forward, so that torch.compile compiles a module instead of a patched attribute."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(x)
+
+
+class CompiledEmbedding(nn.Module):
+    """A network whose `embed` is compiled by torch.compile (`backend`); `forward` and the parameters are the
+    network's own (shared, not copied)."""
+
+    def __init__(self, net: nn.Module, backend: str):
+        super().__init__()
+        self.net = net
+        self.compiled_embed = torch.compile(_Embed(net), backend=backend)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compiled_embed(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def draw_seed(gen: torch.Generator) -> int:
@@ -103,9 +134,10 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def compiled(self, net):
-        """`net` with `net.embed` wrapped by torch.compile when `distill.engine.compile` names a backend."""
+        """`net` itself, or with `distill.engine.compile` naming a backend, a module whose `embed` runs `net.embed`
+        through torch.compile (`net` is not modified: it is compiled as the forward of a wrapper module)."""
         if self.compile_backend:
-            net.embed = torch.compile(net.embed, backend=self.compile_backend)
+            return CompiledEmbedding(net, self.compile_backend)
         return net
 
     def refuse_compile(self, why: str) -> None:
@@ -135,7 +167,7 @@ class Engine:
         """Run `step` for the remaining iterations -> (the final images on the CPU, the loss history, the
         parameterisation's extra outputs, e.g. the latents)."""
         start = self._load_checkpoint(iterations) if self.resume else 0
-        live = _live()(dir=str(DISTILL_LOGS / self.name), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        log = LossLog(DISTILL_LOGS / self.name, start)
         for it in tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2):
             torch.manual_seed(self.seed * 100003 + it)
             self._losses = []
@@ -143,14 +175,11 @@ class Engine:
             self.history.append(float(np.mean(self._losses)))
             done = it + 1
             if done % self.log_every == 0 or done == iterations:
-                live.step = it
-                live.log_metric("loss", self.history[-1])
-                live.next_step()
+                log.log(it, self.history[-1])
             if done % self.grid_every == 0 and self.show is not None:
-                self.show(self.images(detach=True).cpu(), Path(live.plots_dir) / "grids" / f"{done:06d}.png")
+                self.show(self.images(detach=True).cpu(), log.grids / f"{done:06d}.png")
             if done % self.checkpoint_every == 0 or done == iterations:
                 self._save_checkpoint(done)
-        live.end()
         return self.parameterisation.final(self.syn.detach()), self.history, self.parameterisation.outputs(self.syn)
 
     @property
@@ -188,20 +217,41 @@ class Engine:
         return ckpt["iteration"]
 
 
-def _live():
-    """DVCLive's logger without its DVC/Git integration: we only want the loss files.
+class LossLog:
+    """A run's loss curve, which `dvc plots` reads (dvc.yaml's top-level `plots`): `outputs/plots/loss/{run}.tsv`
+    (header `step<TAB>loss`, one row per logged iteration; a DVC output of the run's stage, in git) and
+    `{dir}/metrics.json` (the last row: {"loss": .., "step": ..}); grids of the synthetic set go to
+    `{dir}/plots/grids/`.
 
-    DVCLive 3 has no public switch for this: with `save_dvc_exp=False, dvcyaml=None` (or False) its
-    constructor still opens the repository, which runs `dvc init` in a plain Git repository and
-    raises "Empty git repo" in a Git repository with no commits (as tests/test_pipeline.py runs
-    `dvc repro`). So the hook that opens it is replaced (tests/test_engine.py checks both cases)."""
-    from dvclive import Live
+    Written here rather than by `dvclive.Live`: DVCLive 3.49's public constructor always opens the
+    repository (even with `save_dvc_exp=False, dvcyaml=None`), which runs `dvc init` in a plain Git
+    repository and raises "Empty git repo" in one with no commits, e.g. on the first `dvc repro` after
+    `git init && dvc init` (tests/test_engine.py checks both). The files are byte-for-byte what
+    `Live(resume=...)` with `log_metric("loss", ...)` / `next_step()` wrote, except that a resumed run first drops
+    rows at or after its checkpoint (logged by the interrupted run after its last checkpoint; DVCLive kept them
+    twice)."""
 
-    class LossLog(Live):
-        def _init_dvc(self):
-            self._dvc_file = None
+    def __init__(self, directory: Path, start: int):
+        """`start`: the iteration the run starts from (0: a fresh run, whose old curve is removed)."""
+        self.tsv = LOSS_CURVES / f"{directory.name}.tsv"
+        self.summary = directory / "metrics.json"
+        self.grids = directory / "plots" / "grids"
+        if start == 0:
+            self.tsv.unlink(missing_ok=True)
+            self.summary.unlink(missing_ok=True)
+        elif self.tsv.exists():
+            header, *rows = self.tsv.read_text().splitlines()
+            kept = [row for row in rows if int(row.split("\t")[0]) < start]
+            if kept != rows:
+                save_text("".join(f"{line}\n" for line in [header, *kept]), self.tsv)
 
-    return LossLog
+    def log(self, step: int, loss: float) -> None:
+        value = loss if math.isfinite(loss) else str(loss)  # as DVCLive: nan/inf as text
+        new = not self.tsv.exists()
+        self.tsv.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.tsv, "a", encoding="utf-8") as f:
+            f.write(("step\tloss\n" if new else "") + f"{step}\t{value}\n")
+        save_text(json.dumps({"loss": value, "step": step}, indent=4) + "\n", self.summary)
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, class_names, mean, std, path: Path, title: str):

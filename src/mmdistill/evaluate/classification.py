@@ -52,8 +52,10 @@ class CaptionConcat(nn.Module):
 
 
 def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, test: ImageSet, params: dict,
-                    epochs: int, repeats: int, augment: bool, desc: str, captions: tuple | None = None) -> dict:
-    """Train `repeats` fresh networks per architecture on (images, labels); score them on val and test.
+                    epochs: int, repeats: int, augment: bool, desc: str,
+                    captions: tuple | None = None) -> tuple[dict, dict]:
+    """Train `repeats` fresh networks per architecture on (images, labels); score them on val and test ->
+    (metrics, record) as in the outputs above, the record without method, ipc and distill.
     With `captions` = (train, val, test) caption embeddings, the networks are CaptionConcat classifiers."""
     seed = param(params, "seed", int)
     device = resolve_device(params)
@@ -63,7 +65,7 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
     channels, size = images.shape[1], images.shape[2]
     names = net_names(params, channels, len(test.class_names), size)
     val_x, test_x = val.normalized(), test.normalized()
-    results = {}
+    metrics, accuracies = {}, {}
     for name in names:
         test_acc, val_acc = [], []
         for r in range(repeats):
@@ -76,22 +78,18 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
                              seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}", captions=train_c)
             val_acc.append(100 * accuracy(net, val_x, val.labels, device, captions=val_c))
             test_acc.append(100 * accuracy(net, test_x, test.labels, device, captions=test_c))
-        results[name] = {
+        metrics[name] = {
             "test_accuracy_mean": round(float(np.mean(test_acc)), 2),
             "test_accuracy_std": round(float(np.std(test_acc)), 2),
             "val_accuracy_mean": round(float(np.mean(val_acc)), 2),
             "val_accuracy_std": round(float(np.std(val_acc)), 2),
-            "test_accuracies": [round(a, 2) for a in test_acc],
-            "val_accuracies": [round(a, 2) for a in val_acc],
         }
-    default = results[names[0]]
-    return {
-        "net": names[0], "nets": names, "architectures": results, "train_images": int(len(labels)),
-        "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "augment": augment is not None,
-        "seed": seed, **{k: default[k] for k in ("test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean",
-                                                  "test_accuracies")},
-        "versions": versions(),
-    }
+        accuracies[name] = {"test_accuracies": [round(a, 2) for a in test_acc],
+                            "val_accuracies": [round(a, 2) for a in val_acc]}
+    record = {"net": names[0], "nets": names, "accuracies": accuracies, "train_images": int(len(labels)),
+              "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "augment": augment is not None,
+              "seed": seed, "versions": versions()}
+    return metrics, record
 
 
 def load_synthetic(path, test: ImageSet) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -126,21 +124,24 @@ def concat_captions(path: Path, n: int, val: ImageSet, test: ImageSet) -> tuple:
     return train_c, val_c, test_c
 
 
-def evaluate(method: str, ipc: int, params: dict) -> dict:
+def evaluate(method: str, ipc: int, params: dict) -> tuple[dict, dict]:
+    """-> (metrics, record) of one distilled set."""
     val, test = load_split("val"), load_split("test")
     path = DISTILLED / f"{method}-ipc{ipc}.pt"
     images, labels, info = load_synthetic(path, test)
     captions = concat_captions(path, len(images), val, test) if method == "caption_concat" else None
-    metrics = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
-                              positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
-                              f"evaluate {method} ipc{ipc}", captions)
+    metrics, record = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
+                                      positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
+                                      f"evaluate {method} ipc{ipc}", captions)
     extra = {"test_images_without_caption": int((captions[2].norm(dim=1) == 0).sum())} if captions else {}
-    return {"method": method, "ipc": ipc, **metrics, **extra, "distill": info.get("settings", {})}
+    return metrics, {"method": method, "ipc": ipc, **record, **extra, "distill": info.get("settings", {})}
 
 
-def evaluate_full(params: dict) -> dict:
+def evaluate_full(params: dict) -> tuple[dict, dict]:
+    """-> (metrics, record) of the whole prepared train split (the upper bound)."""
     train, val, test = load_split("train"), load_split("val"), load_split("test")
-    metrics = train_and_score(train.normalized(), train.labels, val, test, params,
-                              positive(params, "evaluate_full.epochs"), positive(params, "evaluate_full.repeats"),
-                              param(params, "evaluate_full.augment", bool), "evaluate full train split")
-    return {"method": "full", "ipc": None, **metrics, "distill": {}}
+    metrics, record = train_and_score(train.normalized(), train.labels, val, test, params,
+                                      positive(params, "evaluate_full.epochs"),
+                                      positive(params, "evaluate_full.repeats"),
+                                      param(params, "evaluate_full.augment", bool), "evaluate full train split")
+    return metrics, {"method": "full", "ipc": None, **record, "distill": {}}

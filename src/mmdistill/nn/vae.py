@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.hub import from_pretrained
-from mmdistill.core.paths import VAE_DIR, VAE_METRICS
+from mmdistill.core.paths import VAE_DIR, VAE_METRICS, VAE_RECORD
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, atomic_path, save_json
 from mmdistill.data.datasets import dataset_info, load_split
@@ -82,10 +82,11 @@ def train_vae(params: dict) -> Path:
     mse, _ = reconstruction(vae, val.images, device, 256)
     with atomic_path(VAE_DIR) as tmp:
         vae.to("cpu").save_pretrained(tmp)
+        save_json({"scaling_factor": vae.config.scaling_factor, "latent_shape": list(train_means.shape[1:]),
+                   "train_images": len(train), "seed": seed, "settings": param(params, "vae", dict),
+                   "device": str(device), "versions": versions()}, tmp / VAE_RECORD.relative_to(VAE_DIR))
     save_json({"val_mse": round(mse, 6), "val_psnr": round(10 * math.log10(1 / mse), 3),
-               "scaling_factor": vae.config.scaling_factor, "train_loss_last_epoch": round(history[-1], 6),
-               "latent_shape": list(train_means.shape[1:]), "train_images": len(train), "seed": seed,
-               "settings": param(params, "vae", dict), "device": str(device), "versions": versions()}, VAE_METRICS)
+               "train_loss_last_epoch": round(history[-1], 6)}, VAE_METRICS)
     print(f"vae: val reconstruction mse {mse:.5f}, psnr {10 * math.log10(1 / mse):.2f} dB")
     return VAE_DIR
 

@@ -1,10 +1,11 @@
 """report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it.
 
-Reads outputs/metrics/{method}-ipcK.json for every (method, IPC) of params (any method name:
-the table is built from the metrics files) and, when present, outputs/metrics/full.json (the
-whole-train-split upper bound). Beside our default-net numbers it prints the papers' published
-accuracy where a row exists for the same dataset, method, IPC and network (PUBLISHED below),
-labelled with its source; their budgets are the papers', not ours.
+Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{method}-ipcK.json (what
+produced them) for every (method, IPC) of params (any method name: the table is built from these
+files) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
+Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
+same dataset, method, IPC and network (PUBLISHED below), labelled with its source; their budgets are
+the papers', not ours.
 """
 from __future__ import annotations
 
@@ -44,21 +45,34 @@ def published(info: dict, net: str, method: str, ipc: int | None) -> float | Non
 
 
 def cell(m: dict | None) -> str:
+    """One network's metrics (outputs/metrics/{run}.json[net]) as "mean ± std"."""
     return "—" if m is None else f"{m['test_accuracy_mean']:.2f} ± {m['test_accuracy_std']:.2f}"
 
 
-def table(rows: list[tuple[str, str, dict]], info: dict) -> list[str]:
-    """rows: (method label, IPC label, metrics); columns: default net, its val, other nets, published."""
-    nets = list(dict.fromkeys(n for _, _, m in rows for n in m.get("nets", [m["net"]])))
+def table(rows: list[tuple[str, str, dict, dict]], info: dict) -> list[str]:
+    """rows: (method label, IPC label, evaluation record, metrics); columns: default net, its val, other nets,
+    published. The record (outputs/evaluate/{run}.json) names the method, IPC and networks; the metrics
+    (outputs/metrics/{run}.json) hold the accuracies by network."""
+    nets = list(dict.fromkeys(n for _, _, record, _ in rows for n in record["nets"]))
     default = rows[0][2]["net"]
     others = [n for n in nets if n != default]
     lines = ["| method | IPC | accuracy (%) | val accuracy (%) | " + "".join(f"{n} (%) | " for n in others) +
              f"published, {default} (%) |",
              "|---" * (5 + len(others)) + "|"]
-    for method, ipc, m in rows:
-        archs = m.get("architectures", {})
-        pub = published(info, m["net"], m["method"], m["ipc"])
+    for method, ipc, record, metrics in rows:
+        m = metrics[record["net"]]
+        pub = published(info, record["net"], record["method"], record["ipc"])
         lines.append(f"| {method} | {ipc} | {cell(m)} | {m['val_accuracy_mean']:.2f} | " +
-                     "".join(f"{cell(archs.get(n))} | " for n in others) +
+                     "".join(f"{cell(metrics.get(n))} | " for n in others) +
                      f"{'—' if pub is None else f'{pub:.1f}'} |")
     return lines
+
+
+def accuracy_by_ipc(runs: list[tuple[str, dict, dict]]) -> dict[str, list[dict]]:
+    """The data of the accuracy-vs-IPC plots (dvc.yaml `plots`): (series name, evaluation record, metrics) of the
+    distilled sets -> {series: [{"ipc": K, "test_accuracy": % of the default net}, ...] by ascending IPC}."""
+    series: dict[str, list[dict]] = {}
+    for name, record, metrics in runs:
+        series.setdefault(name, []).append({"ipc": record["ipc"],
+                                            "test_accuracy": metrics[record["net"]]["test_accuracy_mean"]})
+    return {name: sorted(rows, key=lambda row: row["ipc"]) for name, rows in series.items()}

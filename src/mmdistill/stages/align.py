@@ -14,8 +14,11 @@ Outputs:
   data/aligned/pair_forgetting.parquet   per train pair: uid, forgetting_events, learned, misclassified, counted
                                    during training (a pair is correct when image and caption retrieve each other
                                    within the mini-batch); the `forgetting` pair coreset reads it
-  outputs/metrics/align.json       retrieval recall@1/5/10 on the val split's pairs, image->text and
-                                   text->image, beside chance (K / number of val pairs)
+  data/aligned/record.json         what produced the metrics: val_pairs, train_pairs, chance (recall@K of a random
+                                   ranking, K / val_pairs), settings, encoders, seed, versions
+  outputs/metrics/align.json       measured numbers only: retrieval recall@1/5/10 (%) on the val split's pairs,
+                                   image->text and text->image, in the aligned space (`aligned`) and, when the
+                                   two encoders share a space, in theirs (`unaligned`); final_train_loss
 
 Recall counts a hit when the true partner is among the K most similar; candidates exactly as similar as
 the true partner (e.g. identical template captions of other images) do not push it down.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from mmdistill.core.config import load_params, param, positive
-from mmdistill.core.paths import ALIGN_METRICS, ALIGNED, PAIR_EVENTS
+from mmdistill.core.paths import ALIGN_METRICS, ALIGN_RECORD, ALIGNED, PAIR_EVENTS
 from mmdistill.core.runtime import versions
 from mmdistill.core.storage import save_json, save_tensors, write_parquet
 from mmdistill.embed.alignment import (
@@ -62,11 +65,12 @@ def main() -> None:
     encoders = {kind: feature_metadata(kind) for kind in ("image", "caption")}
     same_space = encoders["image"].get("settings", {}).get("space") == encoders["caption"].get("settings", {}).get(
         "space") and val_image.shape[1] == val_text.shape[1]
-    metrics = {"val_pairs": len(val_uids), "aligned": val_aligned,
-               "unaligned": retrieval(val_image, val_text) if same_space else None,
-               "chance": {f"R@{k}": round(100 * min(k, len(val_uids)) / len(val_uids), 2) for k in RECALL_AT},
-               "train_pairs": len(train_image), "final_train_loss": round(history[-1], 4), "settings": settings,
-               "encoders": {k: v.get("encoder") for k, v in encoders.items()}, "seed": seed}
+    metrics = {"aligned": val_aligned, **({"unaligned": retrieval(val_image, val_text)} if same_space else {}),
+               "final_train_loss": round(history[-1], 4)}
+    record = {"val_pairs": len(val_uids), "train_pairs": len(train_image),
+              "chance": {f"R@{k}": round(100 * min(k, len(val_uids)) / len(val_uids), 2) for k in RECALL_AT},
+              "settings": settings, "encoders": {k: v.get("encoder") for k, v in encoders.items()}, "seed": seed,
+              "versions": versions()}
     space = {"space": "aligned", "heads": str(ALIGNED / "heads.pt")} | settings
     write_features("image", {"uid": image_index["uid"].to_pylist(), "label": image_index["label"].to_pylist()},
                    aligned_image, "aligned:" + str(encoders["image"].get("encoder")), space, 50000, root=ALIGNED)
@@ -77,6 +81,7 @@ def main() -> None:
     write_parquet({"uid": train_uids, "forgetting_events": counter.events, "learned": counter.learned,
                    "misclassified": counter.misclassified}, PAIR_EVENTS,
                   {"forgetting": {"over": "pairs", "settings": settings, "seed": seed}})
+    save_json(record, ALIGN_RECORD)
     save_json(metrics, ALIGN_METRICS)
     print(f"align: val recall image->text {val_aligned['image_to_text']}, text->image "
           f"{val_aligned['text_to_image']} over {len(val_uids)} pairs -> {ALIGN_METRICS}")

@@ -27,16 +27,18 @@ Outputs:
                                  `width`, `channels`, `image_size`, `dim` (caption dimension), `target`,
                                  `mean`/`std` (the dataset's normalisation), `settings` (blip2: model, revision),
                                  `loss` curve, `space` (the caption features' encoder settings), seed, versions
-  outputs/metrics/caption_head.json   val mean cosine of head(image) and its caption embedding, val
-                                 retrieval R@1/5/10 image->caption (ties do not count against), chance,
-                                 pairs, settings, final train loss
+  data/caption_head/record.json  what produced the metrics: val_pairs, train_pairs, chance (R@K of a random
+                                 ranking), settings, seed, versions
+  outputs/metrics/caption_head.json   measured numbers only: val mean cosine of head(image) and its caption
+                                 embedding, val retrieval R@1/5/10 image->caption (ties do not count against),
+                                 final train loss
 """
 from __future__ import annotations
 
 import torch
 
 from mmdistill.core.config import load_params, param
-from mmdistill.core.paths import CAPTION_HEAD, CAPTION_HEAD_METRICS
+from mmdistill.core.paths import CAPTION_HEAD, CAPTION_HEAD_METRICS, CAPTION_HEAD_RECORD
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, save_json, save_tensors
 from mmdistill.data.datasets import load_split
@@ -76,17 +78,21 @@ def main() -> None:
         train_inputs, val_inputs = train_images, val_images
         head = CaptionHead(train_images.shape[1], train_images.shape[2], train_captions.shape[1], settings["width"])
     head, history = train_head(head, train_inputs, train_captions, seed=seed, **budget)
-    metrics = {"val": score_head(head, val_inputs, val_captions), "train_pairs": len(train_images),
-               "final_train_loss": round(history[-1], 4), "settings": settings, "seed": seed}
+    scores = score_head(head, val_inputs, val_captions)
+    metrics = {"val": {k: scores[k] for k in ("cosine_mean", "image_to_caption")},
+               "final_train_loss": round(history[-1], 4)}
+    record = {"val_pairs": scores["pairs"], "train_pairs": len(train_images), "chance": scores["chance"],
+              "settings": settings, "seed": seed, "versions": versions()}
     save_tensors({"state_dict": head.state_dict(), "head": settings["head"], "width": settings["width"],
                   "channels": int(train_images.shape[1]), "image_size": int(train_images.shape[2]),
                   "dim": int(train_captions.shape[1]), "target": settings["target"], "settings": settings,
                   "mean": train.mean, "std": train.std,
                   "loss": torch.tensor(history), "space": feature_metadata("caption"), "seed": seed,
                   "versions": versions()}, CAPTION_HEAD)
+    save_json(record, CAPTION_HEAD_RECORD)
     save_json(metrics, CAPTION_HEAD_METRICS)
     print(f"caption_head: val cosine {metrics['val']['cosine_mean']}, R@1 {metrics['val']['image_to_caption']['R@1']}"
-          f" (chance {metrics['val']['chance']['R@1']}) over {len(val_images)} pairs -> {CAPTION_HEAD}")
+          f" (chance {record['chance']['R@1']}) over {len(val_images)} pairs -> {CAPTION_HEAD}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""evaluate: train fresh networks on one synthetic set -> outputs/metrics/{method}-ipc{K}.json
+"""evaluate: train fresh networks on one synthetic set -> outputs/metrics/{run}.json, outputs/evaluate/{run}.json
 
     python -m mmdistill.stages.evaluate --method dm --ipc 10
     python -m mmdistill.stages.evaluate --full          # upper bound: the whole prepared train split
@@ -18,23 +18,23 @@ caption_concat: each network becomes a CaptionConcat classifier (penultimate fea
 embedding -> linear), trained on the synthetic images with their stored caption embeddings and scored
 on val and test images with their OWN caption embeddings (mean of instance captions: val from
 data/features/caption, test from stage annotate_test's data/features_test/caption, made without labels).
-Its metrics add `test_images_without_caption` (those get a zero caption vector).
+Its record adds `test_images_without_caption` (those get a zero caption vector).
 
-Metrics file (committed to git, declared as DVC metrics), accuracies in %, std over repeats
-(population std):
-  test_accuracy_mean, test_accuracy_std, val_accuracy_mean, test_accuracies: the first
-      architecture of `evaluate.nets` (the default net, read by `report` and `dvc metrics`)
-  net (that name), nets (all names), architectures: {name: {test_accuracy_mean,
-      test_accuracy_std, val_accuracy_mean, val_accuracy_std, test_accuracies, val_accuracies}}
-  method, ipc (null for --full), train_images, epochs, repeats, lr, batch_size, augment, seed,
-  distill (the synthetic set's settings; empty for --full), versions
+Outputs, both committed to git (accuracies in %, std over repeats, population std):
+  outputs/metrics/{run}.json     DVC metrics, measured numbers only, one object per architecture of
+      `evaluate.nets`: {name: {test_accuracy_mean, test_accuracy_std, val_accuracy_mean, val_accuracy_std}}
+  outputs/evaluate/{run}.json    what produced them: method, ipc (null for --full), net (the first of
+      `evaluate.nets`, the default net of the report), nets, accuracies ({name: {test_accuracies,
+      val_accuracies}}, one per repeat), train_images, epochs, repeats, lr, batch_size, augment, seed,
+      distill (the synthetic set's settings; empty for --full), versions; caption_concat adds
+      test_images_without_caption
 """
 from __future__ import annotations
 
 import argparse
 
 from mmdistill.core.config import load_params
-from mmdistill.core.paths import FULL_METRICS, METRICS
+from mmdistill.core.paths import EVALUATIONS, METRICS
 from mmdistill.core.storage import save_json
 from mmdistill.evaluate.classification import evaluate, evaluate_full
 from mmdistill.stages import run_stage
@@ -48,17 +48,17 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     if args.full:
-        metrics, path = evaluate_full(params), FULL_METRICS
+        (metrics, record), run = evaluate_full(params), "full"
     elif args.method and args.ipc:
-        metrics = evaluate(args.method, args.ipc, params)
-        path = METRICS / f"{args.method}-ipc{args.ipc}.json"
+        (metrics, record), run = evaluate(args.method, args.ipc, params), f"{args.method}-ipc{args.ipc}"
     else:
         parser.error("give --method and --ipc, or --full")
+    path = METRICS / f"{run}.json"
+    save_json(record, EVALUATIONS / f"{run}.json")
     save_json(metrics, path)
-    for name, m in metrics["architectures"].items():
-        print(f"{metrics['method']} IPC {metrics['ipc']} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± "
+    for name, m in metrics.items():
+        print(f"{record['method']} IPC {record['ipc']} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± "
               f"{m['test_accuracy_std']:.2f} % -> {path}")
-
 
 if __name__ == "__main__":
     run_stage(main)

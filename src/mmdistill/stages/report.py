@@ -1,10 +1,15 @@
-"""report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it.
+"""report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it;
+outputs/plots/accuracy.json, the data of dvc.yaml's accuracy-vs-IPC plot.
 
-Reads outputs/metrics/{method}-ipcK.json for every (method, IPC) of params (any method name:
-the table is built from the metrics files) and, when present, outputs/metrics/full.json (the
-whole-train-split upper bound). Beside our default-net numbers it prints the papers' published
-accuracy where a row exists for the same dataset, method, IPC and network (PUBLISHED below),
-labelled with its source; their budgets are the papers', not ours.
+Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{method}-ipcK.json (what
+produced them) for every (method, IPC) of params (any method name: the table is built from these
+files) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
+Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
+same dataset, method, IPC and network (PUBLISHED in mmdistill.report.markdown), labelled with its
+source; their budgets are the papers', not ours.
+
+outputs/plots/accuracy.json: one row per IPC of params, {"ipc": K, "<method>": test accuracy (%) of the
+default net, ...} (a method column per method of params).
 """
 from __future__ import annotations
 
@@ -12,29 +17,36 @@ import json
 
 from mmdistill.annotate.cache import annotation_backend
 from mmdistill.core.config import load_params, param
-from mmdistill.core.paths import FULL_METRICS, METRICS, REPORT
+from mmdistill.core.paths import ACCURACY_PLOTS, EVALUATIONS, FULL_METRICS, METRICS, REPORT
 from mmdistill.core.runtime import versions
-from mmdistill.core.storage import PipelineError, save_text
+from mmdistill.core.storage import PipelineError, atomic_path, save_json, save_text
 from mmdistill.data.datasets import dataset_info
 from mmdistill.distill.runs import enabled_runs, run_name
 from mmdistill.embed.features import feature_metadata
-from mmdistill.report.markdown import PUBLISHED, table
+from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, table
 from mmdistill.stages import run_stage
+
+
+def evaluation(run: str, stage: str) -> tuple[dict, dict]:
+    """(record, metrics) of one evaluate run, e.g. "dm-ipc10" or "full" (made by `stage`)."""
+    metrics, record = METRICS / f"{run}.json", EVALUATIONS / f"{run}.json"
+    for path in (metrics, record):
+        if not path.exists():
+            raise PipelineError(f"{path} is missing: run `dvc repro {stage}`")
+    return json.loads(record.read_text()), json.loads(metrics.read_text())
 
 
 def main() -> None:
     params = load_params()
     runs = enabled_runs(params)
-    methods = list(dict.fromkeys(method for method, _, _ in runs))
     rows = []
     for method, ipc, latent in runs:
-        path = METRICS / f"{run_name(method, ipc, latent)}.json"
-        if not path.exists():
-            raise PipelineError(f"{path} is missing: run `dvc repro`")
-        rows.append((f"{method} (latent)" if latent else method, str(ipc), json.loads(path.read_text())))
-    full = json.loads(FULL_METRICS.read_text()) if FULL_METRICS.exists() else None
-    if full is not None:
-        rows.append((f"whole train split ({full['train_images']} images)", "—", full))
+        rows.append((f"{method} (latent)" if latent else method, str(ipc),
+                     *evaluation(run_name(method, ipc, latent), "evaluate")))
+    full = None  # the record of the whole-train-split row
+    if FULL_METRICS.exists():
+        full, full_metrics = evaluation("full", "evaluate_full")
+        rows.append((f"whole train split ({full['train_images']} images)", "—", full, full_metrics))
     info = dataset_info()
     first = rows[0][2]
     entry = PUBLISHED.get(info["name"])
@@ -61,10 +73,13 @@ def main() -> None:
     ]
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")
-    for method in methods:
-        section = param(params, f"distill.{method}", dict)
+    settings_of = {}  # the resolved settings each synthetic set was made with, as its evaluation recorded them
+    for label, _, record, _ in rows:
+        if record["ipc"] is not None:
+            settings_of.setdefault(label, record["distill"])
+    for label, section in settings_of.items():
         settings = ", ".join(f"{k} {v}" for k, v in section.items() if not isinstance(v, (dict, list)))
-        lines.append(f"- {method}: {settings or 'no settings'}")
+        lines.append(f"- {label}: {settings or 'no settings'}")
     lines += ["", "## Backends", ""]
     for name in ("tags", "instances", "captions", "descriptions"):
         lines.append(f"- {name}: `{annotation_backend(name).get('backend', 'unknown')}`")
@@ -78,7 +93,12 @@ def main() -> None:
         lines.append(f"![{method}{' (latent)' if latent else ''}, IPC {ipc}](figures/distilled/"
                      f"{run_name(method, ipc, latent)}.png)")
     save_text("\n".join(lines) + "\n", REPORT)
-    print(f"wrote {REPORT}")
+    series = accuracy_by_ipc([(run_name(method, 0, latent).removesuffix("-ipc0"), record, metrics)
+                              for (method, _, latent), (_, _, record, metrics) in zip(runs, rows)])
+    with atomic_path(ACCURACY_PLOTS) as folder:  # the whole folder: series of methods no longer run disappear
+        for name, points in series.items():
+            save_json(points, folder / f"{name}.json")
+    print(f"wrote {REPORT}, {ACCURACY_PLOTS}/")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,4 @@
-"""vae: a small diffusers AutoencoderKL trained on the real train split -> data/vae/, and the
-parameterisations of the distillation engine (pixels, or the latent space of an AutoencoderKL).
-
-    python -m mmdistill.stages.vae
+"""vae: the offline AutoencoderKL a latent run optimises -> data/vae/<method>/, outputs/metrics/vae-<method>.json
 
 Stage: an `AutoencoderKL` (`vae.block_out_channels`, one downsample per extra block, so (16, 32) on
 28x28 gives 4 x 14 x 14 latents; `vae.latent_channels`; input/output channels = the prepared data's)
@@ -10,9 +7,11 @@ scaled to [-1, 1] (the diffusers convention) with MSE reconstruction + `vae.kl_w
 `scaling_factor` is then set to 1 / std of the train latent means, as Stable Diffusion's is.
 
 Outputs:
-  data/vae/                  save_pretrained folder (config.json, diffusion_pytorch_model.safetensors)
-  outputs/metrics/vae.json   val reconstruction of the latent mean: mse (pixels in [0, 1]) and psnr (dB),
-                             scaling_factor, train loss of the last epoch, settings, seed, versions
+  data/vae/                  save_pretrained folder (config.json, diffusion_pytorch_model.safetensors) and
+                             record.json: what produced the metrics (scaling_factor, latent_shape,
+                             train_images, settings, seed, device, versions)
+  outputs/metrics/vae.json   measured numbers only: val reconstruction of the latent mean, mse (pixels in
+                             [0, 1]) and psnr (dB); train loss of the last epoch
 
 Parameterisation (`distill.engine.parameterisation`, used by stages/engine.py and stages/distill.py):
   pixels   the synthetic set is optimised as normalised pixels (identity; the default).
