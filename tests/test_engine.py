@@ -269,18 +269,21 @@ def test_bf16_autocast_on_cpu_runs_and_is_deterministic(prepared, method):
     assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == first
 
 
-def test_loss_log_is_dvclive_layout_and_a_resume_drops_rows_past_its_checkpoint(tmp_path):
+def test_loss_log_and_a_resume_drops_rows_past_its_checkpoint(tmp_path, monkeypatch):
     from mmdistill.distill.engine import LossLog
+    monkeypatch.chdir(tmp_path)
+    curve = tmp_path / "outputs/plots/loss/dm-ipc1.tsv"
+    tmp_path = tmp_path / "outputs/distill/dm-ipc1"
     log = LossLog(tmp_path, 0)
     for step, loss in enumerate([3.0, 2.5, 2.0, 1.5]):  # the interrupted run logged 4 rows, checkpointed at 2
         log.log(step, loss)
-    assert (tmp_path / "plots/metrics/loss.tsv").read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.0\n3\t1.5\n"
+    assert curve.read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.0\n3\t1.5\n"
     log = LossLog(tmp_path, 2)
     log.log(2, 2.25)
-    assert (tmp_path / "plots/metrics/loss.tsv").read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.25\n"
+    assert curve.read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.25\n"
     assert (tmp_path / "metrics.json").read_text() == '{\n    "loss": 2.25,\n    "step": 2\n}\n'
     LossLog(tmp_path, 0)
-    assert not (tmp_path / "plots/metrics").exists() and not (tmp_path / "metrics.json").exists()
+    assert not curve.exists() and not (tmp_path / "metrics.json").exists()
 
 
 def test_compiled_leaves_the_network_alone():

@@ -39,9 +39,11 @@ def test_table_has_every_method_and_architecture_even_unknown_ones():
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
-def test_accuracy_by_ipc_has_one_row_per_ipc_and_a_column_per_method():
-    runs = [run("dm", 10, ["convnet3", "vit"], 80.0), run("dm", 1, ["convnet3"], 60.0), run("random", 1, ["vit"], 40.0)]
-    assert accuracy_by_ipc(runs) == [{"ipc": 1, "dm": 60.0, "random": 40.0}, {"ipc": 10, "dm": 80.0}]
+def test_accuracy_by_ipc_has_a_series_per_method_by_ascending_ipc():
+    runs = [(r[0]["method"], *r) for r in (run("dm", 10, ["convnet3", "vit"], 80.0), run("dm", 1, ["convnet3"], 60.0),
+                                           run("random", 1, ["vit"], 40.0))]
+    assert accuracy_by_ipc(runs) == {"dm": [{"ipc": 1, "test_accuracy": 60.0}, {"ipc": 10, "test_accuracy": 80.0}],
+                                     "random": [{"ipc": 1, "test_accuracy": 40.0}]}
 
 
 def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
@@ -52,29 +54,31 @@ def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
         write_parquet({"uid": ["a"]}, f"data/annotations/{name}.parquet", {"annotation": {"backend": f"fake_{name}"}})
     for kind in ("image", "caption"):
         write_parquet({"uid": ["a"]}, f"data/features/{kind}/index.parquet", {"features": {"encoder": "fake"}})
-    set_params(project, **{"distill.methods": ["dm", "brand_new"], "distill.ipcs": [1], "distill.brand_new": {"k": 3}})
+    set_params(project, **{"distill.methods.selection": [], "distill.methods.masked": [],
+                           "distill.methods.gradient": ["dc"], "distill.ipcs": [1]})
     budget = {"epochs": 2, "repeats": 2, "lr": 0.01, "augment": True}
     for name, (record, metrics) in (("dm-ipc1", run("dm", 1, ["convnet3", "vgg11"], 70.0)),
-                                    ("brand_new-ipc1", run("brand_new", 1, ["convnet3", "vgg11"], 60.0)),
+                                    ("dc-ipc1", run("dc", 1, ["convnet3", "vgg11"], 60.0)),
                                     ("full", run("full", None, ["convnet3", "vgg11"], 85.0))):
         save_json(metrics, f"outputs/metrics/{name}.json")
-        save_json({**record, **budget, "train_images": 100}, f"outputs/evaluate/{name}.json")
+        settings = {"k": 3} if name.startswith("dc") else {}
+        save_json({**record, **budget, "train_images": 100, "distill": settings}, f"outputs/evaluate/{name}.json")
     run_stage("report")
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
-    assert "| brand_new | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | — |" in text
+    assert "| dc | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | 70.5 |" in text
     assert "| whole train split (100 images) | — | 85.00 ± 0.50 | 85.00 | 86.00 ± 0.50 | 93.5 |" in text
-    assert "DSDM paper" in text and "- brand_new: k 3" in text and "fake_captions" in text
+    assert "DSDM paper" in text and "- dc: k 3" in text and "fake_captions" in text
     assert "- evaluate: 2 epochs (paper: 1000), lr 0.01 (x0.1 at half)" in text and "2 repeats" in text
     assert "- whole train split: 2 epochs, 2 repeat(s)" in text
-    assert json.loads((project / "outputs/plots/accuracy.json").read_text()) == [
-        {"ipc": 1, "dm": 70.0, "brand_new": 60.0}]
+    assert {p.name: json.loads(p.read_text()) for p in (project / "outputs/plots/accuracy").iterdir()} == {
+        "dm.json": [{"ipc": 1, "test_accuracy": 70.0}], "dc.json": [{"ipc": 1, "test_accuracy": 60.0}]}
 
 
 def test_report_names_a_missing_evaluation_record(project):
     from mmdistill.core.storage import PipelineError, save_json
     from tests.conftest import run_stage, set_params
-    set_params(project, **{"distill.methods": ["dm"], "distill.ipcs": [1]})
+    set_params(project, **{"distill.methods.selection": [], "distill.methods.masked": [], "distill.ipcs": [1]})
     save_json(run("dm", 1, ["convnet3"])[1], "outputs/metrics/dm-ipc1.json")
     with pytest.raises(PipelineError, match="outputs/evaluate/dm-ipc1.json is missing"):
         run_stage("report")
