@@ -54,9 +54,9 @@ def tiny_params(source: Path) -> dict:
     params["select"]["pair_coresets"]["sizes"] = [10]
     params["align"].update(epochs=3, batch_size=32)
     params["distill"]["ipcs"] = [1, 2]
-    params["distill"]["methods"] = ["random", "kmeans", "dm", "masked_dm"]
-    for method in ("dm", "masked_dm"):
-        params["distill"][method].update(iterations=3, batch_real=4)
+    params["distill"]["methods"] = {group: [] for group in params["distill"]["methods"]}
+    params["distill"]["methods"].update(selection=["random", "kmeans"], distribution=["dm"], masked=["masked_dm"])
+    params["distill"]["distribution"].update(iterations=3, batch_real=4)
     params["evaluate"].update(epochs=2, repeats=2)
     return params
 

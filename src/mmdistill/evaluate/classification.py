@@ -1,6 +1,6 @@
-"""evaluate: train fresh networks on one synthetic set -> outputs/metrics/{method}-ipc{K}.json
+"""evaluate: train fresh networks on one synthetic set -> outputs/metrics/{run}.json
 
-    python -m mmdistill.stages.evaluate --method dm --ipc 10
+    python -m mmdistill.stages.evaluate --method dm --ipc 10 [--latent]   # run dm-ipc10 [dm-latent-ipc10]
     python -m mmdistill.stages.evaluate --full          # upper bound: the whole prepared train split
 
 For every architecture in `evaluate.nets` (names of stages.nets, e.g. convnet3, resnet18,
@@ -26,8 +26,8 @@ Metrics file (committed to git, declared as DVC metrics), accuracies in %, std o
       architecture of `evaluate.nets` (the default net, read by `report` and `dvc metrics`)
   net (that name), nets (all names), architectures: {name: {test_accuracy_mean,
       test_accuracy_std, val_accuracy_mean, val_accuracy_std, test_accuracies, val_accuracies}}
-  method, ipc (null for --full), train_images, epochs, repeats, lr, batch_size, augment, seed,
-  distill (the synthetic set's settings; empty for --full), versions
+  method, ipc (null for --full), latent (true; latent runs only), train_images, epochs, repeats, lr, batch_size,
+  augment, seed, distill (the synthetic set's settings; empty for --full), versions
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mmdistill.core.config import param, positive
-from mmdistill.core.paths import DISTILLED, FEATURES_HELDOUT
+from mmdistill.core.paths import FEATURES_HELDOUT, distilled_set, run_name
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize
@@ -153,16 +153,19 @@ def concat_captions(path: Path, n: int, val: ImageSet, test: ImageSet) -> tuple:
     return train_c, val_c, test_c
 
 
-def evaluate(method: str, ipc: int, params: dict) -> dict:
+def evaluate(method: str, ipc: int, latent: bool, params: dict) -> dict:
+    """The metrics of the run (method, ipc, latent): its set scored as the module docstring says."""
     val, test = load_split("val"), load_split("test")
-    path = DISTILLED / f"{method}-ipc{ipc}.pt"
+    run = run_name(method, ipc, latent)
+    path = distilled_set(run)
     images, labels, info = load_synthetic(path, test)
     captions = concat_captions(path, len(images), val, test) if method == "caption_concat" else None
     metrics = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
                               positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
-                              f"evaluate {method} ipc{ipc}", captions)
+                              f"evaluate {run}", captions)
     extra = {"test_images_without_caption": int((captions[2].norm(dim=1) == 0).sum())} if captions else {}
-    return {"method": method, "ipc": ipc, **metrics, **extra, "distill": info.get("settings", {})}
+    return {"method": method, "ipc": ipc, **({"latent": True} if latent else {}), **metrics, **extra,
+            "distill": info.get("settings", {})}
 
 
 def evaluate_full(params: dict) -> dict:

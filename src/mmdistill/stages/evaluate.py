@@ -1,6 +1,6 @@
 """evaluate: train fresh networks on one synthetic set -> outputs/metrics/{method}-ipc{K}.json
 
-    python -m mmdistill.stages.evaluate --method dm --ipc 10
+    python -m mmdistill.stages.evaluate --method dm --ipc 10 [--latent]   # --latent: dm-latent-ipc10
     python -m mmdistill.stages.evaluate --full          # upper bound: the whole prepared train split
 
 For every architecture in `evaluate.nets` (names of stages.nets, e.g. convnet3, resnet18,
@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 
 from mmdistill.core.config import load_params
-from mmdistill.core.paths import FULL_METRICS, METRICS
+from mmdistill.core.paths import FULL_METRICS, run_metrics, run_name
 from mmdistill.core.storage import save_json
 from mmdistill.evaluate.classification import evaluate, evaluate_full
 from mmdistill.stages import run_stage
@@ -44,20 +44,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method")
     parser.add_argument("--ipc", type=int)
+    parser.add_argument("--latent", action="store_true", help="the latent run {method}-latent-ipc{K}")
     parser.add_argument("--full", action="store_true", help="train on the whole train split (upper bound)")
     args = parser.parse_args()
     params = load_params()
     if args.full:
         metrics, path = evaluate_full(params), FULL_METRICS
     elif args.method and args.ipc:
-        metrics = evaluate(args.method, args.ipc, params)
-        path = METRICS / f"{args.method}-ipc{args.ipc}.json"
+        metrics = evaluate(args.method, args.ipc, args.latent, params)
+        path = run_metrics(run_name(args.method, args.ipc, args.latent))
     else:
         parser.error("give --method and --ipc, or --full")
     save_json(metrics, path)
     for name, m in metrics["architectures"].items():
-        print(f"{metrics['method']} IPC {metrics['ipc']} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± "
-              f"{m['test_accuracy_std']:.2f} % -> {path}")
+        print(f"{metrics['method']}{' (latent)' if args.latent else ''} IPC {metrics['ipc']} {name}: test accuracy "
+              f"{m['test_accuracy_mean']:.2f} ± {m['test_accuracy_std']:.2f} % -> {path}")
 
 
 if __name__ == "__main__":

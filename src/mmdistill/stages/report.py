@@ -1,7 +1,7 @@
 """report: outputs/report.md, the method x IPC x architecture accuracy table and what produced it.
 
-Reads outputs/metrics/{method}-ipcK.json for every (method, IPC) of params (any method name:
-the table is built from the metrics files) and, when present, outputs/metrics/full.json (the
+Reads outputs/metrics/{run}.json for every (method, IPC) of params, runs of `distill.methods.latent` as
+{method}-latent (the table is built from the metrics files) and, when present, outputs/metrics/full.json (the
 whole-train-split upper bound). Beside our default-net numbers it prints the papers' published
 accuracy where a row exists for the same dataset, method, IPC and network (PUBLISHED below),
 labelled with its source; their budgets are the papers', not ours.
@@ -12,10 +12,11 @@ import json
 
 from mmdistill.annotate.cache import annotation_backend
 from mmdistill.core.config import int_list, load_params, param
-from mmdistill.core.paths import FULL_METRICS, METRICS, REPORT
+from mmdistill.core.paths import FULL_METRICS, REPORT, run_metrics, run_name
 from mmdistill.core.runtime import versions
 from mmdistill.core.storage import PipelineError, save_text
 from mmdistill.data.datasets import dataset_info
+from mmdistill.distill import methods as registry
 from mmdistill.embed.features import feature_metadata
 from mmdistill.report.markdown import PUBLISHED, table
 from mmdistill.stages import run_stage
@@ -23,15 +24,15 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
-    methods = param(params, "distill.methods", list) + param(params, "distill.caption_methods", list, [])
+    runs = registry.enabled(params)
     ipcs = int_list(params, "distill.ipcs")
     rows = []
-    for method in methods:
+    for method, latent in runs:
         for ipc in ipcs:
-            path = METRICS / f"{method}-ipc{ipc}.json"
+            path = run_metrics(run_name(method, ipc, latent))
             if not path.exists():
                 raise PipelineError(f"{path} is missing: run `dvc repro evaluate`")
-            rows.append((method, str(ipc), json.loads(path.read_text())))
+            rows.append((f"{method}-latent" if latent else method, str(ipc), json.loads(path.read_text())))
     full = json.loads(FULL_METRICS.read_text()) if FULL_METRICS.exists() else None
     if full is not None:
         rows.append((f"whole train split ({full['train_images']} images)", "—", full))
@@ -61,10 +62,10 @@ def main() -> None:
     ]
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")
-    for method in methods:
-        section = param(params, f"distill.{method}", dict, {})
+    for method, latent in runs:
+        section, _ = registry.resolve(params, method)
         settings = ", ".join(f"{k} {v}" for k, v in section.items() if not isinstance(v, (dict, list)))
-        lines.append(f"- {method}: {settings or 'no settings'}")
+        lines.append(f"- {method}{'-latent' if latent else ''}: {settings or 'no settings'}")
     lines += ["", "## Backends", ""]
     for name in ("tags", "instances", "captions", "descriptions"):
         lines.append(f"- {name}: `{annotation_backend(name).get('backend', 'unknown')}`")
@@ -74,9 +75,10 @@ def main() -> None:
               f"- device: {param(params, 'device', str)}"]
     lines += [f"- {k}: {v}" for k, v in sorted(versions().items())]
     lines += ["", "## Synthetic sets", ""]
-    for method in methods:
+    for method, latent in runs:
         for ipc in ipcs:
-            lines.append(f"![{method}, IPC {ipc}](figures/distilled/{method}-ipc{ipc}.png)")
+            lines.append(f"![{method}{'-latent' if latent else ''}, IPC {ipc}](figures/distilled/"
+                         f"{run_name(method, ipc, latent)}.png)")
     save_text("\n".join(lines) + "\n", REPORT)
     print(f"wrote {REPORT}")
 

@@ -1,0 +1,233 @@
+"""The registry of distillation methods: one module per method, one line here per method.
+
+Adding a method: write `mmdistill/distill/methods/NAME.py` defining `METHOD = Method(...)` (or `METHODS`, a dict
+name -> Method, for a module holding several) and add `"NAME": ".NAME"` to REGISTRY. Its module is imported when
+first needed. A Method declares:
+
+  group    the `distill.methods.<group>` list of params.yaml it may be listed in. A group is the set of
+           artifacts the method's distill and evaluate stages read, so dvc.yaml has one matrix per group
+           (GROUPS below); `latent` is not a method's group: it lists methods of LATENT_GROUPS run in the
+           latent parameterisation (`--latent`).
+  family   "distribution" | "gradient" | None: the shared block `distill.<family>` (keys in FAMILIES) that its
+           own block `distill.<name>` overlays. `switch` = (key, {value: family}) lets a key of its own block
+           pick the family instead (masked_dm's `full_term`).
+  keys     the Spec of its own keys in `distill.<name>` (all required; the family's keys may be overridden there).
+  run      run(Run) -> Synthetic, the method's step (mmdistill.distill.engine.Run: the resolved settings,
+           train split, device, seed, ...).
+  engine   whether it optimises on the distillation engine (a loss curve, `--resume`, `--latent`).
+
+`resolve(params, name)` is the one place a run's settings are made: the family block overlaid with the method
+block, validated. `schema()` is the schema of the whole `distill` section of params.yaml (mmdistill.core.schema).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mmdistill.core.config import Int, List, Spec, Str, param, validate
+from mmdistill.core.storage import PipelineError
+
+REGISTRY = {  # method name -> its module (relative to this package, or an absolute module name)
+    "random": ".real_images",
+    "kmeans": ".real_images",
+    "herding": ".real_images",
+    "kcenter": ".real_images",
+    "forgetting": ".real_images",
+    "dm": ".dm",
+    "masked_dm": ".masked_dm",
+    "dc": ".dc",
+    "dsa": ".dsa",
+    "masked_dc": ".masked_dc",
+    "dsdm": ".dsdm",
+    "caption_match": ".caption_match",
+    "caption_concat": ".caption_concat",
+}
+
+GROUPS = {  # distill.methods.<group>: what the group's distill / evaluate stages read besides data/prepared
+    "selection": "data/selections (stage select)",
+    "distribution": "nothing else",
+    "gradient": "nothing else",
+    "masked": "data/annotations/instances.parquet (stage ground)",
+    "pool": "data/pretrained/pool.pt (stage pretrain)",
+    "caption_match": "data/features/caption, data/caption_head (stage caption_head)",
+    "caption_concat": "data/features/caption, data/features/image, data/selections, data/annotations/captions.parquet;"
+                      " evaluate also data/features_test (stage annotate_test)",
+    "latent": "data/vae/<method> (stage vae --method <method>) unless distill.latent.vae names a hub/folder VAE",
+}
+LATENT = "latent"
+LATENT_GROUPS = ("distribution", "gradient")  # the groups whose methods may be listed in distill.methods.latent
+
+FAMILIES = {  # family -> the module of its shared loop, whose KEYS is the schema of distill.<family>
+    "distribution": "mmdistill.distill.distribution_matching",
+    "gradient": "mmdistill.distill.gradient_matching",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    group: str
+    family: str | None
+    keys: dict
+    run: Callable
+    engine: bool
+    switch: tuple | None = None  # (own key, {value: family}): that key picks the family
+
+    @property
+    def families(self) -> tuple:
+        """Every family whose block this method may overlay."""
+        if self.switch is not None:
+            return tuple(dict.fromkeys(self.switch[1].values()))
+        return (self.family,) if self.family else ()
+
+    def family_of(self, block: dict) -> str | None:
+        if self.switch is not None:
+            return self.switch[1][block[self.switch[0]]]
+        return self.family
+
+    @property
+    def has_block(self) -> bool:
+        """Whether params.yaml has a block `distill.<name>` for it (its own keys or family overrides)."""
+        return bool(self.keys) or bool(self.families)
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """What a method's run returns: the images (normalised, class-major), the train index each started from
+    (its label and source uid), the loss history (empty when not optimised), further entries of the output file."""
+    images: object
+    init: list
+    loss: list
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Block(Spec):
+    """A method's block in params.yaml: its own keys (required) and overrides of its families' keys (optional)."""
+    own: dict = field(default_factory=dict)
+    overridable: dict = field(default_factory=dict)
+
+    def check(self, key: str, value) -> None:
+        if not isinstance(value, dict):
+            raise PipelineError(f"param '{key}' must be a mapping of keys, got {value!r}")
+        known = {**self.overridable, **self.own}
+        if any(k not in known for k in value):
+            validate(value, known, f"{key}.")  # names the unknown key and the closest valid one
+        validate(value, {**{k: s for k, s in self.overridable.items() if k in value}, **self.own}, f"{key}.")
+
+
+@dataclass(frozen=True)
+class GroupList(Spec):
+    """`distill.methods.<group>`: distinct names of methods registered for that group."""
+    group: str = ""
+
+    def check(self, key: str, value) -> None:
+        List(Str(empty=False)).check(key, value)
+        if len(set(value)) != len(value):
+            raise PipelineError(f"param '{key}' lists a method twice: {value!r}")
+        for name in value:
+            method = get(name)
+            if self.group == LATENT:
+                if method.group not in LATENT_GROUPS:
+                    raise PipelineError(f"param '{key}' lists {name!r}, a method of group '{method.group}'; group "
+                                        f"'{LATENT}' runs methods of groups {', '.join(LATENT_GROUPS)} in the latent "
+                                        "parameterisation")
+            elif method.group != self.group:
+                raise PipelineError(f"param '{key}' lists {name!r}, which belongs in group '{method.group}' "
+                                    f"(distill.methods.{method.group}), not '{self.group}'")
+
+
+def get(name: str) -> Method:
+    """The registered method `name` (its module imported on first use)."""
+    if name not in REGISTRY:
+        raise PipelineError(f"unknown method {name!r}; valid: {', '.join(REGISTRY)}")
+    module = importlib.import_module(REGISTRY[name], __name__)
+    methods = getattr(module, "METHODS", None)
+    if methods is None:
+        method = getattr(module, "METHOD", None)
+        methods = {method.name: method} if isinstance(method, Method) else {}
+    method = methods.get(name)
+    if not isinstance(method, Method) or method.name != name:
+        raise PipelineError(f"module {module.__name__} (registered for method {name!r}) defines no Method named "
+                            f"{name!r} in METHOD or METHODS")
+    if method.group not in GROUPS or method.group == LATENT:
+        raise PipelineError(f"method {name!r} declares group {method.group!r}; valid: "
+                            f"{', '.join(g for g in GROUPS if g != LATENT)}")
+    for family in method.families:
+        if family not in FAMILIES:
+            raise PipelineError(f"method {name!r} declares family {family!r}; valid: {', '.join(FAMILIES)}")
+    return method
+
+
+def family_keys(family: str) -> dict:
+    return importlib.import_module(FAMILIES[family]).KEYS
+
+
+def block_spec(method: Method) -> Block:
+    overridable = {}
+    for family in method.families:
+        overridable.update(family_keys(family))
+    return Block(dict, own=dict(method.keys), overridable=overridable)
+
+
+def resolve(params: dict, name: str) -> dict:
+    """The settings of a run of method `name`: `distill.<family>` overlaid with `distill.<name>`, validated.
+    Returns (settings, where): `where[key]` is the params.yaml key each setting came from (for messages)."""
+    method = get(name)
+    if not method.has_block:
+        return {}, {}
+    block = param(params, f"distill.{name}")
+    block_spec(method).check(f"distill.{name}", block)
+    family = method.family_of(block)
+    settings, where = {}, {}
+    if family is not None:
+        keys = family_keys(family)
+        base = param(params, f"distill.{family}")
+        validate(base, keys, f"distill.{family}.")
+        stray = [k for k in block if k not in keys and k not in method.keys]
+        if stray:
+            raise PipelineError(f"param 'distill.{name}.{stray[0]}' is not a key of family '{family}' (used by "
+                                f"{name} with these settings); its keys: {', '.join(keys)}")
+        settings.update(base)
+        where.update({k: f"distill.{family}.{k}" for k in base})
+    settings.update(block)
+    where.update({k: f"distill.{name}.{k}" for k in block})
+    return settings, where
+
+
+def enabled(params: dict) -> list[tuple[str, bool]]:
+    """The (method, latent) runs params.yaml enables, in group order (as dvc.yaml runs them)."""
+    groups = param(params, "distill.methods", dict)
+    runs = []
+    for group in GROUPS:
+        runs += [(name, group == LATENT) for name in groups.get(group, [])]
+    return runs
+
+
+def schema() -> dict:
+    """The schema of params.yaml's `distill` section (imports every registered method's module)."""
+    section = {
+        "ipcs": List(Int(low=1), min_items=1),
+        "methods": {group: GroupList(list, group=group) for group in GROUPS},
+    }
+    for family in FAMILIES:
+        section[family] = family_keys(family)
+    for name in REGISTRY:
+        method = get(name)
+        if method.has_block:
+            section[name] = block_spec(method)
+    section["latent"] = {
+        "vae": Str(empty=False),
+        "vae_revision": Str(),
+        "vae_subfolder": Str(),
+    }
+    section["engine"] = {
+        "precision": Str("fp32", "bf16", "fp16"),
+        "checkpoint_every": Int(low=1),
+        "log_every": Int(low=1),
+        "grid_every": Int(low=1),
+        "compile": Str(),
+    }
+    return section
+
