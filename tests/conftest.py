@@ -128,3 +128,13 @@ def annotated(tmp_path, annotated_template, monkeypatch) -> Path:
     shutil.copytree(annotated_template, root)
     monkeypatch.chdir(root)
     return root
+
+
+def method_run(params: dict, method: str, ipc: int, train, seed: int = 0, latent: bool = False):
+    """The Run a method's run function (or a shared loop) gets for `method` at `ipc`, on the CPU."""
+    import torch
+
+    from mmdistill.distill.engine import Run
+    from mmdistill.distill.methods import resolve
+    settings, where = resolve(params, method)
+    return Run(method, ipc, latent, settings, where, params, train, torch.device("cpu"), seed, False)

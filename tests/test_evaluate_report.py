@@ -41,7 +41,7 @@ def test_metrics_of_one_architecture_from_before_the_zoo_still_render():
     assert table([("dm", "1", old)], FMNIST)[2] == "| dm | 1 | 70.00 ± 1.00 | 71.00 | 70.7 |"
 
 
-def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
+def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
     from mmdistill.core.storage import save_json, write_parquet
     from tests.conftest import run_stage, set_params
     run_stage("prepare")
@@ -49,15 +49,18 @@ def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
         write_parquet({"uid": ["a"]}, f"data/annotations/{name}.parquet", {"annotation": {"backend": f"fake_{name}"}})
     for kind in ("image", "caption"):
         write_parquet({"uid": ["a"]}, f"data/features/{kind}/index.parquet", {"features": {"encoder": "fake"}})
-    set_params(project, **{"distill.methods": ["dm", "brand_new"], "distill.ipcs": [1], "distill.brand_new": {"k": 3}})
+    set_params(project, **{"distill.methods.selection": [], "distill.methods.masked": [],
+                           "distill.methods.latent": ["dm"], "distill.ipcs": [1]})
     budget = {"epochs": 2, "repeats": 2, "lr": 0.01, "augment": True}
     save_json({**metrics("dm", 1, ["convnet3", "vgg11"], 70.0), **budget}, "outputs/metrics/dm-ipc1.json")
-    save_json({**metrics("brand_new", 1, ["convnet3", "vgg11"], 60.0), **budget}, "outputs/metrics/brand_new-ipc1.json")
+    save_json({**metrics("dm", 1, ["convnet3", "vgg11"], 60.0), **budget}, "outputs/metrics/dm-latent-ipc1.json")
     save_json({**metrics("full", None, ["convnet3", "vgg11"], 85.0), **budget, "train_images": 100},
               "outputs/metrics/full.json")
     run_stage("report")
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
-    assert "| brand_new | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | — |" in text
+    assert "| dm-latent | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | — |" in text
     assert "| whole train split (100 images) | — | 85.00 ± 0.50 | 85.00 | 86.00 ± 0.50 | 93.5 |" in text
-    assert "DSDM paper" in text and "- brand_new: k 3" in text and "fake_captions" in text
+    assert "DSDM paper" in text and "fake_captions" in text
+    assert "- dm-latent: iterations 3, batch_real 4, lr 1.0" in text
+    assert "(figures/distilled/dm-latent-ipc1.png)" in text
