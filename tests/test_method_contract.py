@@ -263,6 +263,12 @@ def test_resolve_overlays_the_family_block_with_the_method_block():
     assert masked == {**params["distill"]["distribution"], **params["distill"]["masked_dm"]}
     assert registry.resolve(params, "random") == ({}, {})
     assert registry.resolve(params, "dsdm")[0] == params["distill"]["dsdm"]
+    assert registry.params_read("masked_dm", False) == ["distill.distribution", "distill.gradient",
+                                                         "distill.masked_dm", "distill.engine"]
+    latent_dm = ["distill.distribution", "distill.dm", "distill.engine", "distill.latent"]
+    assert registry.params_read("dm", True) == latent_dm
+    assert registry.params_read("random", False) == []
+    assert {registry.get(name).group for name in registry.REGISTRY} == set(registry.GROUPS) - {"latent"}
 
 
 @pytest.mark.parametrize("method, edit, message", [

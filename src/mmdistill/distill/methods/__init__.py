@@ -18,6 +18,8 @@ first needed. A Method declares:
 
 `resolve(params, name)` is the one place a run's settings are made: the family block overlaid with the method
 block, validated. `schema()` is the schema of the whole `distill` section of params.yaml (mmdistill.core.schema).
+For dvc.yaml: GROUPS says what each group's distill and evaluate stages read and which stages exist only for it;
+params_read(name, latent) the params blocks a run reads; enabled(params) the (method, latent) runs params enable.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mmdistill.core import paths
 from mmdistill.core.config import Int, List, Spec, Str, param, validate
 from mmdistill.core.storage import PipelineError
 
@@ -44,16 +47,30 @@ REGISTRY = {  # method name -> its module (relative to this package, or an absol
     "caption_concat": ".caption_concat",
 }
 
-GROUPS = {  # distill.methods.<group>: what the group's distill / evaluate stages read besides data/prepared
-    "selection": "data/selections (stage select)",
-    "distribution": "nothing else",
-    "gradient": "nothing else",
-    "masked": "data/annotations/instances.parquet (stage ground)",
-    "pool": "data/pretrained/pool.pt (stage pretrain)",
-    "caption_match": "data/features/caption, data/caption_head (stage caption_head)",
-    "caption_concat": "data/features/caption, data/features/image, data/selections, data/annotations/captions.parquet;"
-                      " evaluate also data/features_test (stage annotate_test)",
-    "latent": "data/vae/<method> (stage vae --method <method>) unless distill.latent.vae names a hub/folder VAE",
+@dataclass(frozen=True)
+class Group:
+    """What the distill and evaluate stages of a group's methods read (besides their own distilled set), and the
+    stages that exist only for this group (dvc.yaml runs them only when the group is not empty)."""
+    distill_reads: tuple
+    evaluate_reads: tuple
+    stages: tuple = ()
+
+
+_PREPARED = str(paths.PREPARED)
+GROUPS = {  # distill.methods.<group>; "{method}" stands for the method's name
+    "selection": Group((_PREPARED, str(paths.SELECTIONS)), (_PREPARED,)),
+    "distribution": Group((_PREPARED,), (_PREPARED,)),
+    "gradient": Group((_PREPARED,), (_PREPARED,)),
+    "masked": Group((_PREPARED, str(paths.ANNOTATIONS / "instances.parquet")), (_PREPARED,)),
+    "pool": Group((_PREPARED, str(paths.POOL.parent)), (_PREPARED,), ("pretrain",)),
+    "caption_match": Group((_PREPARED, str(paths.FEATURES / "caption"), str(paths.CAPTION_HEAD.parent)), (_PREPARED,),
+                           ("caption_head",)),
+    "caption_concat": Group((_PREPARED, str(paths.ANNOTATIONS / "captions.parquet"), str(paths.FEATURES / "caption"),
+                             str(paths.FEATURES / "image"), str(paths.SELECTIONS)),
+                            (_PREPARED, str(paths.FEATURES / "caption"), str(paths.FEATURES_HELDOUT)),
+                            ("annotate_test",)),
+    # --latent runs of methods of LATENT_GROUPS; data/vae/{method} is read when distill.latent.vae is "offline"
+    "latent": Group((_PREPARED, str(paths.vae_dir("{method}"))), (_PREPARED,), ("vae",)),
 }
 LATENT = "latent"
 LATENT_GROUPS = ("distribution", "gradient")  # the groups whose methods may be listed in distill.methods.latent
@@ -194,6 +211,16 @@ def resolve(params: dict, name: str) -> dict:
     settings.update(block)
     where.update({k: f"distill.{name}.{k}" for k in block})
     return settings, where
+
+
+def params_read(name: str, latent: bool) -> list[str]:
+    """The params blocks a distill run of `name` reads (seed and device besides): its family blocks, its own block,
+    distill.engine for engine methods, distill.latent for latent runs."""
+    method = get(name)
+    blocks = [f"distill.{family}" for family in method.families]
+    blocks += [f"distill.{name}"] if method.has_block else []
+    blocks += ["distill.engine"] if method.engine else []
+    return blocks + (["distill.latent"] if latent else [])
 
 
 def enabled(params: dict) -> list[tuple[str, bool]]:
