@@ -54,11 +54,9 @@ def tiny_params(source: Path) -> dict:
     params["select"]["pair_coresets"]["sizes"] = [10]
     params["align"].update(epochs=3, batch_size=32)
     params["distill"]["ipcs"] = [1, 2]
-    params["distill"]["methods"] = {"selection": ["random", "kmeans"], "distribution": ["dm"], "gradient": [],
-                                    "masked": ["masked_dm"], "pool": [], "caption_match": [], "caption_concat": [],
-                                    "latent": []}
-    for method in ("dm", "masked_dm"):
-        params["distill"][method].update(iterations=3, batch_real=4)
+    params["distill"]["methods"] = {group: [] for group in params["distill"]["methods"]}
+    params["distill"]["methods"].update(selection=["random", "kmeans"], distribution=["dm"], masked=["masked_dm"])
+    params["distill"]["distribution"].update(iterations=3, batch_real=4)
     params["evaluate"].update(epochs=2, repeats=2)
     return params
 
@@ -130,3 +128,13 @@ def annotated(tmp_path, annotated_template, monkeypatch) -> Path:
     shutil.copytree(annotated_template, root)
     monkeypatch.chdir(root)
     return root
+
+
+def method_run(params: dict, method: str, ipc: int, train, seed: int = 0, latent: bool = False):
+    """The Run a method's run function (or a shared loop) gets for `method` at `ipc`, on the CPU."""
+    import torch
+
+    from mmdistill.distill.engine import Run
+    from mmdistill.distill.methods import resolve
+    settings, where = resolve(params, method)
+    return Run(method, ipc, latent, settings, where, params, train, torch.device("cpu"), seed, False)

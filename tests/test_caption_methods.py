@@ -37,8 +37,7 @@ def test_caption_head_shape_and_training():
 
 def test_caption_losses_decrease():
     """caption_gap alone, and lambda_1 gradient matching + lambda_2 caption_gap, fall under SGD on the pixels."""
-    from mmdistill.distill.losses import caption_gap, gradient_match
-    from mmdistill.distill.methods import weighted_sum
+    from mmdistill.distill.losses import caption_gap, gradient_match, weighted_sum
     from mmdistill.nn.caption_head import CaptionHead
     from mmdistill.nn.nets import make_net
     torch.manual_seed(0)

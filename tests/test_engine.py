@@ -7,8 +7,10 @@ import torch
 from mmdistill.core.config import load_params
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import load_split
-from mmdistill.distill import methods as distill
+from mmdistill.distill.gradient_matching import gradient_matching
+from mmdistill.distill.initial import random_selection
 from mmdistill.distill.losses import (
+    MaskedTerm,
     covariance,
     distribution_gap,
     dsdm_terms,
@@ -16,11 +18,11 @@ from mmdistill.distill.losses import (
     factor_encode,
     gradient_match,
 )
-from mmdistill.distill.methods import gradient_matching, random_selection
+from mmdistill.distill.methods.dsdm import load_pool
 from mmdistill.distill.reference import distribution_gap_loop, gradient_match_loop
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.nets import make_net
-from tests.conftest import run_stage, set_params
+from tests.conftest import method_run, run_stage, set_params
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -30,8 +32,7 @@ TINY_DC = {"iterations": 2, "batch_real": 4, "outer_loop": 2, "inner_loop": 1}
 @pytest.fixture
 def prepared(project):
     run_stage("prepare")
-    for method in ("dc", "dsa", "masked_dc"):
-        set_params(project, **{f"distill.{method}.{k}": v for k, v in TINY_DC.items()})
+    set_params(project, **{f"distill.gradient.{k}": v for k, v in TINY_DC.items()})
     set_params(project, **{"distill.dsdm.iterations": 3, "distill.dsdm.batch_real": 4,
                            "pretrain.models": 2, "pretrain.epochs": 1})
     return project
@@ -97,21 +98,20 @@ def test_gradient_matching_loss_decreases(prepared, augment):
 def test_dc_runs_outer_and_inner_loops(prepared):
     train = load_split("train")
     init = random_selection(train, 1, seed=0)
-    synthetic, history, _ = gradient_matching(train, init, load_params(), "distill.dc", CPU, seed=0)
+    synthetic, history, _ = gradient_matching(method_run(load_params(), "dc", 1, train), init, 1.0, None)
     assert len(history) == TINY_DC["iterations"] and all(h > 0 for h in history)
     assert not torch.equal(synthetic, train.normalized()[init])
 
 
-@pytest.mark.parametrize("masked_term", ["dc", "dm"])
-def test_masked_terms_move_only_foreground_pixels(prepared, masked_term):
+@pytest.mark.parametrize("match", [None, distribution_gap], ids=["dc", "dm"])
+def test_masked_terms_move_only_foreground_pixels(prepared, match):
     """masked_dc, and masked_dm paired with gradient matching (full_term: dc), with the full term off."""
     train = load_split("train")
-    params = load_params()
-    params["distill"]["masked_dc"].update(full_weight=0.0, masked_weight=1.0)
     init = random_selection(train, 1, seed=0)
     masks = torch.zeros(len(train), 1, 28, 28)
     masks[:, :, 5:20, 5:20] = 1
-    synthetic, _, _ = gradient_matching(train, init, params, "distill.masked_dc", CPU, 0, masks, masked_term=masked_term)
+    run = method_run(load_params(), "masked_dc", 1, train)
+    synthetic, _, _ = gradient_matching(run, init, 0.0, MaskedTerm(masks, 1.0, match))
     changed = synthetic != train.normalized()[init]
     assert changed[:, :, 5:20, 5:20].any() and not changed[masks[init] == 0].any()
 
@@ -134,8 +134,8 @@ def test_masked_dc_ignores_real_background(prepared):
 def test_mask_shape_mismatch_is_a_clear_error(prepared):
     train = load_split("train")
     with pytest.raises(PipelineError, match=r"foreground masks have shape \(100, 1, 14, 14\)"):
-        gradient_matching(train, random_selection(train, 1, 0), load_params(), "distill.masked_dc", CPU, 0,
-                          torch.ones(len(train), 1, 14, 14))
+        gradient_matching(method_run(load_params(), "masked_dc", 1, train), random_selection(train, 1, 0), 1.0,
+                          MaskedTerm(torch.ones(len(train), 1, 14, 14), 1.0, None))
 
 
 def test_bad_engine_params_are_clear_errors(prepared):
@@ -160,7 +160,7 @@ def test_dsdm_loss_decreases_and_output_is_decoded(prepared):
     train = load_split("train")
     real = class_major(train)
     init = train.normalized()[random_selection(train, 4, 0)]
-    _, nets = distill.load_pool(CPU)
+    _, nets = load_pool(CPU)
 
     def objective(images):
         total = 0.0
@@ -172,26 +172,6 @@ def test_dsdm_loss_decreases_and_output_is_decoded(prepared):
 
     start = factor_decode(factor_encode(init, 2), 2)
     assert objective(out["images"]) < 0.9 * objective(start)
-
-
-# dsa and dsdm: 8-11 s each at load 4.7 on 2 cores (dm: 2 s)
-@pytest.mark.parametrize("method", ["dm", pytest.param("dsa", marks=pytest.mark.slow),
-                                    pytest.param("dsdm", marks=pytest.mark.slow)])
-def test_resume_gives_the_same_bytes(prepared, method):
-    if method == "dsdm":
-        run_stage("pretrain")
-    section = f"distill.{method}"
-    set_params(prepared, **{f"{section}.iterations": 4, "distill.engine.checkpoint_every": 2})
-    run_stage("distill", "--method", method, "--ipc", "1")
-    uninterrupted = (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes()
-    (prepared / f"data/checkpoints/{method}-ipc1.pt").unlink()
-    set_params(prepared, **{f"{section}.iterations": 2})  # the "interrupted" run stops after 2 iterations
-    run_stage("distill", "--method", method, "--ipc", "1")
-    assert load_tensors(f"data/checkpoints/{method}-ipc1.pt")["iteration"] == 2
-    set_params(prepared, **{f"{section}.iterations": 4})
-    run_stage("distill", "--method", method, "--ipc", "1", "--resume")
-    assert (prepared / f"data/distilled/{method}-ipc1.pt").read_bytes() == uninterrupted
-    assert (prepared / f"outputs/distill/{method}-ipc1/metrics.json").exists()
 
 
 def test_resume_refuses_other_settings(prepared):

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
+from mmdistill.core.paths import DISTILLED
 from mmdistill.core.storage import PipelineError, save_tensors
 from mmdistill.data.datasets import load_split
-from mmdistill.distill.methods import DISTILLED
 from mmdistill.evaluate import classification as evaluate
 from tests.conftest import run_stage, set_params
 
@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 
 def write_synthetic(name="random-ipc1", mean=None, std=None, images=None):
-    """One real train image per class, stored as a distilled set (the format of mmdistill.distill.methods)."""
+    """One real train image per class, stored as a distilled set (the format of mmdistill.distill.runs)."""
     train = load_split("train")
     index = [int((train.labels == c).nonzero()[0]) for c in range(len(train.class_names))]
     pixels = train.images[index].float() / 255

@@ -46,7 +46,7 @@ def test_accuracy_by_ipc_has_a_series_per_method_by_ascending_ipc():
                                      "random": [{"ipc": 1, "test_accuracy": 40.0}]}
 
 
-def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
+def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
     from mmdistill.core.storage import save_json, write_parquet
     from tests.conftest import run_stage, set_params
     run_stage("prepare")
@@ -55,10 +55,11 @@ def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
     for kind in ("image", "caption"):
         write_parquet({"uid": ["a"]}, f"data/features/{kind}/index.parquet", {"features": {"encoder": "fake"}})
     set_params(project, **{"distill.methods.selection": [], "distill.methods.masked": [],
-                           "distill.methods.gradient": ["dc"], "distill.ipcs": [1]})
+                           "distill.methods.gradient": ["dc"], "distill.methods.latent": ["dm"], "distill.ipcs": [1]})
     budget = {"epochs": 2, "repeats": 2, "lr": 0.01, "augment": True}
     for name, (record, metrics) in (("dm-ipc1", run("dm", 1, ["convnet3", "vgg11"], 70.0)),
                                     ("dc-ipc1", run("dc", 1, ["convnet3", "vgg11"], 60.0)),
+                                    ("dm-latent-ipc1", run("dm", 1, ["convnet3", "vgg11"], 65.0)),
                                     ("full", run("full", None, ["convnet3", "vgg11"], 85.0))):
         save_json(metrics, f"outputs/metrics/{name}.json")
         settings = {"k": 3} if name.startswith("dc") else {}
@@ -67,12 +68,15 @@ def test_report_stage_with_unknown_method_other_nets_and_the_full_row(project):
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
     assert "| dc | 1 | 60.00 ± 0.50 | 60.00 | 61.00 ± 0.50 | 70.5 |" in text
+    assert "| dm-latent | 1 | 65.00 ± 0.50 | 65.00 | 66.00 ± 0.50 | — |" in text
+    assert "(figures/distilled/dm-latent-ipc1.png)" in text
     assert "| whole train split (100 images) | — | 85.00 ± 0.50 | 85.00 | 86.00 ± 0.50 | 93.5 |" in text
     assert "DSDM paper" in text and "- dc: k 3" in text and "fake_captions" in text
     assert "- evaluate: 2 epochs (paper: 1000), lr 0.01 (x0.1 at half)" in text and "2 repeats" in text
     assert "- whole train split: 2 epochs, 2 repeat(s)" in text
     assert {p.name: json.loads(p.read_text()) for p in (project / "outputs/plots/accuracy").iterdir()} == {
-        "dm.json": [{"ipc": 1, "test_accuracy": 70.0}], "dc.json": [{"ipc": 1, "test_accuracy": 60.0}]}
+        "dm.json": [{"ipc": 1, "test_accuracy": 70.0}], "dc.json": [{"ipc": 1, "test_accuracy": 60.0}],
+        "dm-latent.json": [{"ipc": 1, "test_accuracy": 65.0}]}
 
 
 def test_report_names_a_missing_evaluation_record(project):

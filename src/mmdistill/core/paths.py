@@ -17,20 +17,59 @@ SELECTIONS = Path("data/selections")                   # select
 SELECTION_FIGURES = Path("outputs/figures/selection")
 PROTOTYPES = Path("data/prototypes")                   # prototypes
 POOL = Path("data/pretrained/pool.pt")                 # pretrain: DSDM's network pool
-VAE_DIR = Path("data/vae")
-VAE_METRICS = Path("outputs/metrics/vae.json")
-VAE_RECORD = VAE_DIR / "record.json"
+VAE_DIR = Path("data/vae")                             # vae --method M: data/vae/M (distill.latent.vae: offline)
+VAE_RECORD_NAME = "record.json"                        # in data/vae/M: what produced the VAE and its metrics
 CAPTION_HEAD = Path("data/caption_head/head.pt")
 CAPTION_HEAD_METRICS = Path("outputs/metrics/caption_head.json")
 CAPTION_HEAD_RECORD = CAPTION_HEAD.parent / "record.json"
-DISTILLED = Path("data/distilled")                     # distill: {method}-ipc{K}.pt
+DISTILLED = Path("data/distilled")                     # distill: {run}.pt, run = run_name(method, ipc, latent)
 DISTILLED_FIGURES = Path("outputs/figures/distilled")
 CHECKPOINTS = Path("data/checkpoints")
-DISTILL_LOGS = Path("outputs/distill")                 # loss curves (DVCLive's layout) and grids per run
-METRICS = Path("outputs/metrics")                      # evaluate: {method}-ipc{K}.json, accuracies only
+DISTILL_LOGS = Path("outputs/distill")                 # the last loss and grids per run
+METRICS = Path("outputs/metrics")                      # evaluate: {run}.json, accuracies only
 FULL_METRICS = METRICS / "full.json"
 EVALUATIONS = Path("outputs/evaluate")                 # evaluate: {method}-ipc{K}.json, what produced the metrics
 FULL_EVALUATION = EVALUATIONS / "full.json"
 REPORT = Path("outputs/report.md")
 ACCURACY_PLOTS = Path("outputs/plots/accuracy")        # report: {method}.json, test accuracy by IPC (dvc plots)
 LOSS_CURVES = Path("outputs/plots/loss")               # distill: {run}.tsv, the loss by iteration (dvc plots)
+
+
+def run_name(method: str, ipc: int, latent: bool) -> str:
+    """One distillation run's name: `{method}-ipc{K}`, or `{method}-latent-ipc{K}` in the latent parameterisation.
+    It names the run's distilled set, figure, checkpoint, loss log and metrics file."""
+    return f"{method}-latent-ipc{ipc}" if latent else f"{method}-ipc{ipc}"
+
+
+def distilled_set(run: str) -> Path:
+    return DISTILLED / f"{run}.pt"
+
+
+def distilled_figure(run: str) -> Path:
+    return DISTILLED_FIGURES / f"{run}.png"
+
+
+def checkpoint(run: str) -> Path:
+    return CHECKPOINTS / f"{run}.pt"
+
+
+def distill_log(run: str) -> Path:
+    return DISTILL_LOGS / run
+
+
+def run_metrics(run: str) -> Path:
+    return METRICS / f"{run}.json"
+
+
+def selection(method: str, ipc: int) -> Path:
+    """Stage select's real images for `method` (kmeans, herding, kcenter, forgetting) at IPC `ipc`."""
+    return SELECTIONS / f"{method}-ipc{ipc}.parquet"
+
+
+def vae_dir(method: str) -> Path:
+    """The offline VAE (stage vae --method M) of `method`'s latent runs."""
+    return VAE_DIR / method
+
+
+def vae_metrics(method: str) -> Path:
+    return METRICS / "vae" / f"{method}.json"

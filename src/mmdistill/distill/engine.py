@@ -1,21 +1,22 @@
-"""The distillation engine shared by every optimising method (dm, masked_dm, dc, dsa, masked_dc, dsdm).
+"""The distillation engine shared by every optimising method (methods/ with `engine=True`).
 
 It owns what the methods have in common: the synthetic set and its SGD optimiser, the real
 batches (one per class, drawn from a checkpointed generator), device placement and optional
-bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a loss curve (in DVCLive's file layout, see LossLog) and a grid
-of the synthetic images every N iterations under `outputs/distill/{method}-ipc{K}/`, and checkpoints every N
-iterations under `data/checkpoints/{method}-ipc{K}.pt` that `--resume` continues from with the same output
-bytes as an uninterrupted run. A method only supplies `step(iteration)`, which computes its loss on
-`engine.images()` and calls `engine.update(loss)` (once, or several times as DC's outer loop does).
+bf16 (CUDA or CPU) / fp16 (CUDA) autocast, a loss curve (`outputs/plots/loss/{run}.tsv`, see LossLog) and a grid of
+the synthetic images every N iterations under `outputs/distill/{run}/`, and checkpoints every N iterations under
+`data/checkpoints/{run}.pt` that `--resume` continues from with the same output bytes as an
+uninterrupted run ({run} = {method}-ipc{K} or {method}-latent-ipc{K}, core.paths.run_name). A method
+only supplies `step(iteration)`, which computes its loss on `engine.images()` and calls
+`engine.update(loss)` (once, or several times as DC's outer loop does).
 
-The optimised tensor `engine.syn` is the normalised pixels, or with `parameterisation: latent` the
-latents of a frozen AutoencoderKL that `engine.images()` decodes (stages/vae.py); `run` returns the
-final images decoded from it.
+The optimised tensor `engine.syn` is the normalised pixels, or for a latent run (`--latent`) the
+latents of a frozen AutoencoderKL (`distill.latent`, mmdistill.nn.vae) that `engine.images()`
+decodes; `run` returns the final images decoded from it.
 
 Settings (`distill.engine` in params.yaml): precision fp32|bf16|fp16 (autocast; fp16 needs CUDA, bf16
-also runs on CPU), checkpoint_every, log_every and grid_every (iterations), parameterisation
-pixels|latent and the VAE, compile ("" or a torch.compile backend for the embedding networks of dm,
-masked_dm and dsdm).
+also runs on CPU), checkpoint_every, log_every and grid_every (iterations), compile ("" or a
+torch.compile backend for the embedding networks of dm, masked_dm and dsdm). The optimiser's `lr` and
+`momentum` are the run's settings (`Run.settings`).
 
 Randomness: the global torch RNG is re-seeded at the start of every iteration from (seed, iteration)
 (network initialisation), and batches/augmentation seeds come from `engine.gen`, whose state is in
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mmdistill.core.config import param, positive
-from mmdistill.core.paths import CHECKPOINTS, DISTILL_LOGS, LOSS_CURVES
+from mmdistill.core.paths import LOSS_CURVES, checkpoint, distill_log, run_name
 from mmdistill.core.storage import (
     PipelineError,
     load_tensors,
@@ -43,7 +45,8 @@ from mmdistill.core.storage import (
     save_text,
 )
 from mmdistill.data.datasets import ImageSet, denormalize
-from mmdistill.nn.vae import parameterisation
+from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.vae import Pixels, latent_space
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -98,32 +101,65 @@ def draw_seed(gen: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
 
+@dataclass(frozen=True)
+class Run:
+    """One distillation run, as the distill stage hands it to a method's run function."""
+    method: str
+    ipc: int
+    latent: bool          # optimise latents of a VAE (`--latent`) instead of pixels
+    settings: dict        # mmdistill.distill.methods.resolve: the family block overlaid with the method's
+    where: dict           # the params.yaml key each setting came from, for messages
+    params: dict          # the whole params (distill.engine, distill.latent, seed, ...)
+    train: ImageSet
+    device: torch.device
+    seed: int
+    resume: bool
+
+    @property
+    def name(self) -> str:
+        """`{method}-ipc{K}` or `{method}-latent-ipc{K}`: the output, checkpoint and loss-log name."""
+        return run_name(self.method, self.ipc, self.latent)
+
+    @property
+    def classes(self) -> int:
+        return len(self.train.class_names)
+
+    def real_batches(self) -> "RealBatches":
+        return RealBatches(self.train, self.settings["batch_real"], self.where["batch_real"])
+
+    def augmentation(self):
+        """DSA (`augment`, with `flip`) as f(images, seed), or the identity."""
+        if self.settings["augment"]:
+            return DifferentiableAugment(flip=self.settings["flip"])
+        return lambda x, seed: x
+
+
 class Engine:
-    def __init__(self, name: str, syn: torch.Tensor, params: dict, section: str, device, seed: int,
-                 resume: bool = False, show=None):
-        """`name` is "{method}-ipc{K}"; `show(images, path)` draws a grid of the synthetic set."""
-        self.name, self.device, self.seed, self.resume, self.show = name, device, seed, resume, show
-        precision = param(params, "distill.engine.precision", str, "fp32", choices=tuple(PRECISIONS))
+    def __init__(self, run: Run, syn: torch.Tensor):
+        """The optimiser of `syn` (the initial synthetic images, normalised) for `run`."""
+        self.name, self.device, self.seed, self.resume = run.name, run.device, run.seed, run.resume
+        self.show = _show(run.train, run.name)
+        params = run.params
+        precision = param(params, "distill.engine.precision", str, choices=tuple(PRECISIONS))
         self.dtype = PRECISIONS[precision]
-        if precision == "fp16" and device.type != "cuda":
+        if precision == "fp16" and self.device.type != "cuda":
             raise PipelineError(f"param 'distill.engine.precision' = {precision} needs a CUDA device "
-                                f"(device is {device}); use fp32, or bf16 (CPU autocast)")
-        self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int, 100)
-        self.log_every = positive(params, "distill.engine.log_every", int, 1)
-        self.grid_every = positive(params, "distill.engine.grid_every", int, 100)
-        self.compile_backend = param(params, "distill.engine.compile", str, "",
+                                f"(device is {self.device}); use fp32, or bf16 (CPU autocast)")
+        self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int)
+        self.log_every = positive(params, "distill.engine.log_every", int)
+        self.grid_every = positive(params, "distill.engine.grid_every", int)
+        self.compile_backend = param(params, "distill.engine.compile", str,
                                      choices=("", *torch.compiler.list_backends(exclude_tags=())))
-        self.parameterisation = parameterisation(params, device)
-        self.syn = self.parameterisation.encode(syn.to(device)).clone().requires_grad_(True)
-        self.opt = torch.optim.SGD([self.syn], lr=param(params, f"{section}.lr", float),
-                                   momentum=param(params, f"{section}.momentum", float))
+        self.parameterisation = latent_space(params, run.method, self.device) if run.latent else Pixels()
+        self.syn = self.parameterisation.encode(syn.to(self.device)).clone().requires_grad_(True)
+        self.opt = torch.optim.SGD([self.syn], lr=run.settings["lr"], momentum=run.settings["momentum"])
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
         self.state: dict[str, torch.Tensor] = {}  # a method's own tensors that live across iterations
         self.history: list[float] = []
-        settings = dict(param(params, section, dict))
+        settings = dict(run.settings)
         settings.pop("iterations", None)  # a resumed run may be extended
-        self.fingerprint = {"name": name, "seed": seed, "precision": precision, "settings": settings,
+        self.fingerprint = {"name": self.name, "seed": self.seed, "precision": precision, "settings": settings,
                             **self.parameterisation.fingerprint,
                             **({"compile": self.compile_backend} if self.compile_backend else {})}
         self._losses: list[float] = []
@@ -167,7 +203,7 @@ class Engine:
         """Run `step` for the remaining iterations -> (the final images on the CPU, the loss history, the
         parameterisation's extra outputs, e.g. the latents)."""
         start = self._load_checkpoint(iterations) if self.resume else 0
-        log = LossLog(DISTILL_LOGS / self.name, start)
+        log = LossLog(distill_log(self.name), start)
         for it in tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2):
             torch.manual_seed(self.seed * 100003 + it)
             self._losses = []
@@ -184,7 +220,7 @@ class Engine:
 
     @property
     def checkpoint_path(self) -> Path:
-        return CHECKPOINTS / f"{self.name}.pt"
+        return checkpoint(self.name)
 
     def _save_checkpoint(self, done: int) -> None:
         save_tensors({"iteration": done, "syn": self.syn.detach().cpu(), "optimizer": self.opt.state_dict(),
@@ -215,6 +251,16 @@ class Engine:
             self.scaler.load_state_dict(ckpt["scaler"])
         print(f"--resume: continuing {self.name} from iteration {ckpt['iteration']} ({path})")
         return ckpt["iteration"]
+
+
+def _show(train: ImageSet, name: str):
+    """The engine's grid callback: synthetic images (one row per class) at an iteration."""
+    classes = len(train.class_names)
+
+    def show(images, path):
+        labels = torch.arange(classes).repeat_interleave(len(images) // classes)
+        save_grid(images, labels, train.class_names, train.mean, train.std, path, f"{name}, {path.stem}")
+    return show
 
 
 class LossLog:

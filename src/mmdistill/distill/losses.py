@@ -5,9 +5,13 @@ Every function takes real and synthetic batches that are class-major with equal 
 (tests/test_engine.py checks it against the loops in distill/reference.py). DM embeds all classes in
 one forward pass; DC's per-class gradients are one backward pass per class ("loop", the default)
 or one torch.func.vmap call over classes ("vmap", the earlier default: slower on CPU and not
-bit-identical to "loop"). `python -m benchmarks.run speed` measures their speed.
+bit-identical to "loop"). `python -m benchmarks.run speed` measures their speed. `weighted_sum` and `MaskedTerm`
+combine terms into a loop's loss (mmdistill.distill.distribution_matching, gradient_matching).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -128,3 +132,31 @@ def factor_decode(images: torch.Tensor, factor: int) -> torch.Tensor:
     tiles = tiles.reshape(n * factor**2, c, h // factor, w // factor)
     return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
 
+
+
+def weighted_sum(terms, device) -> torch.Tensor:
+    """Sum of weight * term() over (weight, term) pairs; a term whose weight is 0 is not computed."""
+    loss = torch.zeros((), device=device)
+    for weight, term in terms:
+        if weight:
+            loss = loss + weight * term()
+    return loss
+
+
+@dataclass(frozen=True)
+class MaskedTerm:
+    """A matching term on foreground-masked images (masked_dm, masked_dc), added with `weight` to a loop's loss:
+    the real batch times its images' masks against the synthetic images times theirs (a synthetic image keeps the
+    mask of the real image it started from). `masks`: one [1, H, W] mask per train image; `match(net, real, syn,
+    classes)`: its loss, or None for the loop's own (distribution_gap in DM, gradient_match in DC)."""
+    masks: torch.Tensor
+    weight: float
+    match: Callable | None
+
+    def checked(self, images: torch.Tensor) -> torch.Tensor:
+        """The masks, checked against the train images [N, C, H, W]."""
+        expected = (len(images), 1, *images.shape[2:])
+        if tuple(self.masks.shape) != expected:
+            raise PipelineError(f"foreground masks have shape {tuple(self.masks.shape)}, expected {expected} "
+                                f"(one 1-channel mask per train image)")
+        return self.masks

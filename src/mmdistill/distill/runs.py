@@ -1,16 +1,62 @@
-"""The names of distillation runs: `{method}-ipc{K}`, or `{method}-latent-ipc{K}` for a latent run."""
+"""One distillation run, method-independent: resolve the settings, run the registered method, write the set.
+
+The output `data/distilled/{run}.pt` ({run} = {method}-ipc{K}, or {method}-latent-ipc{K} for a latent run) is a
+tensor file (mmdistill.core.storage.load_tensors) with:
+  images       float32 [N, channels, H, W], normalised with the dataset mean/std; N = C*K, except
+               dsdm with factor l: N = C*K*l^2 decoded images (what evaluation trains on)
+  labels       int64   [N], class-major (the images of class 0, then class 1, ...)
+  source_uids  list of the real train images each image started from (one per entry of `images`)
+  mean, std    the normalisation, to turn images back into pixels
+  loss         float32 [iterations] loss curve (empty for selection methods)
+  info         method, ipc, seed, settings (the resolved settings: mmdistill.distill.methods.resolve), engine
+               (distill.engine, optimising methods), latent (distill.latent for a latent run, else {}), device,
+               library versions
+  ...          the method's further entries (methods/: dsdm's encoded/factor/pool_net, caption_concat's captions/
+               caption_space; a latent run's latents and vae: the optimised latents, dsdm: of the encoded images,
+               and the VAE's source, revision, subfolder, scaling_factor and weight digest)
+plus a PNG grid `outputs/figures/distilled/{run}.png` (one row per class; dsdm: encoded).
+"""
 from __future__ import annotations
 
-from mmdistill.core.config import int_list, param
+from pathlib import Path
+
+import torch
+
+from mmdistill.core.config import param
+from mmdistill.core.paths import distilled_figure, distilled_set
+from mmdistill.core.runtime import resolve_device, seed_everything, versions
+from mmdistill.core.storage import PipelineError, save_tensors
+from mmdistill.data.datasets import load_split
+from mmdistill.distill import methods
+from mmdistill.distill.engine import Run, save_grid
 
 
-def run_name(method: str, ipc: int, latent: bool = False) -> str:
-    return f"{method}{'-latent' if latent else ''}-ipc{ipc}"
-
-
-def enabled_runs(params: dict) -> list[tuple[str, int, bool]]:
-    """(method, ipc, latent) of every run the params enable, in the order of the `distill.methods` groups."""
-    groups = param(params, "distill.methods", dict)
-    ipcs = int_list(params, "distill.ipcs")
-    return [(method, ipc, group == "latent") for group, methods in groups.items() for method in methods
-            for ipc in ipcs]
+def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Path:
+    """Run method `name` at `ipc` images per class (in the latent parameterisation if `latent`) -> its output."""
+    method = methods.get(name)
+    if ipc <= 0:
+        raise PipelineError(f"IPC must be a positive integer, got {ipc}")
+    if latent and not method.engine:
+        raise PipelineError(f"--latent: method {name!r} selects real images and optimises nothing; latent runs are "
+                            f"for optimising methods")
+    settings, where = methods.resolve(params, name)
+    seed = param(params, "seed", int)
+    seed_everything(seed)
+    device = resolve_device(params)
+    train = load_split("train")
+    run = Run(name, ipc, latent, settings, where, params, train, device, seed, resume)
+    result = method.run(run)
+    images, init = result.images, result.init
+    out = distilled_set(run.name)
+    info = {"method": name, "ipc": ipc, "seed": seed, "settings": dict(settings),
+            "engine": dict(param(params, "distill.engine", dict)) if method.engine else {},
+            "latent": dict(param(params, "distill.latent", dict)) if latent else {},
+            "device": str(device), "versions": versions()}
+    save_tensors({"images": images.contiguous(), "labels": train.labels[init],
+                  "source_uids": [train.uids[i] for i in init], "mean": train.mean, "std": train.std,
+                  "loss": torch.tensor(result.loss, dtype=torch.float32), **result.extra, "info": info}, out)
+    shown = result.extra.get("encoded", images)
+    classes = len(train.class_names)
+    save_grid(shown, torch.arange(classes).repeat_interleave(len(shown) // classes), train.class_names, train.mean,
+              train.std, distilled_figure(run.name), f"{name}{' (latent)' if latent else ''}, IPC {ipc}")
+    return out

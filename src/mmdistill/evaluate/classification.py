@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mmdistill.core.config import param, positive
-from mmdistill.core.paths import DISTILLED, FEATURES_HELDOUT
+from mmdistill.core.paths import FEATURES_HELDOUT, distilled_set, run_name
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize
@@ -124,17 +124,19 @@ def concat_captions(path: Path, n: int, val: ImageSet, test: ImageSet) -> tuple:
     return train_c, val_c, test_c
 
 
-def evaluate(method: str, ipc: int, params: dict) -> tuple[dict, dict]:
-    """-> (metrics, record) of one distilled set."""
+def evaluate(method: str, ipc: int, latent: bool, params: dict) -> tuple[dict, dict]:
+    """-> (metrics, record) of the run (method, ipc, latent)."""
     val, test = load_split("val"), load_split("test")
-    path = DISTILLED / f"{method}-ipc{ipc}.pt"
+    run = run_name(method, ipc, latent)
+    path = distilled_set(run)
     images, labels, info = load_synthetic(path, test)
     captions = concat_captions(path, len(images), val, test) if method == "caption_concat" else None
     metrics, record = train_and_score(images, labels, val, test, params, positive(params, "evaluate.epochs"),
                                       positive(params, "evaluate.repeats"), param(params, "evaluate.augment", bool),
-                                      f"evaluate {method} ipc{ipc}", captions)
+                                      f"evaluate {run}", captions)
     extra = {"test_images_without_caption": int((captions[2].norm(dim=1) == 0).sum())} if captions else {}
-    return metrics, {"method": method, "ipc": ipc, **record, **extra, "distill": info.get("settings", {})}
+    return metrics, {"method": method, "ipc": ipc, **({"latent": True} if latent else {}), **record, **extra,
+                     "distill": info.get("settings", {})}
 
 
 def evaluate_full(params: dict) -> tuple[dict, dict]:

@@ -1,6 +1,30 @@
-"""A small diffusers AutoencoderKL trained on the real train split.
+"""A small diffusers AutoencoderKL trained on the real train split (stage vae: mmdistill.stages.vae), and the
+parameterisations of the distillation engine (pixels, or the latent space of an AutoencoderKL).
 
-The stage, its outputs and their schema: mmdistill.stages.vae.
+Stage: an `AutoencoderKL` (`vae.block_out_channels`, one downsample per extra block, so (16, 32) on
+28x28 gives 4 x 14 x 14 latents; `vae.latent_channels`; input/output channels = the prepared data's)
+is trained for `vae.epochs` epochs (Adam, lr `vae.lr`, batch `vae.batch_size`) on the train images
+scaled to [-1, 1] (the diffusers convention) with MSE reconstruction + `vae.kl_weight` x KL. Its
+`scaling_factor` is then set to 1 / std of the train latent means, as Stable Diffusion's is.
+
+Outputs of stage vae (one VAE per method of `distill.methods.latent`, so a VAE change re-runs only that method's runs;
+the training does not depend on the method):
+  data/vae/{method}/                save_pretrained folder (config.json, diffusion_pytorch_model.safetensors)
+  data/vae/{method}/record.json     what produced the metrics: scaling_factor, latent_shape, train_images,
+                                    settings, seed, device, versions
+  outputs/metrics/vae/{method}.json measured numbers only: val reconstruction of the latent mean, mse (pixels
+                                    in [0, 1]) and psnr (dB); train loss of the last epoch
+
+Parameterisation (mmdistill.distill.engine; `--latent` of stages distill and evaluate):
+  pixels   the synthetic set is optimised as normalised pixels (identity; runs without --latent).
+  latent   it is optimised as latents of `distill.latent.vae`: `offline` (data/vae/{method} of this stage) or a
+           diffusers AutoencoderKL hub id / local folder (+ `vae_revision`, `vae_subfolder`), loaded
+           like the annotation models (offline: the HF cache or a local folder). Latents start as the
+           scaled latent means of the real init images; every loss sees them decoded by the frozen
+           decoder; the output holds them decoded once more, clamped to valid pixels. Data in the
+           pipeline's normalisation goes to the VAE as [-1, 1] pixels: grey data is repeated to RGB
+           for an RGB VAE (and the decoded RGB averaged back to grey), and images are resized
+           (bilinear) up to a multiple of the VAE's downsampling and back.
 """
 from __future__ import annotations
 
@@ -13,13 +37,11 @@ import torch.nn.functional as F
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.hub import from_pretrained
-from mmdistill.core.paths import VAE_DIR, VAE_METRICS, VAE_RECORD
+from mmdistill.core.paths import VAE_RECORD_NAME, vae_dir, vae_metrics
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, atomic_path, save_json
 from mmdistill.data.datasets import dataset_info, load_split
 from mmdistill.nn.train import adam_minibatches
-
-PARAMETERISATIONS = ("pixels", "latent")
 
 
 def build_vae(params: dict, channels: int, size: int):
@@ -56,7 +78,8 @@ def reconstruction(vae, images: torch.Tensor, device, batch_size: int) -> tuple[
     return torch.cat(errors).mean().item(), torch.cat(means)
 
 
-def train_vae(params: dict) -> Path:
+def train_vae(params: dict, method: str) -> Path:
+    """Train the offline VAE of `method`'s latent runs -> data/vae/{method}."""
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)
@@ -80,15 +103,15 @@ def train_vae(params: dict) -> Path:
     _, train_means = reconstruction(vae, train.images, device, 256)
     vae.register_to_config(scaling_factor=round(1.0 / train_means.std().item(), 6))
     mse, _ = reconstruction(vae, val.images, device, 256)
-    with atomic_path(VAE_DIR) as tmp:
+    with atomic_path(vae_dir(method)) as tmp:
         vae.to("cpu").save_pretrained(tmp)
         save_json({"scaling_factor": vae.config.scaling_factor, "latent_shape": list(train_means.shape[1:]),
                    "train_images": len(train), "seed": seed, "settings": param(params, "vae", dict),
-                   "device": str(device), "versions": versions()}, tmp / VAE_RECORD.relative_to(VAE_DIR))
+                   "device": str(device), "versions": versions()}, tmp / VAE_RECORD_NAME)
     save_json({"val_mse": round(mse, 6), "val_psnr": round(10 * math.log10(1 / mse), 3),
-               "train_loss_last_epoch": round(history[-1], 6)}, VAE_METRICS)
+               "train_loss_last_epoch": round(history[-1], 6)}, vae_metrics(method))
     print(f"vae: val reconstruction mse {mse:.5f}, psnr {10 * math.log10(1 / mse):.2f} dB")
-    return VAE_DIR
+    return vae_dir(method)
 
 
 class Pixels:
@@ -173,28 +196,26 @@ class Latent:
         return {"latents": latents.detach().cpu().contiguous(), "vae": self.source}
 
 
-def load_vae(params: dict):
-    """The AutoencoderKL named by `distill.engine.vae` -> (model, description of its source)."""
+def load_vae(params: dict, method: str):
+    """The AutoencoderKL named by `distill.latent.vae` for `method` -> (model, description of its source)."""
     from diffusers import AutoencoderKL
-    key = "distill.engine.vae"
+    key = "distill.latent.vae"
     source = param(params, key, str)
     if source == "offline":
-        if not (VAE_DIR / "config.json").exists():
-            raise PipelineError(f"param '{key}' is 'offline' but {VAE_DIR} has no trained VAE: run `dvc repro vae` "
-                                "(python -m mmdistill.stages.vae)")
-        return AutoencoderKL.from_pretrained(VAE_DIR, low_cpu_mem_usage=False), {"vae": "offline"}
-    subfolder = param(params, "distill.engine.vae_subfolder", str) or None
-    vae = from_pretrained(AutoencoderKL, params, key, "distill.engine.vae_revision", subfolder=subfolder,
+        folder = vae_dir(method)
+        if not (folder / "config.json").exists():
+            raise PipelineError(f"param '{key}' is 'offline' but {folder} has no trained VAE: run "
+                                f"`python -m mmdistill.stages.vae --method {method}` (DVC stage vae@{method})")
+        return AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False), {"vae": "offline"}
+    subfolder = param(params, "distill.latent.vae_subfolder", str) or None
+    vae = from_pretrained(AutoencoderKL, params, key, "distill.latent.vae_revision", subfolder=subfolder,
                           low_cpu_mem_usage=False)  # True only warns without `accelerate`
-    return vae, {"vae": source, "revision": param(params, "distill.engine.vae_revision", str),
+    return vae, {"vae": source, "revision": param(params, "distill.latent.vae_revision", str),
                  "subfolder": subfolder or ""}
 
 
-def parameterisation(params: dict, device) -> Pixels | Latent:
-    """The engine's parameterisation from `distill.engine.parameterisation`."""
-    kind = param(params, "distill.engine.parameterisation", str, choices=PARAMETERISATIONS)
-    if kind == "pixels":
-        return Pixels()
+def latent_space(params: dict, method: str, device) -> Latent:
+    """The latent parameterisation of `method`'s latent runs (`distill.latent`)."""
     info = dataset_info()
-    vae, source = load_vae(params)
+    vae, source = load_vae(params, method)
     return Latent(vae, source, info["mean"], info["std"], info["channels"], (info["height"], info["width"]), device)

@@ -1,6 +1,6 @@
 """evaluate: train fresh networks on one synthetic set -> outputs/metrics/{run}.json, outputs/evaluate/{run}.json
 
-    python -m mmdistill.stages.evaluate --method dm --ipc 10
+    python -m mmdistill.stages.evaluate --method dm --ipc 10 [--latent]   # --latent: dm-latent-ipc10
     python -m mmdistill.stages.evaluate --full          # upper bound: the whole prepared train split
 
 For every architecture in `evaluate.nets` (names of stages.nets, e.g. convnet3, resnet18,
@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 
 from mmdistill.core.config import load_params
-from mmdistill.core.paths import EVALUATIONS, METRICS
+from mmdistill.core.paths import EVALUATIONS, METRICS, run_name
 from mmdistill.core.storage import save_json
 from mmdistill.evaluate.classification import evaluate, evaluate_full
 from mmdistill.stages import run_stage
@@ -44,21 +44,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method")
     parser.add_argument("--ipc", type=int)
+    parser.add_argument("--latent", action="store_true", help="the latent run {method}-latent-ipc{K}")
     parser.add_argument("--full", action="store_true", help="train on the whole train split (upper bound)")
     args = parser.parse_args()
     params = load_params()
     if args.full:
         (metrics, record), run = evaluate_full(params), "full"
     elif args.method and args.ipc:
-        (metrics, record), run = evaluate(args.method, args.ipc, params), f"{args.method}-ipc{args.ipc}"
+        (metrics, record), run = (evaluate(args.method, args.ipc, args.latent, params),
+                                  run_name(args.method, args.ipc, args.latent))
     else:
         parser.error("give --method and --ipc, or --full")
     path = METRICS / f"{run}.json"
     save_json(record, EVALUATIONS / f"{run}.json")
     save_json(metrics, path)
     for name, m in metrics.items():
-        print(f"{record['method']} IPC {record['ipc']} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± "
-              f"{m['test_accuracy_std']:.2f} % -> {path}")
+        print(f"{run} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± {m['test_accuracy_std']:.2f} % -> {path}")
 
 if __name__ == "__main__":
     run_stage(main)

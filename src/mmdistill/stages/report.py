@@ -2,26 +2,26 @@
 outputs/plots/accuracy.json, the data of dvc.yaml's accuracy-vs-IPC plot.
 
 Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{method}-ipcK.json (what
-produced them) for every (method, IPC) of params (any method name: the table is built from these
-files) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
+produced them) for every run of params (runs of `distill.methods.latent` as {method}-latent, with no published
+row) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
 Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
 same dataset, method, IPC and network (PUBLISHED in mmdistill.report.markdown), labelled with its
 source; their budgets are the papers', not ours.
 
-outputs/plots/accuracy.json: one row per IPC of params, {"ipc": K, "<method>": test accuracy (%) of the
-default net, ...} (a method column per method of params).
+outputs/plots/accuracy/{method}.json: [{"ipc": K, "test_accuracy": % of the default net}, ...] by IPC, one
+file (a line of `dvc plots show`) per method of params.
 """
 from __future__ import annotations
 
 import json
 
 from mmdistill.annotate.cache import annotation_backend
-from mmdistill.core.config import load_params, param
-from mmdistill.core.paths import ACCURACY_PLOTS, EVALUATIONS, FULL_METRICS, METRICS, REPORT
+from mmdistill.core.config import int_list, load_params, param
+from mmdistill.core.paths import ACCURACY_PLOTS, EVALUATIONS, FULL_METRICS, METRICS, REPORT, run_name
 from mmdistill.core.runtime import versions
 from mmdistill.core.storage import PipelineError, atomic_path, save_json, save_text
 from mmdistill.data.datasets import dataset_info
-from mmdistill.distill.runs import enabled_runs, run_name
+from mmdistill.distill import methods as registry
 from mmdistill.embed.features import feature_metadata
 from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, table
 from mmdistill.stages import run_stage
@@ -38,11 +38,13 @@ def evaluation(run: str, stage: str) -> tuple[dict, dict]:
 
 def main() -> None:
     params = load_params()
-    runs = enabled_runs(params)
+    ipcs = int_list(params, "distill.ipcs")
+    runs = [(method, ipc, latent) for method, latent in registry.enabled(params) for ipc in ipcs]
     rows = []
     for method, ipc, latent in runs:
-        rows.append((f"{method} (latent)" if latent else method, str(ipc),
-                     *evaluation(run_name(method, ipc, latent), "evaluate")))
+        record, metrics = evaluation(run_name(method, ipc, latent), "evaluate")
+        label = f"{method}-latent" if latent else method
+        rows.append((label, str(ipc), {**record, "method": label}, metrics))  # no published row for a latent run
     full = None  # the record of the whole-train-split row
     if FULL_METRICS.exists():
         full, full_metrics = evaluation("full", "evaluate_full")
@@ -90,11 +92,11 @@ def main() -> None:
     lines += [f"- {k}: {v}" for k, v in sorted(versions().items())]
     lines += ["", "## Synthetic sets", ""]
     for method, ipc, latent in runs:
-        lines.append(f"![{method}{' (latent)' if latent else ''}, IPC {ipc}](figures/distilled/"
+        lines.append(f"![{method}{'-latent' if latent else ''}, IPC {ipc}](figures/distilled/"
                      f"{run_name(method, ipc, latent)}.png)")
     save_text("\n".join(lines) + "\n", REPORT)
-    series = accuracy_by_ipc([(run_name(method, 0, latent).removesuffix("-ipc0"), record, metrics)
-                              for (method, _, latent), (_, _, record, metrics) in zip(runs, rows)])
+    series = accuracy_by_ipc([(label, record, metrics) for label, _, record, metrics in rows
+                              if record["ipc"] is not None])
     with atomic_path(ACCURACY_PLOTS) as folder:  # the whole folder: series of methods no longer run disappear
         for name, points in series.items():
             save_json(points, folder / f"{name}.json")

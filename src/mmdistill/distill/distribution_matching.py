@@ -1,0 +1,56 @@
+"""The loop of the `distribution` family (dm, masked_dm): Distribution Matching (Zhao & Bilen).
+
+Synthetic pixels (or latents) are optimised so that the class-mean embeddings under a freshly initialised network
+(new weights every iteration, `net`) match those of a class-balanced batch of real images (`batch_real` per
+class), both under the same DSA augmentation (`augment`, `flip`); SGD with `lr`, `momentum` for `iterations`.
+KEYS is the schema of `distill.distribution` (the family block a method's block overlays).
+"""
+from __future__ import annotations
+
+from mmdistill.core.config import BOOL, Float, Int, Str
+from mmdistill.distill.engine import Engine, Run, draw_seed
+from mmdistill.distill.losses import MaskedTerm, distribution_gap, weighted_sum
+from mmdistill.nn.nets import make_net
+
+KEYS = {
+    "iterations": Int(low=1),
+    "batch_real": Int(low=1),
+    "lr": Float(above=0),
+    "momentum": Float(low=0, high=1),
+    "net": Str(empty=False),
+    "augment": BOOL,
+    "flip": BOOL,
+}
+
+
+def distribution_matching(run: Run, init: list[int], full_weight: float, masked: MaskedTerm | None):
+    """DM from the train images `init`: `full_weight` x the distribution gap of the images, plus `masked`'s term
+    (its `match`, or the distribution gap, on foreground-masked images) -> the engine's (images, loss history,
+    extra outputs)."""
+    settings, device = run.settings, run.device
+    net_name = settings["net"]
+    augment = run.augmentation()
+    batches = run.real_batches()
+    classes, (channels, size) = batches.classes, run.train.images.shape[1:3]
+    engine = Engine(run, batches.images[init])
+    if masked is not None:
+        masks = masked.checked(run.train.images)
+        syn_masks = masks[init].to(device)
+        masked_match = masked.match or distribution_gap
+
+    def step(it):
+        net = engine.compiled(make_net(net_name, channels, classes, size).to(device))
+        net.requires_grad_(False)
+        idx = batches.sample(engine.gen)
+        real = batches.images[idx].to(device)
+        aug_seed = draw_seed(engine.gen)
+        syn = engine.images()
+        terms = [(full_weight, lambda: distribution_gap(net, augment(real, aug_seed), augment(syn, aug_seed), classes))]
+        if masked is not None:
+            terms.append((masked.weight, lambda: masked_match(
+                net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed), classes)))
+        with engine.autocast():
+            loss = weighted_sum(terms, device)
+        engine.update(loss)
+
+    return engine.run(settings["iterations"], step)

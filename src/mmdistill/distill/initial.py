@@ -1,0 +1,33 @@
+"""The real train images a synthetic set consists of (selection methods) or starts from (optimising methods)."""
+from __future__ import annotations
+
+import numpy as np
+
+from mmdistill.core.paths import selection
+from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.data.datasets import ImageSet
+
+
+def random_selection(train: ImageSet, ipc: int, seed: int) -> list[int]:
+    """`ipc` seeded random train images per class (indices into `train`), class-major."""
+    rng = np.random.default_rng(seed)
+    labels = train.labels.numpy()
+    picked = []
+    for c, name in enumerate(train.class_names):
+        members = np.flatnonzero(labels == c)
+        if ipc > len(members):
+            raise PipelineError(f"IPC {ipc} is larger than class '{name}', which has {len(members)} train images")
+        picked += sorted(rng.choice(members, size=ipc, replace=False).tolist())
+    return picked
+
+
+def selected(train: ImageSet, method: str, ipc: int) -> list[int]:
+    """The real images stage `select` chose for `method` (kmeans, herding, kcenter, forgetting), class-major."""
+    path = selection(method, ipc)
+    if not path.exists():
+        raise PipelineError(f"{path} is missing: IPC {ipc} must be listed in 'distill.ipcs' and `select` run")
+    order = "cluster" if method == "kmeans" else "rank"
+    table = read_parquet(path, ["label", order, "uid"])
+    position = {u: i for i, u in enumerate(train.uids)}
+    rows = sorted(zip(table["label"].to_pylist(), table[order].to_pylist(), table["uid"].to_pylist()))
+    return [position[u] for _, _, u in rows]

@@ -1,0 +1,81 @@
+"""dsdm: Diversified Semantic Distribution Matching. A network drawn each iteration from the pool of stage
+`pretrain`; prototype + `lambda_diversity` x covariance + `lambda_history` x historical-prototype matching; IDC's
+factor l (`factor`): each stored image holds l^2 tiles, each a real image downsampled by l; the loss sees the
+decoded (upsampled) tiles. Each pool network keeps its own EMA memory (rate `ema`) of synthetic prototypes; its
+historical term is 0 until that network has been used once (the paper's h^(1) = 0).
+"""
+from __future__ import annotations
+
+import torch
+
+from mmdistill.core.config import BOOL, Float, Int
+from mmdistill.core.paths import POOL
+from mmdistill.core.storage import load_tensors
+from mmdistill.distill.engine import Engine, Run, draw_seed
+from mmdistill.distill.initial import random_selection
+from mmdistill.distill.losses import class_means, dsdm_terms, factor_decode, factor_encode
+from mmdistill.distill.methods import Method, Synthetic
+from mmdistill.nn.nets import make_net
+
+
+def load_pool(device) -> tuple[str, list]:
+    """The pre-trained networks of stage `pretrain` (frozen, eval mode)."""
+    pool = load_tensors(POOL)
+    nets = []
+    for state in pool["states"]:
+        net = make_net(pool["net"], pool["channels"], pool["classes"], pool["image_size"])
+        net.load_state_dict(state)
+        nets.append(net.to(device).eval().requires_grad_(False))
+    return pool["net"], nets
+
+
+def run(run: Run) -> Synthetic:
+    settings, device = run.settings, run.device
+    factor = settings["factor"]
+    lambda_div, lambda_hist, ema = settings["lambda_diversity"], settings["lambda_history"], settings["ema"]
+    init = random_selection(run.train, run.ipc * factor**2, run.seed)
+    augment = run.augmentation()
+    batches = run.real_batches()
+    classes = batches.classes
+    net_name, pool = load_pool(device)
+    engine = Engine(run, factor_encode(batches.images[init], factor))
+    dim = pool[0].embed(batches.images[:1].to(device)).shape[1]
+    pool = [engine.compiled(net) for net in pool]
+    engine.state = {"memory": torch.zeros(len(pool), classes, dim, device=device),
+                    "used": torch.zeros(len(pool), dtype=torch.bool, device=device)}
+
+    def step(it):
+        m = int(torch.randint(len(pool), (1,), generator=engine.gen))
+        net, memory, used = pool[m], engine.state["memory"], engine.state["used"]
+        idx = batches.sample(engine.gen)
+        real = batches.images[idx].to(device)
+        aug_seed = draw_seed(engine.gen)
+        with engine.autocast():
+            with torch.no_grad():
+                real_features = net.embed(augment(real, aug_seed))
+            syn_features = net.embed(augment(factor_decode(engine.images(), factor), aug_seed))
+            proto, diversity, hist = dsdm_terms(real_features, syn_features, memory[m] if used[m] else None, classes)
+            loss = proto + lambda_div * diversity + lambda_hist * hist
+        engine.update(loss)
+        with torch.no_grad(), engine.autocast():
+            prototypes = class_means(net.embed(factor_decode(engine.images(), factor)), classes).float()
+        memory[m] = ema * memory[m] + (1 - ema) * prototypes if used[m] else prototypes
+        used[m] = True
+
+    encoded, history, outputs = engine.run(settings["iterations"], step)
+    return Synthetic(factor_decode(encoded, factor), init, history,
+                     {"encoded": encoded.contiguous(), "factor": factor, "pool_net": net_name, **outputs})
+
+
+METHOD = Method("dsdm", group="pool", family=None, run=run, engine=True, keys={
+    "iterations": Int(low=1),
+    "batch_real": Int(low=1),
+    "lr": Float(above=0),
+    "momentum": Float(low=0, high=1),
+    "lambda_diversity": Float(low=0),
+    "lambda_history": Float(low=0),
+    "ema": Float(low=0, high=1),
+    "factor": Int(low=1),
+    "augment": BOOL,
+    "flip": BOOL,
+})

@@ -1,0 +1,32 @@
+"""Real-image selections: the synthetic set is K real train images per class, not optimised.
+
+  random     K seeded random real train images per class
+  kmeans     the real image nearest to each per-class k-means centre (stage `select`)
+  herding    per-class herding coreset of image features (stage `select`)
+  kcenter    per-class greedy k-center coreset of image features (stage `select`)
+  forgetting per-class most-forgotten train images (stages `forgetting` and `select`)
+"""
+from __future__ import annotations
+
+from mmdistill.distill.engine import Run
+from mmdistill.distill.initial import random_selection, selected
+from mmdistill.distill.methods import Method, Synthetic
+
+
+def _random(run: Run) -> Synthetic:
+    init = random_selection(run.train, run.ipc, run.seed)
+    return Synthetic(run.train.normalized()[init], init, [])
+
+
+def _selected(method: str):
+    def run_selection(run: Run) -> Synthetic:
+        init = selected(run.train, method, run.ipc)
+        return Synthetic(run.train.normalized()[init], init, [])
+    return run_selection
+
+
+METHODS = {
+    "random": Method("random", group="selection", family=None, keys={}, run=_random, engine=False),
+    **{name: Method(name, group="selection", family=None, keys={}, run=_selected(name), engine=False)
+       for name in ("kmeans", "herding", "kcenter", "forgetting")},
+}
