@@ -27,11 +27,12 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
                (and its own rows instead of `rows` when given); none = one variant, `base`
   repeats      N >= 1: everything runs with seed = params.yaml's seed + 0, ..., N - 1 (none = 1)
   kind accuracy:
-    rows       [METHOD:IPC, or {row: METHOD:IPC, set: {...}}]: distill, then evaluate; a row's sets apply
+    rows       [METHOD:IPC, or {row: METHOD:IPC, set: {...}}]: distill, then evaluate (METHOD-latent: the latent
+               run, --latent); a row's sets apply
                to its own commands only (after `needs` ran)
     evaluate   false = distill only (a timing row); none = true
     metrics    fnmatch patterns over the dotted numeric keys of the metrics file, shown as columns
-               (none = test_accuracy_mean, test_accuracy_std, val_accuracy_mean)
+               (none = NET.test_accuracy_mean, NET.test_accuracy_std, NET.val_accuracy_mean for each network)
   kind speed:
     measure    the spec of benchmarks/measure_speed.py (rounds, iterations, images, losses, ...)
 """
@@ -63,7 +64,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 KINDS = ("accuracy", "speed")
 COMMON_KEYS = {"description", "kind", "set", "needs", "variants", "repeats"}
 KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}}
-DEFAULT_METRICS = ["test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean"]
+DEFAULT_METRICS = ["*.test_accuracy_mean", "*.test_accuracy_std", "*.val_accuracy_mean"]  # per network
 METRICS_DIR = "outputs/metrics"  # where the evaluate stage writes its metrics files (read, never written)
 
 
@@ -100,13 +101,16 @@ def lookup(tree, dotted: str):
 
 
 def apply_sets(params: dict, sets: dict, where: str) -> dict:
-    """A copy of `params` with every dotted key of `sets` replaced; each key must exist in params.yaml."""
+    """A copy of `params` with every dotted key of `sets` set; its parent must be a mapping of params.yaml (a
+    method's block may override its family's keys: `distill.dm.iterations`). `check_params` validates the result."""
     params = copy.deepcopy(params)
     for key, value in sets.items():
         try:
-            lookup(params, key)
+            parent = lookup(params, key.rpartition(".")[0]) if "." in key else params
         except KeyError:
             raise ConfigError(where, f"set {key!r}: no such key in params.yaml") from None
+        if not isinstance(parent, dict):
+            raise ConfigError(where, f"set {key!r}: {key.rpartition('.')[0]!r} is not a mapping in params.yaml")
         *parents, last = key.split(".")
         node = params
         for part in parents:
@@ -125,8 +129,10 @@ def parse_row(item, where: str) -> dict:
         item = item["row"]
     method, _, ipc = str(item).partition(":")
     if not method or not ipc.isdigit() or int(ipc) < 1:
-        raise ConfigError(where, f"row {item!r}: expected METHOD:IPC, e.g. dm:10")
-    return {"method": method, "ipc": int(ipc), "set": sets, "name": f"{method}:{ipc}"}
+        raise ConfigError(where, f"row {item!r}: expected METHOD:IPC (or METHOD-latent:IPC), e.g. dm:10")
+    latent = method.endswith("-latent")
+    return {"method": method.removesuffix("-latent"), "latent": latent, "ipc": int(ipc), "set": sets,
+            "name": f"{method}:{ipc}"}
 
 
 def check_sets(sets, where: str) -> dict:
@@ -189,12 +195,25 @@ def load_config(name: str, params: dict, dvc_stages: set[str]) -> dict:
         if kind == "accuracy":
             variant["rows"] = [parse_row(r, where) for r in spec["rows"]] if "rows" in spec else config["rows"]
         config["variants"][str(vname)] = variant
-    # every key of every set exists in params.yaml: checked now, not an hour into the run
+    # every params file the run will write passes the project's schema: checked now, not an hour into the run
+    candidates = []
     for variant in config["variants"].values():
-        apply_sets(apply_sets(params, config["set"], where), variant["set"], where)
-        for row in variant.get("rows", []):
-            apply_sets(params, row["set"], where)
+        base = apply_sets(apply_sets(params, config["set"], where), variant["set"], where)
+        candidates += [base] + [apply_sets(base, row["set"], where) for row in variant.get("rows", [])]
+    check_params(candidates, where)
     return config
+
+
+def check_params(candidates: list[dict], where: str) -> None:
+    """Validate params files with the project's schema, in one subprocess (this runner imports nothing from
+    mmdistill); the first error is the config's."""
+    code = ("import sys, yaml; from mmdistill.core.config import validate; from mmdistill.core.schema import schema; "
+            "s = schema(); [validate(p, s) for p in yaml.safe_load(sys.stdin)]")
+    result = subprocess.run([sys.executable, "-c", code], input=yaml.safe_dump(candidates), text=True,
+                            capture_output=True, cwd=ROOT)
+    if result.returncode:
+        raise ConfigError(where, result.stderr.strip().splitlines()[-1].removeprefix(
+            "mmdistill.core.storage.PipelineError: "))
 
 
 # -------------------------------------------------------------------------------------------- the plan
@@ -225,7 +244,7 @@ def plan(config: dict, base_params: dict) -> list[dict]:
                 cell = {**unit, "row": row["name"], "method": row["method"], "ipc": row["ipc"]}
                 if row["set"]:
                     steps.append({**cell, "step": "params", "set": {**sets, **row["set"]}})
-                args = ["--method", row["method"], "--ipc", str(row["ipc"])]
+                args = ["--method", row["method"], "--ipc", str(row["ipc"])] + (["--latent"] if row["latent"] else [])
                 steps.append({**cell, "step": "distill", "argv": [py, "-m", "mmdistill.stages.distill", *args]})
                 if config["evaluate"]:
                     steps.append({**cell, "step": "evaluate",

@@ -97,7 +97,8 @@ def test_every_shipped_config_is_valid():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"set": {"distill.dm.iteratons": 5}}, "set 'distill.dm.iteratons': no such key in params.yaml"),
+    ({"set": {"distill.dm.iteratons": 5}}, "unknown param 'distill.dm.iteratons'"),
+    ({"set": {"distill.nosuch.iterations": 5}}, "set 'distill.nosuch.iterations': no such key in params.yaml"),
     ({"needs": ["prepar"]}, "needs 'prepar': no such stage in dvc.yaml"),
     ({"rows": ["dm"]}, "row 'dm': expected METHOD:IPC"),
     ({"repeat": 2}, "unknown keys ['repeat']"),
@@ -131,7 +132,7 @@ def test_a_real_run_writes_stamped_results(tmp_path, fashion_dir):
     assert record["stamp"]["finished"] and len(record["stamp"]["load_end"]) == 3
     evaluate = [s for s in record["steps"] if s["step"] == "evaluate"]
     assert len(evaluate) == 1 and evaluate[0]["metrics_file"] == "random-ipc1.json"
-    accuracy = evaluate[0]["metrics"]["test_accuracy_mean"]
+    accuracy = evaluate[0]["metrics"]["convnet3"]["test_accuracy_mean"]
     text = (out / "tiny.md").read_text()
     assert "do not edit, rerun it" in text and f"| random | 1 | {accuracy:.2f} |" in text
     assert record["stamp"]["commit"] in text
