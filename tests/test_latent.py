@@ -180,9 +180,9 @@ def test_shift_factor_latents_follow_diffusers_convention(tmp_path):
                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                   latent_channels=4, norm_num_groups=4, scaling_factor=1.5, shift_factor=0.4).save_pretrained(
         tmp_path / "sd3-like-vae")
-    params = {"distill": {"engine": {"vae": str(tmp_path / "sd3-like-vae"), "vae_revision": "main",
+    params = {"distill": {"latent": {"vae": str(tmp_path / "sd3-like-vae"), "vae_revision": "main",
                                      "vae_subfolder": ""}}}
-    model, source = vae.load_vae(params)
+    model, source = vae.load_vae(params, "dm")
     mean, std = 0.3, 0.25
     space = vae.Latent(model, source, [mean], [std], 1, (16, 16), CPU)
     images = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -58,8 +58,8 @@ def test_tiny_test_params_validate(tmp_path):
 
 
 @pytest.mark.parametrize("key, add, message", [
-    ("distill.dm.iterations", "iteratons",
-     r"unknown param 'distill\.dm\.iteratons'.*did you mean 'distill\.dm\.iterations'"),
+    ("distill.distribution.iterations", "iteratons",
+     r"unknown param 'distill\.distribution\.iteratons'.*did you mean 'distill\.distribution\.iterations'"),
     ("evaluate.repeats", "repeat", r"unknown param 'evaluate\.repeat'.*did you mean 'evaluate\.repeats'"),
     ("prepare.max_train_per_class", "max_train_per_clas",
      r"unknown param 'prepare\.max_train_per_clas'.*did you mean 'prepare\.max_train_per_class'"),
@@ -254,3 +254,13 @@ def test_stage_with_bad_params_exits_with_one_line_and_writes_nothing(tmp_path, 
         assert result.returncode == 1 and result.stdout == ""
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
         assert snapshot(root) == before
+
+
+def test_misspelt_override_in_a_method_block_names_the_family_key(tmp_path, repo_params):
+    """`distill.dm` holds only dm's differences from `distill.distribution`; a misspelt override there is named with
+    the family key it meant."""
+    params = copy.deepcopy(repo_params)
+    params["distill"]["dm"]["iteratons"] = 5
+    with pytest.raises(PipelineError, match=r"unknown param 'distill\.dm\.iteratons'.*did you mean "
+                                            r"'distill\.dm\.iterations'"):
+        load(tmp_path, params)

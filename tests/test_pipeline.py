@@ -32,6 +32,22 @@ def ran(output: str) -> set:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+TOY_METHOD = '''"""toy: dm's loss at half weight (a test of adding a method)."""
+from mmdistill.distill.distribution_matching import distribution_matching
+from mmdistill.distill.initial import random_selection
+from mmdistill.distill.methods import Method, Synthetic
+
+
+def run(run):
+    init = random_selection(run.train, run.ipc, run.seed)
+    images, history, outputs = distribution_matching(run, init, full_weight=0.5, masked=None)
+    return Synthetic(images, init, history, outputs)
+
+
+METHOD = Method("toy", group="distribution", family="distribution", keys={}, run=run, engine=True)
+'''
+
+
 def stage_names(project) -> set:
     return {s.name for s in resolved_stages(project)}
 
@@ -95,6 +111,18 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     set_params(project, **{"ground.min_area": 0.05})
     assert ran(sh(project, "dvc", "repro")) == {"ground", "caption", "describe", "embed_image", "embed_text", "report"} \
         | {r for r in runs if "_masked@" in r}
+
+    # a new method is one module and one registry line (+ its place in a group and its params block)
+    (project / "src/mmdistill/distill/methods/toy.py").write_text(TOY_METHOD)
+    registry = project / "src/mmdistill/distill/methods/__init__.py"
+    line = '    "dm": "mmdistill.distill.methods.dm",\n'
+    registry.write_text(registry.read_text().replace(line, line + '    "toy": "mmdistill.distill.methods.toy",\n'))
+    set_params(project, **{"distill.methods.distribution": ["dm", "toy"], "distill.toy": {}})
+    toy = {f"{s}_distribution@toy-{k}" for s in ("distill", "evaluate") for k in (1, 2)}
+    assert toy <= stage_names(project)
+    registry_users = stages_importing(project, "src/mmdistill/distill/methods/__init__.py")
+    assert ran(sh(project, "dvc", "repro")) == toy | registry_users  # the others re-run, to the same bytes
+    assert "| toy | 2 |" in (project / "outputs/report.md").read_text()
 
     # a colleague clones, pulls from the shared remote and has everything without recomputing
     remote = tmp_path / "remote"
