@@ -23,7 +23,8 @@ GROUPS = {"selection": ["random", "kmeans"], "distribution": ["dm"], "masked": [
 
 
 def sh(cwd, *cmd) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=dict(ENV, PYTHONPATH=str(Path(cwd) / "src")), capture_output=True, text=True)
+    env = dict(ENV, PYTHONPATH=str(Path(cwd) / "src"))  # the project copy's code, not the installed checkout's
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
 
@@ -109,8 +110,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
 
     # the masks change: only the masked method's stages re-run downstream of the annotations
     set_params(project, **{"ground.min_area": 0.05})
-    assert ran(sh(project, "dvc", "repro")) == {"ground", "caption", "describe", "embed_image", "embed_text", "report"} \
-        | {r for r in runs if "_masked@" in r}
+    annotation = {"ground", "caption", "describe", "embed_image", "embed_text", "report"}
+    assert ran(sh(project, "dvc", "repro")) == annotation | {r for r in runs if "_masked@" in r}
 
     # a new method is one module and one registry line (+ its place in a group and its params block)
     (project / "src/mmdistill/distill/methods/toy.py").write_text(TOY_METHOD)
