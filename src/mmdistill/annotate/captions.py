@@ -34,7 +34,7 @@ from mmdistill.annotate.cache import (
     run_annotation_stage,
 )
 from mmdistill.core.config import load_params, param, positive
-from mmdistill.core.hub import from_pretrained, pil_images, torch_dtype
+from mmdistill.core.hub import from_pretrained, load_model, pil_images, torch_dtype
 from mmdistill.core.paths import ANNOTATION_FIGURE
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import PipelineError, decode_image, save_figure
@@ -118,8 +118,7 @@ class Blip2Captioner:
         self.dtype = torch_dtype(self.device)
         key, rev = "caption.blip2.model", "caption.blip2.revision"
         self.processor = from_pretrained(Blip2Processor, self.params, key, rev)
-        self.model = from_pretrained(Blip2ForConditionalGeneration, self.params, key, rev,
-                                     dtype=self.dtype).to(self.device).eval()
+        self.model = load_model(Blip2ForConditionalGeneration, self.params, key, rev, self.device)
 
     @torch.no_grad()
     def annotate(self, records):

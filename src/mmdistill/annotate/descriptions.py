@@ -29,7 +29,7 @@ from mmdistill.annotate.cache import (
 )
 from mmdistill.annotate.captions import fill
 from mmdistill.core.config import load_params, param, positive
-from mmdistill.core.hub import from_pretrained, pil_images, torch_dtype
+from mmdistill.core.hub import from_pretrained, load_model, pil_images, torch_dtype
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import PipelineError
 
@@ -79,8 +79,7 @@ class LlavaDescriber:
         self.processor = from_pretrained(AutoProcessor, self.params, key, rev)
         self.processor.tokenizer.padding_side = "left"
         self.render("object")  # no usable chat template: an error now, before the model loads
-        self.model = from_pretrained(LlavaForConditionalGeneration, self.params, key, rev,
-                                     dtype=self.dtype).to(self.device).eval()
+        self.model = load_model(LlavaForConditionalGeneration, self.params, key, rev, self.device)
 
     def render(self, class_name: str) -> str:
         """The prompt for one image through the processor's chat template."""

@@ -41,7 +41,7 @@ from mmdistill.annotate.cache import (
     run_annotation_stage,
 )
 from mmdistill.core.config import load_params, param, positive
-from mmdistill.core.hub import from_pretrained, import_object, model_source, pil_images, torch_dtype
+from mmdistill.core.hub import from_pretrained, import_object, load_model, model_source, pil_images, torch_dtype
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import PipelineError, png_bytes
 
@@ -201,13 +201,11 @@ class GroundingDinoSam:
         self.dtype = torch_dtype(self.device)
         key, rev = "ground.grounding_dino.model", "ground.grounding_dino.revision"
         self.dino_processor = from_pretrained(AutoProcessor, self.params, key, rev)
-        self.dino = from_pretrained(AutoModelForZeroShotObjectDetection, self.params, key, rev,
-                                    dtype=self.dtype).to(self.device).eval()
+        self.dino = load_model(AutoModelForZeroShotObjectDetection, self.params, key, rev, self.device)
         if self.sam_impl == "transformers":
             from transformers import SamModel, SamProcessor
             self.sam_processor = from_pretrained(SamProcessor, self.params, "ground.sam.model", "ground.sam.revision")
-            self.sam = from_pretrained(SamModel, self.params, "ground.sam.model", "ground.sam.revision",
-                                       dtype=self.dtype).to(self.device).eval()
+            self.sam = load_model(SamModel, self.params, "ground.sam.model", "ground.sam.revision", self.device)
         else:
             from segment_anything import SamPredictor
             self.predictor = SamPredictor(load_segment_anything(self.params).to(self.device).eval())

@@ -33,7 +33,7 @@ from mmdistill.annotate.cache import (
     run_annotation_stage,
 )
 from mmdistill.core.config import load_params, param, positive
-from mmdistill.core.hub import from_pretrained, import_object, pil_images, torch_dtype
+from mmdistill.core.hub import from_pretrained, import_object, load_model, pil_images, torch_dtype
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import PipelineError
 
@@ -108,8 +108,7 @@ class ClipTagger(Tagger):
         self.device = resolve_device(self.params)
         self.dtype = torch_dtype(self.device)
         self.processor = from_pretrained(CLIPProcessor, self.params, "tag.clip.model", "tag.clip.revision")
-        self.model = from_pretrained(CLIPModel, self.params, "tag.clip.model", "tag.clip.revision",
-                                     dtype=self.dtype).to(self.device).eval()
+        self.model = load_model(CLIPModel, self.params, "tag.clip.model", "tag.clip.revision", self.device)
         texts = [self.prompt.format(tag=t) for t in self.vocabulary]
         tok = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
         feats = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])

@@ -53,3 +53,8 @@ def import_object(path: str, key: str):
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise PipelineError(f"param '{key}': cannot import {path!r} ({exc})") from exc
+
+
+def load_model(loader, params: dict, key: str, revision_key: str, device, **kwargs):
+    """`from_pretrained` in the device's dtype (fp16 on CUDA, fp32 on CPU), moved to `device`, in eval mode."""
+    return from_pretrained(loader, params, key, revision_key, dtype=torch_dtype(device), **kwargs).to(device).eval()
