@@ -35,6 +35,7 @@ def schema() -> dict:
     from mmdistill.annotate.tags import TAGGERS
     from mmdistill.core.runtime import DEVICES
     from mmdistill.data.sources import CHANNELS, DATASETS, RESIZE_MODES
+    from mmdistill.data.synthetic import GRID, LABEL_TEMPLATES
     from mmdistill.embed.features import IMAGE_ENCODERS, TEXT_ENCODERS
     from mmdistill.nn.caption_head import HEADS, TARGETS
     from mmdistill.selection.coresets import PAIR_CORESETS, PDS_FEATURES
@@ -53,6 +54,21 @@ def schema() -> dict:
             "resize": Str(*RESIZE_MODES),
             "classes": List(Str(empty=False), unique=True),
             "test_fraction": Float(above=0, below=1),
+            "fashion_mnist_captions": {
+                "captions": Int(low=1, high=len(LABEL_TEMPLATES)),   # 1 = "This is a {label}"
+            },
+            "scenes": {
+                "size": Int(low=16),
+                "max_items": Int(low=1, high=GRID * GRID),  # one item per grid cell
+                "train": COUNT,
+                "val": COUNT,
+                "test": COUNT,
+                "captions": COUNT,
+            },
+            "karpathy": {
+                "json": Str(),                          # "" = the one dataset_*.json in prepare.source
+                "images": Str(),                        # "" = prepare.source or its one subfolder holding them
+            },
         },
         "tag": {
             "backend": names(TAGGERS),

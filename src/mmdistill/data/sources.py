@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
 import re
 import struct
@@ -57,7 +58,13 @@ IMAGENET_SUBSETS = {
                    (285, "Egyptian cat"), (291, "lion"), (292, "tiger"), (290, "jaguar"), (289, "snow leopard"),
                    (287, "lynx")],
 }
-DATASETS = ("fashion_mnist", "image_folder", "cifar10", *IMAGENET_SUBSETS)
+# fashion_mnist_captions and scenes: image-text sets made from the Fashion-MNIST idx files (mmdistill.data.synthetic);
+# karpathy: a Karpathy-split caption JSON (Flickr8K, Flickr30K, COCO) with its image folder (load_karpathy)
+DATASETS = ("fashion_mnist", "image_folder", "cifar10", *IMAGENET_SUBSETS, "fashion_mnist_captions", "scenes",
+            "karpathy")
+# the JSON's split names -> ours ("restval", the COCO images outside Karpathy's val/test, is train as customary)
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+UNLABELLED = "unlabelled"  # the one class of a dataset without class labels (karpathy): label 0
 CHANNELS = (0, 1, 3)  # image_folder: from the data, L or RGB (prepare.channels)
 
 
@@ -165,22 +172,11 @@ def load_image_folder(root: Path, size: int, channels: int, test_fraction: float
         if not files:
             raise PipelineError(f"{directory}: no images with suffix {sorted(IMAGE_SUFFIXES)}")
         listing[split] = files
-    if not size or not channels:
-        headers = [image_header(f) for files in listing.values() for f, _ in files]
-        if not size:
-            sides = Counter((max if resize == "pad" else min)(w, h) for _, w, h, _ in headers)
-            size = min(sides, key=lambda s: (-sides[s], s))
-        if not channels:
-            channels = 1 if all(grey for *_, grey in headers) else 3
-        print(f"prepare: image_size {size}, channels {channels} (from the images)")
-    mode = "L" if channels == 1 else "RGB"
+    size, channels = image_geometry([f for files in listing.values() for f, _ in files], size, channels, resize)
     out = {}
     for split, files in listing.items():
-        images = []
-        for f, _ in tqdm(files, desc=f"read {split} images", disable=len(files) < 2000):
-            array = fit_square(decode_image(f.read_bytes(), str(f), mode), size, resize)
-            images.append(array.reshape(size, size, channels))
-        out[split] = (np.stack(images), np.array([lab for _, lab in files], dtype=np.int64), [[] for _ in files])
+        images = read_square_images([f for f, _ in files], size, channels, resize, split)
+        out[split] = (images, np.array([lab for _, lab in files], dtype=np.int64), [[] for _ in files])
     if not has_splits:
         images, labels, caps = out.pop("all")
         test_idx = stratified_sample(labels, lambda n: int(round(n * test_fraction)), seed + 1)
@@ -188,6 +184,30 @@ def load_image_folder(root: Path, size: int, channels: int, test_fraction: float
         out["train"] = (images[train_idx], labels[train_idx], [caps[i] for i in train_idx])
         out["test"] = (images[test_idx], labels[test_idx], [caps[i] for i in test_idx])
     return out, class_names, size, channels
+
+
+def image_geometry(files, size: int, channels: int, resize: str) -> tuple[int, int]:
+    """`size` 0: the most common shorter side (`pad`: longer side) of the image files, ties to the smaller;
+    `channels` 0: 1 when every image is grey, else 3. Read from the files' headers only."""
+    if not size or not channels:
+        headers = [image_header(f) for f in files]
+        if not size:
+            sides = Counter((max if resize == "pad" else min)(w, h) for _, w, h, _ in headers)
+            size = min(sides, key=lambda s: (-sides[s], s))
+        if not channels:
+            channels = 1 if all(grey for *_, grey in headers) else 3
+        print(f"prepare: image_size {size}, channels {channels} (from the images)")
+    return size, channels
+
+
+def read_square_images(files, size: int, channels: int, resize: str, split: str) -> np.ndarray:
+    """The image files decoded as decode_image does, each made size x size by `resize`: N x size x size x C."""
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for f in tqdm(files, desc=f"read {split} images", disable=len(files) < 2000):
+        array = fit_square(decode_image(f.read_bytes(), str(f), mode), size, resize)
+        images.append(array.reshape(size, size, channels))
+    return np.stack(images)
 
 
 def fit_square(array: np.ndarray, size: int, resize: str) -> np.ndarray:
@@ -309,3 +329,116 @@ def to_table(images, labels, captions, uids, split, class_names) -> pa.Table:
         "height": pa.array([images.shape[1]] * len(uids), pa.int32()),
         "captions": pa.array(captions, pa.list_(pa.string())),
     })
+
+
+def find_karpathy_json(root: Path, name: str) -> Path:
+    """`root/name`, or with `name` "" the one `dataset_*.json` in `root` (else the one `*.json`)."""
+    if name:
+        path = root / name
+        if not path.is_file():
+            raise PipelineError(f"param 'prepare.karpathy.json': no file {path}")
+        return path
+    found = sorted(root.glob("dataset_*.json")) or sorted(root.glob("*.json"))
+    if len(found) != 1:
+        listed = ", ".join(f.name for f in found) if found else "none"
+        raise PipelineError(f"{root}: expected one Karpathy-split JSON (dataset_flickr30k.json, dataset_coco.json, "
+                            f"...), found {listed}; name it in prepare.karpathy.json")
+    return found[0]
+
+
+def karpathy_image_dir(root: Path, images: str, first: tuple[str, str]) -> Path:
+    """The folder the JSON's file names are relative to: `root/images`, or with `images` "" `root` itself
+    or else the one subfolder of `root` that holds the JSON's first image (flickr30k-images/, ...)."""
+    if images:
+        folder = root / images
+        if not folder.is_dir():
+            raise PipelineError(f"param 'prepare.karpathy.images': {folder} is not a directory")
+        return folder
+    filepath, filename = first
+    candidates = [root] + sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    holding = [d for d in candidates if (d / filepath / filename).is_file() or (d / filename).is_file()]
+    return holding[0] if holding else root
+
+
+def karpathy_entries(json_path: Path):
+    """The JSON's `dataset` name ("" if none) and its images, checked: [(index, JSON split, (filepath,
+    filename), captions)] in file order."""
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{json_path}: unreadable JSON ({exc})") from exc
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not images:
+        raise PipelineError(f"{json_path}: no 'images' list (a Karpathy-split file is "
+                            '{"images": [{"filename", "split", "sentences": [{"raw"}, ...]}, ...]})')
+    entries = []
+    for i, entry in enumerate(images):
+        if not isinstance(entry, dict):
+            raise PipelineError(f"{json_path}: images[{i}] is {type(entry).__name__}, not an object")
+        filename = entry.get("filename")
+        if not isinstance(filename, str) or not filename:
+            raise PipelineError(f"{json_path}: images[{i}] has no 'filename'")
+        where = f"{json_path}: images[{i}] ({filename})"
+        filepath = entry.get("filepath", "")
+        if not isinstance(filepath, str):
+            raise PipelineError(f"{where}: 'filepath' is {type(filepath).__name__}, not a string")
+        split = entry.get("split")
+        if split not in KARPATHY_SPLITS:
+            raise PipelineError(f"{where}: unknown split {split!r}; valid: {', '.join(KARPATHY_SPLITS)}")
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            raise PipelineError(f"{where}: no captions ('sentences' is {sentences!r}); every image needs at "
+                                "least one")
+        captions = []
+        for j, sentence in enumerate(sentences):
+            raw = sentence.get("raw") if isinstance(sentence, dict) else sentence
+            if not isinstance(raw, str):
+                raise PipelineError(f"{where}: caption sentences[{j}].raw is {type(raw).__name__} {raw!r}, "
+                                    "not a string")
+            if not raw.strip():
+                raise PipelineError(f"{where}: caption sentences[{j}].raw is empty")
+            captions.append(raw.strip())
+        entries.append((i, split, (filepath, filename), captions))
+    dataset = data.get("dataset")
+    return (dataset if isinstance(dataset, str) else ""), entries
+
+
+def load_karpathy(root: Path, json_name: str, images: str, size: int, channels: int, resize: str):
+    """A Karpathy-split caption file (the standard Flickr8K/Flickr30K/COCO JSON: `images[]` with `filename`,
+    optional `filepath` (COCO: train2014/ val2014/), `split`, `sentences[].raw`) and its image folder.
+
+    Every caption of an image (stripped) goes into its `captions`; splits from the JSON, `restval` -> train.
+    The images are unlabelled: one class, UNLABELLED, label 0. Each image is decoded and made square as
+    load_image_folder does (`size`/`channels` 0 = inferred). An image is looked up as images/filepath/filename,
+    then images/filename. Returns ({split: (images, labels, captions, uids)}, class names, size, channels,
+    JSON path); uid `<JSON dataset name>-<JSON split>-<index in the JSON>`.
+    """
+    json_path = find_karpathy_json(root, json_name)
+    dataset, entries = karpathy_entries(json_path)
+    folder = karpathy_image_dir(root, images, entries[0][2])
+    files, seen = [], {}
+    for i, split, (filepath, filename), _ in entries:
+        tried = [folder / filepath / filename, folder / filename] if filepath else [folder / filename]
+        path = next((t for t in tried if t.is_file()), None)
+        if path is None:
+            raise PipelineError(f"{json_path}: images[{i}] ({filename}): image missing from {folder} (tried "
+                                f"{', '.join(map(str, tried))})")
+        if path in seen:
+            raise PipelineError(f"{json_path}: images[{i}] and images[{seen[path]}] are both {path}")
+        seen[path] = i
+        files.append(path)
+    missing = [s for s in ("train", "test") if not any(KARPATHY_SPLITS[e[1]] == s for e in entries)]
+    if missing:
+        raise PipelineError(f"{json_path}: no {' and no '.join(missing)} images (split values: "
+                            f"{', '.join(sorted({e[1] for e in entries}))})")
+    prefix = re.sub(r"[^A-Za-z0-9_.]", "_", dataset) if dataset else uid_prefix(json_path.with_suffix(""))
+    size, channels = image_geometry(files, size, channels, resize)
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = [k for k, e in enumerate(entries) if KARPATHY_SPLITS[e[1]] == split]
+        if not rows:
+            continue   # no val: prepare carves it from train
+        images_ = read_square_images([files[k] for k in rows], size, channels, resize, split)
+        out[split] = (images_, np.zeros(len(rows), dtype=np.int64), [entries[k][3] for k in rows],
+                      [f"{prefix}-{entries[k][1]}-{entries[k][0]:05d}" for k in rows])
+    return out, [UNLABELLED], size, channels, json_path
