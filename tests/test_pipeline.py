@@ -79,10 +79,14 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     # one row per (method, IPC) and the upper bound, measured numbers only: accuracies by network
     assert len(shown) == 9 and all(v["data"] == {"convnet3": {k: v["data"]["convnet3"][k] for k in (
         "test_accuracy_mean", "test_accuracy_std", "val_accuracy_mean", "val_accuracy_std")}} for v in shown.values())
-    plots = json.loads(sh(project, "dvc", "plots", "show", "--json", "accuracy vs IPC"))
-    points = plots["data"]["accuracy vs IPC"][0]["content"]["data"]["values"]
-    assert {(p["field"], p["ipc"]) for p in points} == {(m, k) for m in ("random", "kmeans", "dm", "masked_dm")
-                                                        for k in (1, 2)}
+    plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))
+    assert not plots.get("errors")
+    points = {name: [(p["ipc"], p["test_accuracy"]) for p in plot[0]["content"]["data"]["values"]]
+              for name, plot in plots["data"].items() if name.startswith("outputs/plots/accuracy/")}
+    assert {Path(name).stem for name in points} == {"random", "kmeans", "dm", "masked_dm"}
+    assert all([ipc for ipc, _ in series] == [1, 2] for series in points.values())
+    curves = {Path(name).stem for name in plots["data"] if name.startswith("outputs/plots/loss/")}
+    assert curves == {f"{m}-ipc{k}" for m in ("dm", "masked_dm") for k in (1, 2)}
     assert "| masked_dm | 2 |" in (project / "outputs/report.md").read_text()
 
     assert ran(sh(project, "dvc", "repro")) == set()  # everything cached
