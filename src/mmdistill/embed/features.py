@@ -191,12 +191,31 @@ def write_features(kind: str, index: dict, vectors: np.ndarray, encoder: str, se
 
 
 def load_features(kind: str, root=FEATURES):
-    """(index table, float32 matrix) for one kind of features."""
+    """(index table, float32 matrix) for one kind of features. An unreadable shard, or a vector holding NaN or
+    inf, is a PipelineError naming the shard, the row and its uid."""
     if kind not in KINDS:
         raise PipelineError(f"unknown feature kind {kind!r}; valid: {', '.join(KINDS)}")
     index = read_parquet(Path(root) / kind / "index.parquet")
     shards = sorted((Path(root) / kind).glob("vectors-*.npy"))
-    vectors = np.concatenate([np.load(s) for s in shards]).astype(np.float32) if shards else np.zeros((0, 0))
+    arrays, offset = [], 0
+    for shard in shards:
+        try:
+            array = np.load(shard, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise PipelineError(f"{shard}: not a readable feature shard ({exc}); re-run `dvc repro embed`") from exc
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+            raise PipelineError(f"{shard}: a feature shard must be a 2-d float array, got {array.dtype} "
+                                f"{array.shape}; re-run `dvc repro embed`")
+        bad = ~np.isfinite(array).all(1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            uid = index["uid"][offset + row].as_py() if "uid" in index.column_names and \
+                offset + row < index.num_rows else "?"
+            raise PipelineError(f"{shard}: row {row} (uid {uid}) holds NaN or inf; the features are corrupt or "
+                                "were made from bad input: re-run `dvc repro embed`")
+        arrays.append(array)
+        offset += len(array)
+    vectors = np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, 0))
     if len(vectors) != index.num_rows:
         raise PipelineError(f"{root}/{kind}: index has {index.num_rows} rows but shards hold {len(vectors)}; "
                             "re-run `dvc repro embed`")
