@@ -113,8 +113,10 @@ def reported(project):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("distill.dm.lr", 3.0, r"dm-ipc1\.json \(run dm-ipc1\) was made with distill\.lr = [\d.e-]+, params\.yaml has 3\.0"),
-    ("distill.distribution.iterations", 9, r"run dm-ipc1\) was made with distill\.iterations = \d+, params\.yaml has 9"),
+    ("distill.dm.lr", 3.0, r"dm-ipc1\.json \(run dm-ipc1\) was made with distill\.lr = [\d.e-]+, "
+                           r"params\.yaml has 3\.0"),
+    ("distill.distribution.iterations", 9, r"run dm-ipc1\) was made with distill\.iterations = \d+, "
+                                           r"params\.yaml has 9"),
     ("evaluate.epochs", 7, r"run (dm|random)-ipc1\) was made with epochs = \d+, params\.yaml has 7"),
     ("seed", 5, r"was made with seed = 0, params\.yaml has 5"),
 ])
@@ -151,7 +153,8 @@ def test_report_removes_the_outputs_of_runs_no_longer_enabled(reported):
     run_stage("report")
     left = {str(p.relative_to(reported)) for p in (reported / "outputs").rglob("*") if p.is_file()}
     assert not [p for p in left if any(name in p for name in stale)]
-    assert {"outputs/metrics/dm-ipc1.json", "outputs/evaluate/random-ipc1.json", "outputs/figures/distilled/dm-ipc1.png",
+    assert {"outputs/metrics/dm-ipc1.json", "outputs/evaluate/random-ipc1.json",
+            "outputs/figures/distilled/dm-ipc1.png",
             "outputs/plots/loss/dm-ipc1.tsv", "outputs/distill/random-ipc1/metrics.json", "outputs/metrics/align.json",
             "outputs/metrics/vae/dm.json", "outputs/evaluate/notes.json", "outputs/report.md"} <= left
 

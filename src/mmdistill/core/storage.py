@@ -48,15 +48,17 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 
 def check_writable(*paths) -> None:
-    """Before long compute: every folder that will hold one of `paths` (files or folders) can be written to.
-    Creates missing folders (as the writes would) and a test file in each; a PipelineError names the path."""
+    """Before long compute: each of `paths` (files or folders a stage will write, atomically, so into their parent
+    folder) can be written. Probes the nearest existing folder on the way with a test file; creates nothing that
+    stays. A PipelineError names the path (read-only or full file system, no permission, a file in the way)."""
     for path in paths:
-        folder = Path(path).parent
-        with write_errors(folder):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except FileExistsError as exc:  # a file where the folder should be
-                raise OSError(errno.ENOTDIR, "not a directory", str(folder)) from exc
+        path = Path(path)
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        with write_errors(path):
+            if not folder.is_dir():
+                raise OSError(errno.ENOTDIR, "not a directory", str(folder))
             fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
             os.close(fd)
             os.unlink(probe)
@@ -121,23 +123,26 @@ def _parquet_files(path) -> list[Path]:
     return files
 
 
-_INTEGER = ("an integer", pa.types.is_integer)
-_STRING = ("a string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))
-_BINARY = ("binary (encoded image bytes)", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t))
-COLUMN_TYPES = {  # the columns the pipeline reads by name, and what each must be wherever it occurs
-    "uid": _STRING, "split": _STRING, "class_name": _STRING, "key": _STRING,
-    "label": _INTEGER, "instance_id": _INTEGER, "cluster": _INTEGER, "rank": _INTEGER, "width": _INTEGER,
-    "height": _INTEGER, "forgetting_events": _INTEGER, "misclassified": _INTEGER,
-    "image": _BINARY, "mask": _BINARY,
-    "outlier": ("a boolean", pa.types.is_boolean), "learned": ("a boolean", pa.types.is_boolean),
-    "center": ("a list of floats", lambda t: pa.types.is_list(t) and pa.types.is_floating(t.value_type)),
+KINDS = {  # a column kind -> (what a message calls it, the test of a pyarrow type)
+    "integer": ("an integer", pa.types.is_integer),
+    "string": ("a string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "binary": ("binary (encoded image bytes)", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
+    "boolean": ("a boolean", pa.types.is_boolean),
+    "floats": ("a list of floats", lambda t: pa.types.is_list(t) and pa.types.is_floating(t.value_type)),
 }
+COLUMN_TYPES = {  # the columns the pipeline reads by name with one meaning wherever they occur, and their kind
+    "uid": "string", "split": "string", "class_name": "string", "key": "string",
+    "label": "integer", "instance_id": "integer", "cluster": "integer", "rank": "integer", "width": "integer",
+    "height": "integer", "forgetting_events": "integer", "misclassified": "integer",
+    "mask": "binary", "outlier": "boolean", "learned": "boolean", "center": "floats",
+}  # `image` is PNG bytes in data/prepared but an embedding in PDS prototypes: its readers pass `types`
 
 
-def _check_columns(table: pa.Table, file) -> None:
-    """Known columns have their type (COLUMN_TYPES); float columns (and lists of floats) hold finite numbers."""
+def _check_columns(table: pa.Table, file, types: dict | None) -> None:
+    """Known columns have their kind (`types`, else COLUMN_TYPES); float columns (and lists of floats) hold finite
+    numbers."""
     for name, column in zip(table.column_names, table.columns):
-        kind = COLUMN_TYPES.get(name)
+        kind = KINDS.get((types or {}).get(name) or COLUMN_TYPES.get(name))
         if kind is not None and not kind[1](column.type):
             raise PipelineError(f"{file}: column '{name}' has type {column.type}, expected {kind[0]}")
         typ, values, parents = column.type, column, None
@@ -157,11 +162,12 @@ def _check_columns(table: pa.Table, file) -> None:
                                 "made from bad input: re-run the stage that writes it")
 
 
-def read_parquet(path, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(path, columns: list[str] | None = None, types: dict | None = None) -> pa.Table:
     """Read a Parquet file, a directory of them, or the shards `path-*.parquet`.
 
-    Missing columns, a column of the wrong type (COLUMN_TYPES) and NaN or inf in a float column raise a
-    PipelineError naming the file and the column; an unreadable file one naming the file.
+    Missing columns, a column of the wrong kind (`types`: column -> a kind of KINDS, over COLUMN_TYPES) and NaN or
+    inf in a float column raise a PipelineError naming the file and the column; an unreadable file one naming the
+    file.
     """
     tables = []
     for file in _parquet_files(path):
@@ -173,7 +179,7 @@ def read_parquet(path, columns: list[str] | None = None) -> pa.Table:
             table = pq.read_table(file, columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise PipelineError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from exc
-        _check_columns(table, file)
+        _check_columns(table, file, types)
         tables.append(table)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 

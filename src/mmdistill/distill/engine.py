@@ -246,19 +246,21 @@ class Engine:
         parameterisation's extra outputs, e.g. the latents)."""
         start = self._load_checkpoint(iterations) if self.resume else 0
         log = LossLog(distill_log(self.name), start)
-        for it in tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2):
-            torch.manual_seed(self.seed * 100003 + it)
-            self.iteration = it
-            self._losses = []
-            step(it)
-            self.history.append(float(np.mean(self._losses)))
-            done = it + 1
-            if done % self.log_every == 0 or done == iterations:
-                log.log(it, self.history[-1])
-            if done % self.grid_every == 0 and self.show is not None:
-                self.show(self.images(detach=True).cpu(), log.grids / f"{done:06d}.png")
-            if done % self.checkpoint_every == 0 or done == iterations:
-                self._save_checkpoint(done)
+        # the bar as a context: an error closes it (a newline), so the error's one line stands on its own
+        with tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2) as bar:
+            for it in bar:
+                torch.manual_seed(self.seed * 100003 + it)
+                self.iteration = it
+                self._losses = []
+                step(it)
+                self.history.append(float(np.mean(self._losses)))
+                done = it + 1
+                if done % self.log_every == 0 or done == iterations:
+                    log.log(it, self.history[-1])
+                if done % self.grid_every == 0 and self.show is not None:
+                    self.show(self.images(detach=True).cpu(), log.grids / f"{done:06d}.png")
+                if done % self.checkpoint_every == 0 or done == iterations:
+                    self._save_checkpoint(done)
         if not bool(torch.isfinite(self.syn.detach()).all()):
             raise PipelineError(f"distill {self.name}: the synthetic set holds NaN or inf after iteration "
                                 f"{iterations - 1}; the run is stopped (diverged: lower param '{self.lr_key}') and "

@@ -23,6 +23,7 @@ from mmdistill.core.paths import FEATURES
 from mmdistill.core.storage import (
     PipelineError,
     atomic_path,
+    check_writable,
     decode_image,
     read_parquet,
     read_parquet_metadata,
@@ -232,6 +233,7 @@ def encode_images(encoder, images: torch.Tensor, batch_size: int, desc: str) -> 
 
 
 def embed_images(params, device, batch_size, rows_per_shard) -> str:
+    check_writable(FEATURES / "image", FEATURES / "instance")
     name, encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
     embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label", "image"))
@@ -264,6 +266,7 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
 def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, batch_size: int, rows_per_shard: int,
                    root=FEATURES, target: AnnotationTarget = PIPELINE) -> list:
     """Encode `target`'s captions.parquet into `root`/caption; returns the caption uids."""
+    check_writable(Path(root) / "caption")
     caps = read_annotations("captions", ["uid", "instance_id", "caption"], target)
     cap_uids = caps["uid"].to_pylist()
     write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
@@ -274,6 +277,7 @@ def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, bat
 
 
 def embed_texts(params, device, batch_size, rows_per_shard) -> str:
+    check_writable(FEATURES / "caption", FEATURES / "description")
     name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
     embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label"))

@@ -16,8 +16,8 @@ Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
 (*) prefix: the dataset's name; image_folder: the source folder's name, so two folders give other uids.
 
 Schema metadata `dataset`: name, source, class_names, channels, height, width,
-per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
-ImageNet class folders, for the ImageNet subsets; `resize`, for image_folder).
+per-channel mean/std of the train split (a channel constant over the split gets std 1, not 0), split sizes,
+seed (and `source_classes`, the ImageNet class folders, for the ImageNet subsets; `resize`, for image_folder).
 The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
 
 Datasets (`prepare.dataset`, read from `prepare.source`):
@@ -44,7 +44,7 @@ import numpy as np
 
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import PREPARED
-from mmdistill.core.storage import PipelineError, atomic_path, write_parquet_shards
+from mmdistill.core.storage import PipelineError, atomic_path, check_writable, write_parquet_shards
 from mmdistill.data.sources import (
     CHANNELS,
     DATASETS,
@@ -63,6 +63,7 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
+    check_writable(PREPARED)
     seed = param(params, "seed", int)
     name = param(params, "prepare.dataset", str, choices=DATASETS)
     root = Path(param(params, "prepare.source", str))
@@ -109,11 +110,13 @@ def main() -> None:
     parts["test"] = (t_images, t_labels, t_caps, [f"{prefix}-test-{i:05d}" for i in range(len(t_labels))])
 
     train_pixels = parts["train"][0].reshape(-1, parts["train"][0].shape[-1]).astype(np.float64) / 255.0
+    # a channel constant over the train split: std 1, so normalising leaves it at 0 (not 0/0 = NaN)
+    std = [round(float(v), 6) or 1.0 for v in train_pixels.std(0)]
     info = {
         "name": name, "source": str(root), "class_names": class_names, "seed": seed,
         "channels": int(images.shape[-1]), "height": int(images.shape[1]), "width": int(images.shape[2]),
         "mean": [round(float(v), 6) for v in train_pixels.mean(0)],
-        "std": [round(float(v), 6) for v in train_pixels.std(0)],
+        "std": std,
         "sizes": {s: int(len(p[1])) for s, p in parts.items()},
         **({"source_classes": source_classes} if source_classes else {}), **extra_info,
     }
