@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import math
 import json
+import math
 import os
 import shutil
 import tempfile
