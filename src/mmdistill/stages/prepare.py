@@ -16,8 +16,8 @@ Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
 (*) prefix: the dataset's name; image_folder: the source folder's name, so two folders give other uids.
 
 Schema metadata `dataset`: name, source, class_names, channels, height, width,
-per-channel mean/std of the train split (a channel constant over the split gets std 1, not 0), split sizes,
-seed (and `source_classes`, the ImageNet class folders, for the ImageNet subsets; `resize`, for image_folder).
+per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
+ImageNet class folders, for the ImageNet subsets; `resize`, for image_folder).
 The val split is carved from train (seeded, stratified); test is only read by `evaluate`.
 
 Datasets (`prepare.dataset`, read from `prepare.source`):
@@ -110,7 +110,7 @@ def main() -> None:
     parts["test"] = (t_images, t_labels, t_caps, [f"{prefix}-test-{i:05d}" for i in range(len(t_labels))])
 
     train_pixels = parts["train"][0].reshape(-1, parts["train"][0].shape[-1]).astype(np.float64) / 255.0
-    # a channel constant over the train split: std 1, so normalising leaves it at 0 (not 0/0 = NaN)
+    # a channel constant over the train split gets std 1 in the metadata, so normalising leaves it at 0 (not 0/0 = NaN)
     std = [round(float(v), 6) or 1.0 for v in train_pixels.std(0)]
     info = {
         "name": name, "source": str(root), "class_names": class_names, "seed": seed,
