@@ -146,3 +146,9 @@ def test_nan_feature_vector_names_shard_row_and_uid(tmp_path):
                    "fake", {}, 2, root=tmp_path)
     with pytest.raises(PipelineError, match=r"caption/vectors-00001\.npy: row 0 \(uid c\) holds NaN or inf"):
         load_features("caption", root=tmp_path)
+
+
+def test_empty_float_columns_read(tmp_path):
+    table = pa.table({"uid": pa.array([], pa.string()), "center": pa.array([], pa.list_(pa.float32())),
+                      "score": pa.array([], pa.float32())})
+    assert read_parquet(write_parquet(table, tmp_path / "empty.parquet")).num_rows == 0

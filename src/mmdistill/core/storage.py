@@ -145,6 +145,8 @@ def _check_columns(table: pa.Table, file, types: dict | None) -> None:
         kind = KINDS.get((types or {}).get(name) or COLUMN_TYPES.get(name))
         if kind is not None and not kind[1](column.type):
             raise PipelineError(f"{file}: column '{name}' has type {column.type}, expected {kind[0]}")
+        if not len(column) or not column.num_chunks:
+            continue
         typ, values, parents = column.type, column, None
         if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
             typ = typ.value_type
