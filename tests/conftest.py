@@ -91,6 +91,14 @@ def set_params(root: Path, **updates) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def snapshot(root: Path, folders=("data", "outputs")) -> dict:
+    """SHA-256 of every file under `folders` of project `root` (what a failed stage must leave unchanged)."""
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted((root / folder).rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
 def run_stage(stage: str, *args):
     """Run stage entry point `mmdistill.stages.<stage>` in-process, with `args` as its command line."""
     import importlib

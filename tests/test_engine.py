@@ -182,6 +182,33 @@ def test_resume_refuses_other_settings(prepared):
         run_stage("distill", "--method", "dm", "--ipc", "1", "--resume")
 
 
+def test_resume_refuses_a_checkpoint_made_from_other_data(prepared):
+    """issue 14 item 14: the fingerprint holds hashes of the train split and the initial images, so a checkpoint of
+    the same settings but other data is refused instead of continued (and its images relabelled)."""
+    set_params(prepared, **{"distill.dm.iterations": 2, "distill.dm.batch_real": 2})
+    run_stage("distill", "--method", "dm", "--ipc", "1")
+    set_params(prepared, **{"distill.dm.iterations": 3})
+    run_stage("distill", "--method", "dm", "--ipc", "1", "--resume")  # the same data: continues
+    assert load_tensors("data/checkpoints/dm-ipc1.pt")["iteration"] == 3
+    set_params(prepared, **{"prepare.val_per_class": 3})  # other data under the same uids' naming
+    run_stage("prepare")
+    set_params(prepared, **{"distill.dm.iterations": 4})
+    with pytest.raises(PipelineError, match=r"dm-ipc1\.pt was made from other data \(the prepared train split"):
+        run_stage("distill", "--method", "dm", "--ipc", "1", "--resume")
+
+
+def test_nan_loss_stops_the_run_naming_run_and_iteration(prepared):
+    """issue 14 item 11: a diverging run (here lr 1e30) stops with an error instead of writing NaN images."""
+    set_params(prepared, **{"distill.dm.iterations": 5, "distill.dm.lr": 1e30, "distill.engine.checkpoint_every": 100,
+                            "distill.engine.log_every": 100})
+    with pytest.raises(PipelineError, match=r"distill dm-ipc1: the loss is (nan|inf) at iteration [1-4]; the run is "
+                                            r"stopped .*'distill\.(dm|distribution)\.lr'"):
+        run_stage("distill", "--method", "dm", "--ipc", "1")
+    assert not (prepared / "data/distilled/dm-ipc1.pt").exists()
+    assert not (prepared / "data/checkpoints/dm-ipc1.pt").exists()
+    assert not (prepared / "outputs/plots/loss/dm-ipc1.tsv").exists()
+
+
 def test_unknown_class_gradients_is_a_clear_error(prepared):
     set_params(prepared, **{"distill.dc.class_gradients": "jit"})
     with pytest.raises(PipelineError, match="'distill.dc.class_gradients' = 'jit' is not one of: loop, vmap"):
@@ -262,8 +289,10 @@ def test_loss_log_and_a_resume_drops_rows_past_its_checkpoint(tmp_path, monkeypa
     log.log(2, 2.25)
     assert curve.read_text() == "step\tloss\n0\t3.0\n1\t2.5\n2\t2.25\n"
     assert (tmp_path / "metrics.json").read_text() == '{\n    "loss": 2.25,\n    "step": 2\n}\n'
-    LossLog(tmp_path, 0)
-    assert not curve.exists() and not (tmp_path / "metrics.json").exists()
+    log = LossLog(tmp_path, 0)  # a fresh run: the old curve stays until its first row (a failed run keeps it)
+    assert curve.exists() and (tmp_path / "metrics.json").exists()
+    log.log(0, 4.0)
+    assert curve.read_text() == "step\tloss\n0\t4.0\n"
 
 
 def test_compiled_leaves_the_network_alone():

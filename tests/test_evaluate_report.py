@@ -56,14 +56,14 @@ def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
         write_parquet({"uid": ["a"]}, f"data/features/{kind}/index.parquet", {"features": {"encoder": "fake"}})
     set_params(project, **{"distill.methods.selection": [], "distill.methods.masked": [],
                            "distill.methods.gradient": ["dc"], "distill.methods.latent": ["dm"], "distill.ipcs": [1]})
-    budget = {"epochs": 2, "repeats": 2, "lr": 0.01, "augment": True}
+    set_params(project, **{"distill.dc.iterations": 7, "evaluate.lr": 0.01, "evaluate.augment": True,
+                           "evaluate_full.epochs": 2, "evaluate_full.repeats": 2, "evaluate_full.augment": True})
     for name, (record, metrics) in (("dm-ipc1", run("dm", 1, ["convnet3", "vgg11"], 70.0)),
                                     ("dc-ipc1", run("dc", 1, ["convnet3", "vgg11"], 60.0)),
                                     ("dm-latent-ipc1", run("dm", 1, ["convnet3", "vgg11"], 65.0)),
                                     ("full", run("full", None, ["convnet3", "vgg11"], 85.0))):
         save_json(metrics, f"outputs/metrics/{name}.json")
-        settings = {"k": 3} if name.startswith("dc") else {}
-        save_json({**record, **budget, "train_images": 100, "distill": settings}, f"outputs/evaluate/{name}.json")
+        save_json(current_record(record, name), f"outputs/evaluate/{name}.json")
     run_stage("report")
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
@@ -71,12 +71,92 @@ def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
     assert "| dm-latent | 1 | 65.00 ± 0.50 | 65.00 | 66.00 ± 0.50 | — |" in text
     assert "(figures/distilled/dm-latent-ipc1.png)" in text
     assert "| whole train split (100 images) | — | 85.00 ± 0.50 | 85.00 | 86.00 ± 0.50 | 93.5 |" in text
-    assert "DSDM paper" in text and "- dc: k 3" in text and "fake_captions" in text
+    assert "DSDM paper" in text and "fake_captions" in text
+    assert "iterations 7" in next(line for line in text.splitlines() if line.startswith("- dc: "))
     assert "- evaluate: 2 epochs (paper: 1000), lr 0.01 (x0.1 at half)" in text and "2 repeats" in text
     assert "- whole train split: 2 epochs, 2 repeat(s)" in text
     assert {p.name: json.loads(p.read_text()) for p in (project / "outputs/plots/accuracy").iterdir()} == {
         "dm.json": [{"ipc": 1, "test_accuracy": 70.0}], "dc.json": [{"ipc": 1, "test_accuracy": 60.0}],
         "dm-latent.json": [{"ipc": 1, "test_accuracy": 65.0}]}
+
+
+def current_record(record: dict, name: str) -> dict:
+    """An evaluation record made with the project's params.yaml as it is now (settings and budget)."""
+    from mmdistill.core.config import load_params
+    from mmdistill.distill.methods import resolve
+    params = load_params()
+    section = "evaluate_full" if name == "full" else "evaluate"
+    settings = {} if name == "full" else json.loads(json.dumps(resolve(params, record["method"])[0]))
+    return {**record, "epochs": params[section]["epochs"], "repeats": params[section]["repeats"],
+            "augment": params[section]["augment"], "lr": params["evaluate"]["lr"],
+            "batch_size": params["evaluate"]["batch_size"], "seed": params["seed"], "train_images": 100,
+            "distill": settings}
+
+
+@pytest.fixture
+def reported(project):
+    """A prepared project whose params enable dm and random at IPC 1, with current evaluation records."""
+    from mmdistill.core.storage import save_json, write_parquet
+    from tests.conftest import run_stage, set_params
+    run_stage("prepare")
+    for name in ("tags", "instances", "captions", "descriptions"):
+        write_parquet({"uid": ["a"]}, f"data/annotations/{name}.parquet", {"annotation": {"backend": "fake"}})
+    for kind in ("image", "caption"):
+        write_parquet({"uid": ["a"]}, f"data/features/{kind}/index.parquet", {"features": {"encoder": "fake"}})
+    set_params(project, **{"distill.methods.selection": ["random"], "distill.methods.masked": [],
+                           "distill.methods.distribution": ["dm"], "distill.ipcs": [1]})
+    for name, (record, metrics) in (("dm-ipc1", run("dm", 1, ["convnet3"], 70.0)),
+                                    ("random-ipc1", run("random", 1, ["convnet3"], 60.0))):
+        save_json(metrics, f"outputs/metrics/{name}.json")
+        save_json(current_record(record, name), f"outputs/evaluate/{name}.json")
+    return project
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("distill.dm.lr", 3.0, r"dm-ipc1\.json \(run dm-ipc1\) was made with distill\.lr = [\d.e-]+, "
+                           r"params\.yaml has 3\.0"),
+    ("distill.distribution.iterations", 9, r"run dm-ipc1\) was made with distill\.iterations = \d+, "
+                                           r"params\.yaml has 9"),
+    ("evaluate.epochs", 7, r"run (dm|random)-ipc1\) was made with epochs = \d+, params\.yaml has 7"),
+    ("seed", 5, r"was made with seed = 0, params\.yaml has 5"),
+])
+def test_report_refuses_records_made_with_other_settings(reported, key, value, message):
+    """issue 14 item 19: a report run by hand after params changed (without `dvc repro`) refuses the stale records,
+    naming the run and the setting, and writes nothing."""
+    from mmdistill.core.storage import PipelineError
+    from tests.conftest import run_stage, set_params, snapshot
+    run_stage("report")  # current records: a report
+    before = snapshot(reported)
+    set_params(reported, **{key: value})
+    with pytest.raises(PipelineError, match=message):
+        run_stage("report")
+    assert snapshot(reported) == before
+
+
+def test_report_removes_the_outputs_of_runs_no_longer_enabled(reported):
+    """issue 14 item 19: runs whose stages left dvc.yaml (method dropped from distill.methods, IPC dropped from
+    distill.ipcs) lose their metrics, records, figures, loss curves and logs; the others stay."""
+    from mmdistill.core.storage import save_json
+    from tests.conftest import run_stage
+    stale = ("dc-ipc1", "dm-ipc2", "dm-latent-ipc1")
+    for name in stale + ("dm-ipc1", "random-ipc1"):
+        if name not in ("dm-ipc1", "random-ipc1"):
+            save_json({"convnet3": {}}, f"outputs/metrics/{name}.json")
+            save_json({}, f"outputs/evaluate/{name}.json")
+        for path in (f"outputs/figures/distilled/{name}.png", f"outputs/plots/loss/{name}.tsv",
+                     f"outputs/distill/{name}/metrics.json"):
+            (reported / path).parent.mkdir(parents=True, exist_ok=True)
+            (reported / path).write_text("x")
+    for other in ("outputs/metrics/align.json", "outputs/metrics/vae/dm.json", "outputs/evaluate/notes.json"):
+        (reported / other).parent.mkdir(parents=True, exist_ok=True)
+        (reported / other).write_text("{}")
+    run_stage("report")
+    left = {str(p.relative_to(reported)) for p in (reported / "outputs").rglob("*") if p.is_file()}
+    assert not [p for p in left if any(name in p for name in stale)]
+    assert {"outputs/metrics/dm-ipc1.json", "outputs/evaluate/random-ipc1.json",
+            "outputs/figures/distilled/dm-ipc1.png",
+            "outputs/plots/loss/dm-ipc1.tsv", "outputs/distill/random-ipc1/metrics.json", "outputs/metrics/align.json",
+            "outputs/metrics/vae/dm.json", "outputs/evaluate/notes.json", "outputs/report.md"} <= left
 
 
 def test_report_names_a_missing_evaluation_record(project):

@@ -124,6 +124,22 @@ def test_cifar10_refuses_pickles_that_are_not_arrays(project, tmp_path):
         run_stage("prepare")
 
 
+def test_cifar10_reads_only_its_batches_and_caps_their_size(project, tmp_path):
+    """issue 14 item 18: the archive is streamed, only the six batches are read, each at most
+    CIFAR10_BATCH_LIMIT bytes (a 64 MiB member named data_batch_1 is refused before it is read)."""
+    import tarfile
+
+    from mmdistill.data.sources import CIFAR10_BATCH_LIMIT
+    big = tmp_path / "data_batch_1"
+    with open(big, "wb") as f:
+        f.truncate(CIFAR10_BATCH_LIMIT + 1)
+    with tarfile.open(tmp_path / "cifar-10-python.tar", "w") as tar:
+        tar.add(big, "cifar-10-batches-py/data_batch_1")
+    set_params(project, **{"prepare.dataset": "cifar10", "prepare.source": str(tmp_path / "cifar-10-python.tar")})
+    with pytest.raises(PipelineError, match=r"data_batch_1 is 67108865 bytes, more than a CIFAR-10 batch"):
+        run_stage("prepare")
+
+
 def make_imagenet(root, classes=1000, per_class=4, val_per_class=2, with_images=range(1000)):
     """train/ and val/ with `classes` wnid folders n00000000...; images only in `with_images` classes."""
     for split, n in (("train", per_class), ("val", val_per_class)):
@@ -280,6 +296,21 @@ def test_image_folder_transparent_rgba_on_black(project, tmp_path):
     pixel = train.images[:, :, 0, 0]
     assert pixel[train.labels == 0].eq(0).all()
     assert (pixel[train.labels == 1] == torch.tensor([128, 0, 0], dtype=torch.uint8)).all()
+
+
+def test_a_constant_channel_normalises_to_zero_not_nan(project, tmp_path):
+    """issue 14 item 11: red-only images have constant green and blue channels (std 0); their std is recorded as
+    1 so that normalising gives 0 there, not 0/0 = NaN in every downstream tensor."""
+    rng = np.random.default_rng(0)
+    red = [np.dstack([rng.integers(0, 255, (8, 8), dtype=np.uint8)] + [np.zeros((8, 8), np.uint8)] * 2)
+           for _ in range(8)]
+    write_class_images(tmp_path / "imgs", {"a": red[:4], "b": red[4:]})
+    set_params(project, **folder_params(tmp_path / "imgs", **{"prepare.image_size": 8, "prepare.channels": 3,
+                                                              "prepare.test_fraction": 0.25}))
+    run_stage("prepare")
+    assert dataset_info()["std"][1:] == [1.0, 1.0] and dataset_info()["std"][0] > 0
+    normalized = load_split("train").normalized()
+    assert torch.isfinite(normalized).all() and normalized[:, 1:].eq(0).all()
 
 
 def test_image_folder_single_class_is_an_error(project, tmp_path):

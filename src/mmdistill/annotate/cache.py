@@ -40,6 +40,7 @@ from mmdistill.core.hub import import_object
 from mmdistill.core.paths import ANNOTATIONS, PREPARED
 from mmdistill.core.storage import (
     PipelineError,
+    check_writable,
     decode_image,
     read_parquet,
     read_parquet_metadata,
@@ -68,7 +69,8 @@ PIPELINE = AnnotationTarget()  # the pipeline's train/val annotations; stage ann
 
 def load_annotation_input(columns=("uid", "label", "class_name", "image"), target: AnnotationTarget = PIPELINE
                           ) -> pa.Table:
-    table = pa.concat_tables([read_parquet(PREPARED / split, list(columns)) for split in target.splits])
+    table = pa.concat_tables([read_parquet(PREPARED / split, list(columns), {"image": "binary"})
+                              for split in target.splits])
     if target.hide_labels:
         for name, value in (("label", -1), ("class_name", "")):
             if name in table.column_names:
@@ -230,6 +232,7 @@ def annotate_incrementally(params: dict, stage: str, registry_path: str, schema:
     registry = import_object(registry_path, "annotate.registry")
     name, backend = build_backend(params, stage, registry)
     directory = cache_dir(params, stage, name, backend.settings, target)
+    check_writable(directory / "shard.parquet", target.annotations / "annotations.parquet")
     engine = param(params, "annotate.engine", str, choices=ENGINES)
     param(params, "annotate.on_error", str, choices=ON_ERROR)
     shard_size = positive(params, "annotate.shard_size")

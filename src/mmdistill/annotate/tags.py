@@ -20,6 +20,7 @@ Backends (`tag.backend`); every one keeps at most `tag.top_k` tags scoring at le
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,14 @@ def read_vocabulary(params, key: str) -> list[str]:
     path = Path(param(params, key, str))
     if not path.is_file():
         raise PipelineError(f"param '{key}': no vocabulary file at {str(path)!r} (one tag a line)")
-    tags = [line.strip() for line in path.read_text().splitlines()]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise PipelineError(f"param '{key}': vocabulary file {path} is not UTF-8 text (line {line}, byte "
+                            f"{data[exc.start:exc.start + 1]!r}); save it as UTF-8") from exc
+    tags = [line.strip() for line in text.splitlines()]
     tags = list(dict.fromkeys(t for t in tags if t and not t.startswith("#")))
     if not tags:
         raise PipelineError(f"param '{key}': vocabulary file {path} has no tags")
@@ -132,6 +140,10 @@ class PluginTagger(Tagger):
 
     def load(self):
         cls = import_object(self.path, "tag.plugin.class")
+        if not inspect.isclass(cls) or not callable(getattr(cls, "tag", None)):
+            raise PipelineError(f"param 'tag.plugin.class': {self.path!r} is not a tagger class (a class with a "
+                                "method tag(images) -> [[(tag, score), ...], ...]); params name code, see "
+                                "docs/backends.md")
         try:
             self.model = cls(**self.kwargs)
         except (OSError, TypeError, ValueError) as exc:

@@ -134,8 +134,15 @@ def read_yaml(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run from the repository root")
+    raw = path.read_bytes()
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise PipelineError(f"{path}:{line}: not UTF-8 text (byte "
+                            f"{raw[exc.start:exc.start + 1]!r}); save it as UTF-8") from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -5,6 +5,7 @@ Valid names come from the code's registries (backends, encoders, networks, datas
 them: registering a new backend makes its name valid here.
 """
 from mmdistill.core.config import BOOL, FREE, Float, Int, List, Str
+from mmdistill.core.storage import PipelineError
 from mmdistill.distill import methods
 
 COUNT = Int(low=1)                       # sizes, epochs, batch sizes, iterations: at least one
@@ -24,6 +25,14 @@ def net_name() -> Str:
     from mmdistill.nn.nets import NETWORKS, NORMS
     return Str(*NETWORKS, *(f"{n}:{norm}" for n in NETWORKS for norm in NORMS),
                hint=f"{', '.join(NETWORKS)} (each optionally :norm, norm one of {', '.join(NORMS)})")
+
+
+def method_name(name: str, option: str = "--method") -> str:
+    """`name` if it is a method of the registry (mmdistill.distill.methods.REGISTRY), else a PipelineError: a name
+    from the command line never becomes a path (`--method ../../x`)."""
+    if name not in methods.REGISTRY:
+        raise PipelineError(f"{option} {name!r} is not a registered method; valid: {', '.join(methods.REGISTRY)}")
+    return name
 
 
 def schema() -> dict:

@@ -1,6 +1,7 @@
 """Loading prepared splits and annotations as tensors for the training stages."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,14 @@ def dataset_info(root=PREPARED) -> dict:
     meta = read_parquet_metadata(Path(root) / "train")
     if "dataset" not in meta:
         raise PipelineError(f"{root}: prepared data has no 'dataset' metadata; re-run `dvc repro prepare`")
-    return meta["dataset"]
+    info = meta["dataset"]
+    for key in ("mean", "std"):  # the normalisation every stage applies: finite, std > 0
+        values = info.get(key) if isinstance(info, dict) else None
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and (key == "mean" or v > 0) for v in values):
+            raise PipelineError(f"{root}: metadata 'dataset.{key}' is {values!r}, expected finite numbers"
+                                f"{' > 0' if key == 'std' else ''}, one per channel; re-run `dvc repro prepare`")
+    return info
 
 
 def decode_images(blobs, uids, channels: int) -> np.ndarray:
@@ -70,7 +78,7 @@ def load_split(split: str, root=PREPARED) -> ImageSet:
     if split not in SPLITS:
         raise PipelineError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     info = dataset_info(root)
-    table = read_parquet(Path(root) / split, ["uid", "label", "image"])
+    table = read_parquet(Path(root) / split, ["uid", "label", "image"], {"image": "binary"})
     uids = table["uid"].to_pylist()
     images = decode_images(table["image"].to_pylist(), uids, info["channels"])
     return ImageSet(torch.from_numpy(images), torch.tensor(table["label"].to_pylist(), dtype=torch.long),

@@ -238,20 +238,39 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+CIFAR10_BATCH_LIMIT = 64 * 2**20  # bytes; a batch of the python archive is about 31 MB
+
+
 def load_cifar10(source: Path):
     """The python archive: data_batch_1..5 (train) and test_batch, each {data: N x 3072 uint8, labels}."""
     if source.is_dir() and (source / "cifar-10-python.tar.gz").exists():
         source = source / "cifar-10-python.tar.gz"
     if source.is_dir() and (source / "cifar-10-batches-py").is_dir():
         source = source / "cifar-10-batches-py"
+    needed = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    files = {}
+
+    def take(name: str, size: int, read) -> None:
+        if name in needed and name not in files:
+            if size > CIFAR10_BATCH_LIMIT:
+                raise PipelineError(f"{source}: {name} is {size} bytes, more than a CIFAR-10 batch "
+                                    f"({CIFAR10_BATCH_LIMIT} at most): not the CIFAR-10 python archive")
+            files[name] = read()
+
     if source.is_file():
         try:
             with tarfile.open(source, "r:*") as tar:
-                files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+                for member in tar:  # streamed: only the six batches are read, each capped
+                    if member.isfile():
+                        take(Path(member.name).name, member.size, lambda m=member: tar.extractfile(m).read())
+                        if len(files) == len(needed):
+                            break
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise PipelineError(f"{source}: unreadable CIFAR-10 archive ({exc})") from exc
     else:
-        files = {f.name: f.read_bytes() for f in source.glob("*_batch*") if f.is_file()}
+        for name in needed:
+            if (source / name).is_file():
+                take(name, (source / name).stat().st_size, (source / name).read_bytes)
     out = {}
     for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
         images, labels = [], []

@@ -32,11 +32,11 @@ def distribution_matching(run: Run, init: list[int], full_weight: float, masked:
     augment = run.augmentation()
     batches = run.real_batches()
     classes, (channels, size) = batches.classes, run.train.images.shape[1:3]
-    engine = Engine(run, batches.images[init])
     if masked is not None:
         masks = masked.checked(run.train.images)
         syn_masks = masks[init].to(device)
         masked_match = masked.match or distribution_gap
+    engine = Engine(run, batches.images[init], {"masks": masks} if masked is not None else None)
 
     def step(it):
         net = engine.compiled(make_net(net_name, channels, classes, size).to(device))

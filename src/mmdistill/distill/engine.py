@@ -25,6 +25,7 @@ the checkpoint; so iteration t draws the same numbers whether or not the run was
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -134,9 +135,40 @@ class Run:
         return lambda x, seed: x
 
 
+def digest(obj) -> str:
+    """SHA-256 of tensors, arrays, strings and numbers, nested in dicts/lists (dtype, shape and bytes of each
+    tensor): the identity of a run's inputs in its checkpoint fingerprint."""
+    hasher = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            hasher.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
+            hasher.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+        elif isinstance(x, np.ndarray):
+            hasher.update(f"array {x.dtype} {x.shape};".encode())
+            hasher.update(np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, dict):
+            hasher.update(f"dict {len(x)};".encode())
+            for k in x:
+                feed(str(k))
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            hasher.update(f"list {len(x)};".encode())
+            for v in x:
+                feed(v)
+        else:
+            hasher.update(f"{type(x).__name__} {x!r};".encode())
+
+    feed(obj)
+    return hasher.hexdigest()
+
+
 class Engine:
-    def __init__(self, run: Run, syn: torch.Tensor):
-        """The optimiser of `syn` (the initial synthetic images, normalised) for `run`."""
+    def __init__(self, run: Run, syn: torch.Tensor, inputs: dict | None = None):
+        """The optimiser of `syn` (the initial synthetic images, normalised) for `run`. `inputs`: what else the
+        method reads (masks, a network pool, caption targets), named; hashed into the checkpoint fingerprint with the
+        train split and `syn`, so that `--resume` refuses a checkpoint made from other data."""
         self.name, self.device, self.seed, self.resume = run.name, run.device, run.seed, run.resume
         self.show = _show(run.train, run.name)
         params = run.params
@@ -159,10 +191,15 @@ class Engine:
         self.history: list[float] = []
         settings = dict(run.settings)
         settings.pop("iterations", None)  # a resumed run may be extended
+        train = run.train
+        data = {"train": digest([train.uids, train.labels, train.images, train.class_names, train.mean, train.std]),
+                "initial": digest(syn), **{name: digest(value) for name, value in sorted((inputs or {}).items())}}
         self.fingerprint = {"name": self.name, "seed": self.seed, "precision": precision, "settings": settings,
                             **self.parameterisation.fingerprint,
-                            **({"compile": self.compile_backend} if self.compile_backend else {})}
+                            **({"compile": self.compile_backend} if self.compile_backend else {}), "inputs": data}
         self._losses: list[float] = []
+        self.iteration = 0
+        self.lr_key = run.where.get("lr", "lr")
 
     def autocast(self):
         if self.dtype is None:
@@ -189,6 +226,11 @@ class Engine:
 
     def update(self, loss: torch.Tensor) -> None:
         """One optimiser step of the synthetic set on `loss`."""
+        value = loss.item()
+        if not math.isfinite(value):  # a diverged run (lr too large) or NaN in an input: stop, write nothing more
+            raise PipelineError(f"distill {self.name}: the loss is {value} at iteration {self.iteration}; the run is "
+                                f"stopped (diverged: lower param '{self.lr_key}', or an input holds NaN) and its "
+                                "set is not written")
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -197,25 +239,32 @@ class Engine:
         else:
             loss.backward()
             self.opt.step()
-        self._losses.append(loss.item())
+        self._losses.append(value)
 
     def run(self, iterations: int, step) -> tuple[torch.Tensor, list[float], dict]:
         """Run `step` for the remaining iterations -> (the final images on the CPU, the loss history, the
         parameterisation's extra outputs, e.g. the latents)."""
         start = self._load_checkpoint(iterations) if self.resume else 0
         log = LossLog(distill_log(self.name), start)
-        for it in tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2):
-            torch.manual_seed(self.seed * 100003 + it)
-            self._losses = []
-            step(it)
-            self.history.append(float(np.mean(self._losses)))
-            done = it + 1
-            if done % self.log_every == 0 or done == iterations:
-                log.log(it, self.history[-1])
-            if done % self.grid_every == 0 and self.show is not None:
-                self.show(self.images(detach=True).cpu(), log.grids / f"{done:06d}.png")
-            if done % self.checkpoint_every == 0 or done == iterations:
-                self._save_checkpoint(done)
+        # the bar as a context: an error closes it (a newline), so the error's one line stands on its own
+        with tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2) as bar:
+            for it in bar:
+                torch.manual_seed(self.seed * 100003 + it)
+                self.iteration = it
+                self._losses = []
+                step(it)
+                self.history.append(float(np.mean(self._losses)))
+                done = it + 1
+                if done % self.log_every == 0 or done == iterations:
+                    log.log(it, self.history[-1])
+                if done % self.grid_every == 0 and self.show is not None:
+                    self.show(self.images(detach=True).cpu(), log.grids / f"{done:06d}.png")
+                if done % self.checkpoint_every == 0 or done == iterations:
+                    self._save_checkpoint(done)
+        if not bool(torch.isfinite(self.syn.detach()).all()):
+            raise PipelineError(f"distill {self.name}: the synthetic set holds NaN or inf after iteration "
+                                f"{iterations - 1}; the run is stopped (diverged: lower param '{self.lr_key}') and "
+                                "its set is not written")
         return self.parameterisation.final(self.syn.detach()), self.history, self.parameterisation.outputs(self.syn)
 
     @property
@@ -235,9 +284,23 @@ class Engine:
             print(f"--resume: no checkpoint at {path}, starting from iteration 0")
             return 0
         ckpt = load_tensors(path)
-        if ckpt["fingerprint"] != self.fingerprint:
-            raise PipelineError(f"{path} was written with other settings ({ckpt['fingerprint']}); now "
-                                f"{self.fingerprint}. Delete it or run without --resume")
+        saved = dict(ckpt.get("fingerprint", {}))
+        saved_inputs, inputs = saved.pop("inputs", None), self.fingerprint["inputs"]
+        now = {k: v for k, v in self.fingerprint.items() if k != "inputs"}
+        if saved != now:
+            changed = sorted(k for k in {**saved, **now} if saved.get(k) != now.get(k))
+            raise PipelineError(f"{path} was written with other settings ({', '.join(changed)}: "
+                                f"{ {k: saved.get(k) for k in changed} }; now { {k: now.get(k) for k in changed} }). "
+                                "Delete it or run without --resume")
+        if saved_inputs is None:
+            raise PipelineError(f"{path} records no hashes of its input data (an older checkpoint), so it cannot be "
+                                "checked against today's: delete it or run without --resume")
+        other = [name for name in inputs if saved_inputs.get(name) != inputs[name]]
+        if other or set(saved_inputs) != set(inputs):
+            what = {"train": "the prepared train split (data/prepared)", "initial": "the initial images"}
+            names = other or sorted(set(saved_inputs) ^ set(inputs))
+            raise PipelineError(f"{path} was made from other data ({', '.join(what.get(n, n) for n in names)} "
+                                "changed since): delete it or run without --resume")
         if ckpt["iteration"] > iterations:
             raise PipelineError(f"{path} is at iteration {ckpt['iteration']}, beyond the {iterations} "
                                 f"iterations in params")
@@ -282,10 +345,8 @@ class LossLog:
         self.tsv = LOSS_CURVES / f"{directory.name}.tsv"
         self.summary = directory / "metrics.json"
         self.grids = directory / "plots" / "grids"
-        if start == 0:
-            self.tsv.unlink(missing_ok=True)
-            self.summary.unlink(missing_ok=True)
-        elif self.tsv.exists():
+        self.fresh = start == 0  # the old curve is removed by the first row logged (a run failing before keeps it)
+        if start > 0 and self.tsv.exists():
             header, *rows = self.tsv.read_text().splitlines()
             kept = [row for row in rows if int(row.split("\t")[0]) < start]
             if kept != rows:
@@ -293,6 +354,10 @@ class LossLog:
 
     def log(self, step: int, loss: float) -> None:
         value = loss if math.isfinite(loss) else str(loss)  # as DVCLive: nan/inf as text
+        if self.fresh:
+            self.tsv.unlink(missing_ok=True)
+            self.summary.unlink(missing_ok=True)
+            self.fresh = False
         new = not self.tsv.exists()
         self.tsv.parent.mkdir(parents=True, exist_ok=True)
         with open(self.tsv, "a", encoding="utf-8") as f:

@@ -55,11 +55,12 @@ def loops(run: Run) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def gradient_matching(run: Run, init: list[int], full_weight: float, masked: MaskedTerm | None, extra_terms=()):
+def gradient_matching(run: Run, init: list[int], full_weight: float, masked: MaskedTerm | None, extra_terms=(),
+                      inputs: dict | None = None):
     """Gradient matching from the train images `init`: `full_weight` x the gradient distance of the images, plus
     `masked`'s term (its `match`, or the gradient distance, on foreground-masked images), plus `extra_terms`,
     (weight, term(syn)) pairs (caption_match's caption term), in every matching step -> the engine's (images,
-    loss history, extra outputs)."""
+    loss history, extra outputs). `inputs`: what the extra terms read, for the checkpoint fingerprint (Engine)."""
     settings, device = run.settings, run.device
     net_name, net_lr, net_batch = settings["net"], settings["net_lr"], settings["net_batch"]
     how = settings["class_gradients"]
@@ -67,14 +68,14 @@ def gradient_matching(run: Run, init: list[int], full_weight: float, masked: Mas
     batches = run.real_batches()
     classes, (channels, size) = batches.classes, run.train.images.shape[1:3]
     outer_loop, inner_loop = loops(run)
-    engine = Engine(run, batches.images[init])
-    engine.refuse_compile("gradient matching differentiates through network gradients (double backward), "
-                          "which torch.compile does not support")
-    syn_labels = torch.arange(classes, device=device).repeat_interleave(run.ipc)
     if masked is not None:
         masks = masked.checked(run.train.images)
         syn_masks = masks[init].to(device)
         masked_match = masked.match or partial(gradient_match, how=how)
+    engine = Engine(run, batches.images[init], {**({"masks": masks} if masked is not None else {}), **(inputs or {})})
+    engine.refuse_compile("gradient matching differentiates through network gradients (double backward), "
+                          "which torch.compile does not support")
+    syn_labels = torch.arange(classes, device=device).repeat_interleave(run.ipc)
 
     def step(it):
         net = make_net(net_name, channels, classes, size).to(device)

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from mmdistill.core.config import param
-from mmdistill.core.paths import distilled_figure, distilled_set
+from mmdistill.core.paths import LOSS_CURVES, checkpoint, distill_log, distilled_figure, distilled_set, run_name
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
-from mmdistill.core.storage import PipelineError, save_tensors
+from mmdistill.core.storage import PipelineError, check_writable, save_tensors
 from mmdistill.data.datasets import load_split
 from mmdistill.distill import methods
 from mmdistill.distill.engine import Run, save_grid
@@ -43,11 +43,16 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)
+    run_id = run_name(name, ipc, latent)
+    out = distilled_set(run_id)
+    check_writable(out, distilled_figure(run_id), *((checkpoint(run_id), LOSS_CURVES / f"{run_id}.tsv",
+                                                     distill_log(run_id) / "metrics.json") if method.engine else ()))
     train = load_split("train")
     run = Run(name, ipc, latent, settings, where, params, train, device, seed, resume)
     result = method.run(run)
     images, init = result.images, result.init
-    out = distilled_set(run.name)
+    if not bool(torch.isfinite(images).all()):
+        raise PipelineError(f"distill {run.name}: the synthetic images hold NaN or inf; the set is not written")
     info = {"method": name, "ipc": ipc, "seed": seed, "settings": dict(settings),
             "engine": dict(param(params, "distill.engine", dict)) if method.engine else {},
             "latent": dict(param(params, "distill.latent", dict)) if latent else {},

@@ -23,6 +23,7 @@ from mmdistill.core.paths import FEATURES
 from mmdistill.core.storage import (
     PipelineError,
     atomic_path,
+    check_writable,
     decode_image,
     read_parquet,
     read_parquet_metadata,
@@ -191,12 +192,31 @@ def write_features(kind: str, index: dict, vectors: np.ndarray, encoder: str, se
 
 
 def load_features(kind: str, root=FEATURES):
-    """(index table, float32 matrix) for one kind of features."""
+    """(index table, float32 matrix) for one kind of features. An unreadable shard, or a vector holding NaN or
+    inf, is a PipelineError naming the shard, the row and its uid."""
     if kind not in KINDS:
         raise PipelineError(f"unknown feature kind {kind!r}; valid: {', '.join(KINDS)}")
     index = read_parquet(Path(root) / kind / "index.parquet")
     shards = sorted((Path(root) / kind).glob("vectors-*.npy"))
-    vectors = np.concatenate([np.load(s) for s in shards]).astype(np.float32) if shards else np.zeros((0, 0))
+    arrays, offset = [], 0
+    for shard in shards:
+        try:
+            array = np.load(shard, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise PipelineError(f"{shard}: not a readable feature shard ({exc}); re-run `dvc repro embed`") from exc
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+            raise PipelineError(f"{shard}: a feature shard must be a 2-d float array, got {array.dtype} "
+                                f"{array.shape}; re-run `dvc repro embed`")
+        bad = ~np.isfinite(array).all(1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            uid = index["uid"][offset + row].as_py() if "uid" in index.column_names and \
+                offset + row < index.num_rows else "?"
+            raise PipelineError(f"{shard}: row {row} (uid {uid}) holds NaN or inf; the features are corrupt or "
+                                "were made from bad input: re-run `dvc repro embed`")
+        arrays.append(array)
+        offset += len(array)
+    vectors = np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, 0))
     if len(vectors) != index.num_rows:
         raise PipelineError(f"{root}/{kind}: index has {index.num_rows} rows but shards hold {len(vectors)}; "
                             "re-run `dvc repro embed`")
@@ -213,6 +233,7 @@ def encode_images(encoder, images: torch.Tensor, batch_size: int, desc: str) -> 
 
 
 def embed_images(params, device, batch_size, rows_per_shard) -> str:
+    check_writable(FEATURES / "image", FEATURES / "instance")
     name, encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
     embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label", "image"))
@@ -245,6 +266,7 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
 def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, batch_size: int, rows_per_shard: int,
                    root=FEATURES, target: AnnotationTarget = PIPELINE) -> list:
     """Encode `target`'s captions.parquet into `root`/caption; returns the caption uids."""
+    check_writable(Path(root) / "caption")
     caps = read_annotations("captions", ["uid", "instance_id", "caption"], target)
     cap_uids = caps["uid"].to_pylist()
     write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
@@ -255,6 +277,7 @@ def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, bat
 
 
 def embed_texts(params, device, batch_size, rows_per_shard) -> str:
+    check_writable(FEATURES / "caption", FEATURES / "description")
     name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
     embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from mmdistill.core.config import param, positive
 from mmdistill.core.paths import POOL
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
-from mmdistill.core.storage import save_tensors
+from mmdistill.core.storage import check_writable, save_tensors
 from mmdistill.data.datasets import load_split
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.nets import make_net
@@ -17,6 +17,7 @@ from mmdistill.nn.train import accuracy, train_classifier
 
 
 def pretrain(params: dict) -> Path:
+    check_writable(POOL)
     seed = param(params, "seed", int)
     device = resolve_device(params)
     models = positive(params, "pretrain.models")

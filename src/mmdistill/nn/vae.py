@@ -39,7 +39,7 @@ from mmdistill.core.config import param, positive
 from mmdistill.core.hub import from_pretrained
 from mmdistill.core.paths import VAE_RECORD_NAME, vae_dir, vae_metrics
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
-from mmdistill.core.storage import PipelineError, atomic_path, save_json
+from mmdistill.core.storage import PipelineError, atomic_path, check_writable, save_json
 from mmdistill.data.datasets import dataset_info, load_split
 from mmdistill.nn.train import adam_minibatches
 
@@ -80,6 +80,7 @@ def reconstruction(vae, images: torch.Tensor, device, batch_size: int) -> tuple[
 
 def train_vae(params: dict, method: str) -> Path:
     """Train the offline VAE of `method`'s latent runs -> data/vae/{method}."""
+    check_writable(vae_dir(method), vae_metrics(method))
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)

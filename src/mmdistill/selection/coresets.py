@@ -312,7 +312,7 @@ def selection_figures(uids, labels, vectors, inlier, kmeans_rows: list, class_na
     save_figure(fig, SELECTION_FIGURES / f"kmeans-ipc{k}.png")
     plt.close(fig)
 
-    table = read_parquet(PREPARED / "train", ["uid", "image"])
+    table = read_parquet(PREPARED / "train", ["uid", "image"], {"image": "binary"})
     blob = dict(zip(table["uid"].to_pylist(), table["image"].to_pylist()))
     fig, axes = plt.subplots(len(shown), k, figsize=(0.9 * k + 1.5, 0.9 * len(shown)), squeeze=False)
     for c, name in enumerate(shown):

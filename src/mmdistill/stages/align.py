@@ -30,7 +30,7 @@ import torch
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import ALIGN_METRICS, ALIGN_RECORD, ALIGNED, PAIR_EVENTS
 from mmdistill.core.runtime import versions
-from mmdistill.core.storage import save_json, save_tensors, write_parquet
+from mmdistill.core.storage import check_writable, save_json, save_tensors, write_parquet
 from mmdistill.embed.alignment import (
     RECALL_AT,
     image_caption_pairs,
@@ -44,6 +44,7 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
+    check_writable(ALIGNED / "heads.pt", PAIR_EVENTS, ALIGN_RECORD, ALIGN_METRICS)
     seed = param(params, "seed", int)
     settings = {"dim": positive(params, "align.dim"), "epochs": positive(params, "align.epochs"),
                 "batch_size": positive(params, "align.batch_size"), "lr": positive(params, "align.lr", float)}

@@ -40,7 +40,7 @@ import torch
 from mmdistill.core.config import load_params, param
 from mmdistill.core.paths import CAPTION_HEAD, CAPTION_HEAD_METRICS, CAPTION_HEAD_RECORD
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
-from mmdistill.core.storage import PipelineError, save_json, save_tensors
+from mmdistill.core.storage import PipelineError, check_writable, save_json, save_tensors
 from mmdistill.data.datasets import load_split
 from mmdistill.embed.features import FEATURES, feature_metadata
 from mmdistill.nn.caption_head import (
@@ -58,6 +58,7 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
+    check_writable(CAPTION_HEAD, CAPTION_HEAD_METRICS, CAPTION_HEAD_RECORD)
     seed = param(params, "seed", int)
     settings = _settings(params)
     train = load_split("train")

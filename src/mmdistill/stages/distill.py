@@ -13,15 +13,13 @@ mmdistill.distill.runs. Optimising methods also write a DVCLive loss curve and p
 """
 from __future__ import annotations
 
-import argparse
-
 from mmdistill.core.config import load_params
 from mmdistill.distill.runs import distill
-from mmdistill.stages import run_stage
+from mmdistill.stages import ArgumentParser, run_stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True)
     parser.add_argument("--ipc", required=True, type=int)
     parser.add_argument("--resume", action="store_true",

@@ -32,16 +32,14 @@ never random weights.
 """
 from __future__ import annotations
 
-import argparse
-
 from mmdistill.core.config import load_params, positive
 from mmdistill.core.runtime import resolve_device
 from mmdistill.embed.features import embed_images, embed_texts
-from mmdistill.stages import run_stage
+from mmdistill.stages import ArgumentParser, run_stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="embed images or texts")
+    parser = ArgumentParser(description="embed images or texts")
     parser.add_argument("--modality", required=True, choices=("image", "text"))
     args = parser.parse_args()
     params = load_params()

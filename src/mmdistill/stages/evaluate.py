@@ -31,17 +31,16 @@ Outputs, both committed to git (accuracies in %, std over repeats, population st
 """
 from __future__ import annotations
 
-import argparse
-
 from mmdistill.core.config import load_params
 from mmdistill.core.paths import EVALUATIONS, METRICS, run_name
-from mmdistill.core.storage import save_json
+from mmdistill.core.schema import method_name
+from mmdistill.core.storage import PipelineError, check_writable, save_json
 from mmdistill.evaluate.classification import evaluate, evaluate_full
-from mmdistill.stages import run_stage
+from mmdistill.stages import ArgumentParser, run_stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method")
     parser.add_argument("--ipc", type=int)
     parser.add_argument("--latent", action="store_true", help="the latent run {method}-latent-ipc{K}")
@@ -49,14 +48,20 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     if args.full:
-        (metrics, record), run = evaluate_full(params), "full"
+        run = "full"
     elif args.method and args.ipc:
-        (metrics, record), run = (evaluate(args.method, args.ipc, args.latent, params),
-                                  run_name(args.method, args.ipc, args.latent))
+        if args.ipc <= 0:
+            raise PipelineError(f"--ipc must be a positive integer, got {args.ipc}")
+        run = run_name(method_name(args.method), args.ipc, args.latent)
     else:
         parser.error("give --method and --ipc, or --full")
-    path = METRICS / f"{run}.json"
-    save_json(record, EVALUATIONS / f"{run}.json")
+    path, record_path = METRICS / f"{run}.json", EVALUATIONS / f"{run}.json"
+    check_writable(path, record_path)
+    if args.full:
+        metrics, record = evaluate_full(params)
+    else:
+        metrics, record = evaluate(args.method, args.ipc, args.latent, params)
+    save_json(record, record_path)
     save_json(metrics, path)
     for name, m in metrics.items():
         print(f"{run} {name}: test accuracy {m['test_accuracy_mean']:.2f} ± {m['test_accuracy_std']:.2f} % -> {path}")

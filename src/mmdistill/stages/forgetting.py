@@ -28,7 +28,7 @@ from __future__ import annotations
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import FORGETTING_EVENTS
 from mmdistill.core.runtime import resolve_device, versions
-from mmdistill.core.storage import write_parquet
+from mmdistill.core.storage import check_writable, write_parquet
 from mmdistill.data.datasets import load_split
 from mmdistill.selection.forgetting import count_forgetting
 from mmdistill.stages import run_stage
@@ -36,6 +36,7 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
+    check_writable(FORGETTING_EVENTS)
     seed = param(params, "seed", int)
     device = resolve_device(params)
     settings = {"net": param(params, "select.forgetting.net", str),

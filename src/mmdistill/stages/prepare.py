@@ -61,7 +61,7 @@ import numpy as np
 
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import PREPARED
-from mmdistill.core.storage import PipelineError, atomic_path, write_parquet_shards
+from mmdistill.core.storage import PipelineError, atomic_path, check_writable, write_parquet_shards
 from mmdistill.data.sources import (
     CHANNELS,
     DATASETS,
@@ -82,6 +82,7 @@ from mmdistill.stages import run_stage
 
 def main() -> None:
     params = load_params()
+    check_writable(PREPARED)
     seed = param(params, "seed", int)
     name = param(params, "prepare.dataset", str, choices=DATASETS)
     root = Path(param(params, "prepare.source", str))
@@ -152,11 +153,13 @@ def main() -> None:
         extra_info["captions_per_image"] = {"min": min(counts), "max": max(counts)}
 
     train_pixels = parts["train"][0].reshape(-1, parts["train"][0].shape[-1]).astype(np.float64) / 255.0
+    # a channel constant over the train split gets std 1 in the metadata, so normalising leaves it at 0 (not 0/0 = NaN)
+    std = [round(float(v), 6) or 1.0 for v in train_pixels.std(0)]
     info = {
         "name": name, "source": str(root), "class_names": class_names, "seed": seed,
         "channels": int(images.shape[-1]), "height": int(images.shape[1]), "width": int(images.shape[2]),
         "mean": [round(float(v), 6) for v in train_pixels.mean(0)],
-        "std": [round(float(v), 6) for v in train_pixels.std(0)],
+        "std": std,
         "sizes": {s: int(len(p[1])) for s, p in parts.items()},
         **({"source_classes": source_classes} if source_classes else {}), **extra_info,
     }

@@ -8,7 +8,7 @@ import pyarrow as pa
 from mmdistill.annotate.cache import read_annotations
 from mmdistill.core.config import int_list, load_params, param, positive
 from mmdistill.core.paths import PROTOTYPES, SELECTIONS
-from mmdistill.core.storage import PipelineError, read_parquet, write_parquet
+from mmdistill.core.storage import PipelineError, check_writable, read_parquet, write_parquet
 from mmdistill.selection.coresets import (
     pair_coresets,
     pds_selection,
@@ -22,6 +22,7 @@ def main() -> None:
     """Text prototypes for the image clusters of every kmeans-ipc{K} selection -> data/prototypes/text-ipc{K},
     and PDS prototypes -> data/prototypes/pds-{M}."""
     params = load_params()
+    check_writable(PROTOTYPES / "x.parquet")
     ipcs = int_list(params, "distill.ipcs")
     threshold = param(params, "select.text_threshold", float)
     if not 0 < threshold <= 1:

@@ -10,16 +10,41 @@ source; their budgets are the papers', not ours.
 
 outputs/plots/accuracy/{method}.json: [{"ipc": K, "test_accuracy": % of the default net}, ...] by IPC, one
 file (a line of `dvc plots show`) per method of params.
+
+Stale results are refused, not mixed in: each evaluation record holds the settings its synthetic set was made with
+(`distill`) and its evaluation budget; when they differ from what params.yaml resolves to now
+(mmdistill.distill.methods.resolve; evaluate.*, evaluate_full.*, seed), the report stops naming the run and the
+setting (run `dvc repro` first).
+
+Runs no longer enabled (a method dropped from `distill.methods`, an IPC from `distill.ipcs`) have no stage in
+dvc.yaml any more, so nothing would ever update or remove their files: after writing the report, their
+outputs/metrics/{run}.json, outputs/evaluate/{run}.json, outputs/figures/distilled/{run}.png,
+outputs/plots/loss/{run}.tsv and outputs/distill/{run}/ are removed (cache: false outputs of stages that no longer
+exist, in git; the removal is what to commit). Files of enabled runs and the other files there (align.json,
+full.json, ...) are left alone.
 """
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 from mmdistill.annotate.cache import annotation_backend
 from mmdistill.core.config import int_list, load_params, param
-from mmdistill.core.paths import ACCURACY_PLOTS, EVALUATIONS, FULL_METRICS, METRICS, REPORT, run_name
+from mmdistill.core.paths import (
+    ACCURACY_PLOTS,
+    DISTILL_LOGS,
+    DISTILLED_FIGURES,
+    EVALUATIONS,
+    FULL_METRICS,
+    LOSS_CURVES,
+    METRICS,
+    REPORT,
+    run_name,
+)
 from mmdistill.core.runtime import versions
-from mmdistill.core.storage import PipelineError, atomic_path, save_json, save_text
+from mmdistill.core.storage import PipelineError, atomic_path, check_writable, save_json, save_text
 from mmdistill.data.datasets import dataset_info
 from mmdistill.distill import methods as registry
 from mmdistill.embed.features import feature_metadata
@@ -36,18 +61,65 @@ def evaluation(run: str, stage: str) -> tuple[dict, dict]:
     return json.loads(record.read_text()), json.loads(metrics.read_text())
 
 
+def check_current(run: str, record: dict, expected: dict) -> None:
+    """A PipelineError naming the run and the first setting its record holds other than `expected` (params now)."""
+    path = EVALUATIONS / f"{run}.json"
+    for key, now in expected.items():
+        then = record.get(key)
+        if key == "distill" and isinstance(then, dict):
+            keys = sorted(set(then) | set(now), key=lambda k: (k not in now, k))
+            key, then, now = next(((f"distill.{k}", then.get(k, "(none)"), now.get(k, "(none)")) for k in keys
+                                   if then.get(k) != now.get(k)), (key, then, now))
+        if then != now:
+            raise PipelineError(f"{path} (run {run}) was made with {key} = {then!r}, params.yaml has {now!r} now: "
+                                f"its metrics are stale; run `dvc repro` (or the run's distill and evaluate) before "
+                                "the report")
+
+
+def budget(params: dict, full: bool) -> dict:
+    """The evaluation settings a record holds, as params.yaml has them now."""
+    section = "evaluate_full" if full else "evaluate"
+    return {"epochs": param(params, f"{section}.epochs", int), "repeats": param(params, f"{section}.repeats", int),
+            "augment": param(params, f"{section}.augment", bool), "lr": param(params, "evaluate.lr", float),
+            "batch_size": param(params, "evaluate.batch_size", int), "seed": param(params, "seed", int)}
+
+
+RUN_FILE = re.compile(r"^.+-ipc\d+$")  # core.paths.run_name: {method}-ipc{K}, {method}-latent-ipc{K}
+
+
+def remove_stale_runs(current: set[str]) -> list[Path]:
+    """Remove the metrics, records, figures, loss curves and logs of runs not in `current` -> what was removed."""
+    removed = []
+    for folder, suffix in ((METRICS, ".json"), (EVALUATIONS, ".json"), (DISTILLED_FIGURES, ".png"),
+                           (LOSS_CURVES, ".tsv")):
+        for path in sorted(folder.glob(f"*{suffix}")):
+            if path.is_file() and RUN_FILE.match(path.stem) and path.stem not in current:
+                path.unlink()
+                removed.append(path)
+    for path in sorted(DISTILL_LOGS.glob("*")):
+        if path.is_dir() and RUN_FILE.match(path.name) and path.name not in current:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
 def main() -> None:
     params = load_params()
+    check_writable(REPORT, ACCURACY_PLOTS, METRICS / "x.json", EVALUATIONS / "x.json")
     ipcs = int_list(params, "distill.ipcs")
     runs = [(method, ipc, latent) for method, latent in registry.enabled(params) for ipc in ipcs]
     rows = []
     for method, ipc, latent in runs:
-        record, metrics = evaluation(run_name(method, ipc, latent), "evaluate")
+        run = run_name(method, ipc, latent)
+        record, metrics = evaluation(run, "evaluate")
+        settings = json.loads(json.dumps(registry.resolve(params, method)[0]))  # as the record holds them
+        check_current(run, record, {"distill": settings, **budget(params, full=False)})
         label = f"{method}-latent" if latent else method
         rows.append((label, str(ipc), {**record, "method": label}, metrics))  # no published row for a latent run
     full = None  # the record of the whole-train-split row
     if FULL_METRICS.exists():
         full, full_metrics = evaluation("full", "evaluate_full")
+        check_current("full", full, budget(params, full=True))
         rows.append((f"whole train split ({full['train_images']} images)", "—", full, full_metrics))
     info = dataset_info()
     first = rows[0][2]
@@ -100,6 +172,10 @@ def main() -> None:
     with atomic_path(ACCURACY_PLOTS) as folder:  # the whole folder: series of methods no longer run disappear
         for name, points in series.items():
             save_json(points, folder / f"{name}.json")
+    removed = remove_stale_runs({run_name(*r) for r in runs})
+    if removed:
+        print(f"removed {len(removed)} output(s) of runs no longer in distill.methods x distill.ipcs: "
+              + ", ".join(map(str, removed)))
     print(f"wrote {REPORT}, {ACCURACY_PLOTS}/")
 
 

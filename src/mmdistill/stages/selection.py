@@ -7,9 +7,10 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from mmdistill.core.config import int_list, load_params, param, positive
-from mmdistill.core.paths import FORGETTING_EVENTS, SELECTIONS
+from mmdistill.core.paths import FORGETTING_EVENTS, SELECTION_FIGURES, SELECTIONS
 from mmdistill.core.storage import (
     PipelineError,
+    check_writable,
     read_parquet,
     read_parquet_metadata,
     write_parquet,
@@ -29,6 +30,7 @@ from mmdistill.stages import run_stage
 def main() -> None:
     """LOF, k-means prototypes and coresets -> data/selections/."""
     params = load_params()
+    check_writable(SELECTIONS / "x.parquet", SELECTION_FIGURES / "x.png")
     seed = param(params, "seed", int)
     ipcs = int_list(params, "distill.ipcs")
     n_neighbors = positive(params, "select.lof_neighbors")
@@ -39,6 +41,13 @@ def main() -> None:
     class_names = dataset_info()["class_names"]
 
     uids, labels, vectors = train_features("image")
+    for c, name in enumerate(class_names):
+        if not (labels == c).any():
+            raise PipelineError(f"class '{name}' has no train images with features")
+    # every input is read before anything is written: a bad one changes no output
+    events = read_parquet(FORGETTING_EVENTS, ["uid", "label", "forgetting_events", "learned", "misclassified"])
+    events_meta = read_parquet_metadata(FORGETTING_EVENTS).get("forgetting", {})
+    forgotten = most_forgotten(events, class_names, ipcs)
 
     scores = np.zeros(len(uids), np.float32)
     inlier = np.ones(len(uids), bool)
@@ -46,8 +55,6 @@ def main() -> None:
     coreset_rows = {(name, k): [] for name in CORESETS for k in ipcs}
     for c, name in enumerate(tqdm(class_names, desc="select", mininterval=2)):
         members = np.flatnonzero(labels == c)
-        if len(members) == 0:
-            raise PipelineError(f"class '{name}' has no train images with features")
         scores[members], inlier[members] = lof_inliers(vectors[members], n_neighbors, contamination, seed)
         kept = members[inlier[members]]
         for k in ipcs:
@@ -78,11 +85,9 @@ def main() -> None:
     for (coreset, k), chosen in coreset_rows.items():
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"{coreset}-ipc{k}.parquet",
                       {"selection": {"method": coreset, "ipc": k, "seed": seed}})
-    events = read_parquet(FORGETTING_EVENTS, ["uid", "label", "forgetting_events", "learned", "misclassified"])
-    for k, chosen in most_forgotten(events, class_names, ipcs).items():
+    for k, chosen in forgotten.items():
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"forgetting-ipc{k}.parquet",
-                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed,
-                                     "events": read_parquet_metadata(FORGETTING_EVENTS).get("forgetting", {})}})
+                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed, "events": events_meta}})
     print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means (+ text prototypes), herding, "
           f"k-center and forgetting for IPC {ipcs}")
 

@@ -10,17 +10,15 @@ latent parameterisation are described in mmdistill.nn.vae.
 """
 from __future__ import annotations
 
-import argparse
-
 from mmdistill.core.config import load_params
 from mmdistill.core.storage import PipelineError
 from mmdistill.distill import methods
 from mmdistill.nn.vae import train_vae
-from mmdistill.stages import run_stage
+from mmdistill.stages import ArgumentParser, run_stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True, help="the method whose latent runs use it -> data/vae/{method}")
     args = parser.parse_args()
     if not methods.get(args.method).engine:

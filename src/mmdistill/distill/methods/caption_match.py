@@ -30,7 +30,8 @@ def run(run: Run) -> Synthetic:
     if torch.isnan(targets).any():
         raise PipelineError("caption_match: some class has no train image with a caption in data/features/caption")
     caption_term = (run.settings["caption_weight"], lambda syn: caption_gap(head(syn), targets, classes))
-    images, history, outputs = gradient_matching(run, init, run.settings["full_weight"], None, [caption_term])
+    images, history, outputs = gradient_matching(run, init, run.settings["full_weight"], None, [caption_term],
+                                                 {"caption_targets": targets, "caption_head": head.state_dict()})
     return Synthetic(images, init, history, outputs)
 
 

@@ -38,7 +38,7 @@ def run(run: Run) -> Synthetic:
     batches = run.real_batches()
     classes = batches.classes
     net_name, pool = load_pool(device)
-    engine = Engine(run, factor_encode(batches.images[init], factor))
+    engine = Engine(run, factor_encode(batches.images[init], factor), {"pool": [net.state_dict() for net in pool]})
     dim = pool[0].embed(batches.images[:1].to(device)).shape[1]
     pool = [engine.compiled(net) for net in pool]
     engine.state = {"memory": torch.zeros(len(pool), classes, dim, device=device),
