@@ -116,7 +116,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     set_params(project, **{"ground.min_area": 0.05})
     out = ran(sh(project, "dvc", "repro"))
     annotation = {"ground", "caption", "describe", "embed_image", "embed_text", "report"}  # unchanged outputs stop it
-    assert "ground" in out and out - annotation == {r for r in runs if "_masked@" in r}
+    masked = {r for r in runs if "_masked@" in r}  # evaluate re-runs only where the distilled set changed
+    assert "ground" in out and {r for r in masked if r.startswith("distill")} <= out - annotation <= masked
 
     # a new method is one module and one registry line (+ its place in a group and its params block)
     (project / "src/mmdistill/distill/methods/toy.py").write_text(TOY_METHOD)
