@@ -390,7 +390,7 @@ CASES = [
     Case("vocabulary-not-utf8", "tag", (), both(set_param("tag.backend", "clip"),
                                                 write_file("vocab.txt", "shirt\nbag\ncaf\xe9\n".encode("latin-1")),
                                                 set_param("tag.clip.vocabulary", "vocab.txt")),
-         r"param 'tag\.clip\.vocabulary': vocabulary file vocab\.txt is not UTF-8 text \(line 3"),
+         r"param 'tag\.clip\.vocabulary': vocabulary file vocab\.txt:3: not UTF-8 text"),
     Case("plugin-subprocess-call", "tag", (), both(set_param("tag.backend", "plugin"),
                                                    set_param("tag.plugin.class", "subprocess:call"),
                                                    lambda root: set_params(root, **{"tag.plugin.kwargs": {

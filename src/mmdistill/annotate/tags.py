@@ -36,7 +36,7 @@ from mmdistill.annotate.cache import (
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.hub import from_pretrained, import_object, load_model, pil_images, torch_dtype
 from mmdistill.core.runtime import resolve_device
-from mmdistill.core.storage import PipelineError
+from mmdistill.core.storage import PipelineError, read_utf8
 
 SCHEMA = pa.schema([("uid", pa.string()), ("tags", pa.list_(pa.string())), ("scores", pa.list_(pa.float32()))])
 
@@ -87,13 +87,10 @@ def read_vocabulary(params, key: str) -> list[str]:
     path = Path(param(params, key, str))
     if not path.is_file():
         raise PipelineError(f"param '{key}': no vocabulary file at {str(path)!r} (one tag a line)")
-    data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise PipelineError(f"param '{key}': vocabulary file {path} is not UTF-8 text (line {line}, byte "
-                            f"{data[exc.start:exc.start + 1]!r}); save it as UTF-8") from exc
+        text = read_utf8(path)
+    except PipelineError as exc:
+        raise PipelineError(f"param '{key}': vocabulary file {exc}") from exc
     tags = [line.strip() for line in text.splitlines()]
     tags = list(dict.fromkeys(t for t in tags if t and not t.startswith("#")))
     if not tags:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from mmdistill.core.storage import PipelineError
+from mmdistill.core.storage import PipelineError, read_utf8
 
 PARAMS_FILE = Path("params.yaml")
 _MISSING = object()
@@ -134,13 +134,7 @@ def read_yaml(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path} not found: run from the repository root")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise PipelineError(f"{path}:{line}: not UTF-8 text (byte "
-                            f"{raw[exc.start:exc.start + 1]!r}); save it as UTF-8") from exc
+    text = read_utf8(path)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:

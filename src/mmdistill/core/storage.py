@@ -355,3 +355,14 @@ def convert_image(img, mode: str):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     return img.convert(mode)
+
+
+def read_utf8(path) -> str:
+    """The text of `path`; bytes that are not UTF-8 are an error naming the file and line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise PipelineError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r}); save it as "
+                            "UTF-8") from exc
