@@ -129,13 +129,18 @@ def annotated_template(tmp_path_factory, fashion_dir) -> Path:
     return root
 
 
+def working_copy(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A fresh copy of a template project (built once per session or module), made the cwd."""
+    root = tmp_path / "project"
+    shutil.copytree(template, root, symlinks=True)
+    monkeypatch.chdir(root)
+    return root
+
+
 @pytest.fixture
 def annotated(tmp_path, annotated_template, monkeypatch) -> Path:
     """A fresh copy of the annotated project (everything `select` reads), made the cwd."""
-    root = tmp_path / "project"
-    shutil.copytree(annotated_template, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(annotated_template, tmp_path, monkeypatch)
 
 
 def method_run(params: dict, method: str, ipc: int, train, seed: int = 0, latent: bool = False):

@@ -35,7 +35,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import run_stage, set_params, tiny_images, write_idx
+from tests.conftest import run_stage, set_params, tiny_images, working_copy, write_idx
 
 PROGRESS = re.compile(r"^.*\d+%\|.*\|")  # a tqdm bar (its last \r-segment), not a message
 
@@ -78,11 +78,8 @@ def template(tmp_path_factory, annotated_template) -> Path:
 
 @pytest.fixture
 def case_project(tmp_path, template, monkeypatch) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(template, root, symlinks=True)
-    monkeypatch.chdir(root)
     monkeypatch.delenv("MMDISTILL_DEBUG", raising=False)
-    return root
+    return working_copy(template, tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------- how a case breaks

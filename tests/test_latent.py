@@ -12,7 +12,7 @@ from mmdistill.core.paths import vae_dir
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import load_split
 from mmdistill.nn import vae
-from tests.conftest import make_project, run_stage, set_params
+from tests.conftest import make_project, run_stage, set_params, working_copy
 from tests.test_distill import dm_objective
 
 torch.set_num_threads(1)
@@ -39,10 +39,7 @@ def trained_template(tmp_path_factory, fashion_dir):
 @pytest.fixture
 def trained(tmp_path, trained_template, monkeypatch):
     """A fresh copy of the trained template, made the cwd."""
-    root = tmp_path / "project"
-    shutil.copytree(trained_template, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(trained_template, tmp_path, monkeypatch)
 
 
 def digest(path) -> str:
