@@ -13,10 +13,10 @@ run: setup data
 	dvc metrics show
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n auto -m "not slow" tests
 
 setup: $(VENV)/.installed
 

@@ -13,7 +13,11 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-torch.set_num_threads(2)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the two cores: one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # also for the stage subprocesses the tests start
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -151,3 +155,8 @@ def method_run(params: dict, method: str, ipc: int, train, seed: int = 0, latent
     from mmdistill.distill.methods import resolve
     settings, where = resolve(params, method)
     return Run(method, ipc, latent, settings, where, params, train, torch.device("cpu"), seed, False)
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end DVC test, the longest, starts first, so that the xdist workers of `make test` end together."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_pipeline.py"))

@@ -61,6 +61,7 @@ def test_dry_run_lists_the_exact_commands(tmp_path):
     assert shown == expected
 
 
+@pytest.mark.slow
 def test_distill_only_and_speed_plans(tmp_path):
     plan = dry_run(tmp_path, {"description": "d", "kind": "accuracy", "evaluate": False, "rows": ["dm:10"]})
     assert [s["step"] for s in plan["steps"]] == ["params", "distill"]
@@ -88,6 +89,7 @@ def test_stamp(tmp_path):
     assert stamp["finished"] is None and stamp["load_end"] is None  # a dry run finishes nothing
 
 
+@pytest.mark.slow  # one runner subprocess per shipped config (~30 s)
 def test_every_shipped_config_is_valid():
     """Every config parses, its param keys exist in params.yaml and its `needs` are dvc.yaml stages."""
     names = sorted(p.stem for p in (REPO / "benchmarks" / "configs").glob("*.yaml"))

@@ -236,6 +236,7 @@ BREAKAGES = [
 ]
 
 
+@pytest.mark.slow  # a stage subprocess per breakage
 def test_stage_with_bad_params_exits_with_one_line_and_writes_nothing(tmp_path, fashion_dir):
     """python -m mmdistill.stages.prepare, after one good run: bad params stop it before it touches anything."""
     root = make_project(tmp_path / "project", fashion_dir)

@@ -29,6 +29,7 @@ def test_kmeans_recovers_planted_clusters():
     assert all(labels[nearest[c]] == c for c in range(3))
 
 
+@pytest.mark.slow
 def test_select_stage_outputs_and_determinism(annotated):
     run_stage("selection")
     kmeans = read_parquet("data/selections/kmeans-ipc2.parquet")
