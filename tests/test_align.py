@@ -43,5 +43,5 @@ def test_mismatched_pairs_are_the_most_forgotten():
     train_heads(image, text, dim=16, epochs=20, batch_size=100, lr=0.01, seed=0, counter=counter)
     events = pa.table({"uid": [f"{i:03d}" for i in range(400)], "forgetting_events": counter.events,
                        "learned": counter.learned, "misclassified": counter.misclassified})
-    top = forgetting_order(events)[:20]
+    top = forgetting_order(events, "most")[:20]
     assert (top < 20).sum() >= 15

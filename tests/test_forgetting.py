@@ -3,10 +3,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.core.storage import PipelineError, load_tensors, read_parquet, read_parquet_metadata
 from mmdistill.selection import coresets as select
 from mmdistill.selection.forgetting import ForgettingCounter, count_forgetting
-from tests.conftest import run_stage
+from tests.conftest import run_stage, set_params
 
 torch.set_num_threads(1)
 
@@ -45,21 +45,42 @@ def test_forgetting_stage_and_selection(annotated):
     run_stage("forgetting")
     assert events_file.read_bytes() == first  # same seed, same bytes
 
-    run_stage("selection")
-    chosen = read_parquet("data/selections/forgetting-ipc2.parquet")
-    assert chosen.num_rows == 20 and chosen.column_names == ["label", "class_name", "rank", "uid"]
+    def picked_and_rest(chosen):
+        labels = dict(zip(events["uid"].to_pylist(), events["label"].to_pylist()))
+        for c in range(10):
+            picked = [u for u, lab in zip(chosen["uid"].to_pylist(), chosen["label"].to_pylist()) if lab == c]
+            yield picked, [u for u in labels if labels[u] == c and u not in picked]
+
     stats = {u: (not l, e, m) for u, l, e, m in zip(*(events[c].to_pylist() for c in
                                                          ("uid", "learned", "forgetting_events", "misclassified")))}
-    labels = dict(zip(events["uid"].to_pylist(), events["label"].to_pylist()))
-    for c in range(10):
-        picked = [u for u, lab in zip(chosen["uid"].to_pylist(), chosen["label"].to_pylist()) if lab == c]
-        rest = [u for u in labels if labels[u] == c and u not in picked]
+    run_stage("selection")  # default select.forgetting_order: fewest (MTT-VL 3.2, Toneva's reliable examples)
+    chosen = read_parquet("data/selections/forgetting-ipc2.parquet")
+    assert chosen.num_rows == 20 and chosen.column_names == ["label", "class_name", "rank", "uid"]
+    for picked, rest in picked_and_rest(chosen):
+        assert max(stats[u] for u in picked) <= min(stats[u] for u in rest)  # nothing left is less forgotten
+    assert any(max(stats[u] for u in picked) < max(stats[u] for u in rest) for picked, rest in picked_and_rest(chosen))
+    assert read_parquet_metadata("data/selections/forgetting-ipc2.parquet")["selection"]["order"] == "fewest"
+    run_stage("distill", "--method", "forgetting", "--ipc", "2")
+    assert load_tensors("data/distilled/forgetting-ipc2.pt")["info"]["settings"] == {"forgetting_order": "fewest"}
+
+    set_params(annotated, **{"select.forgetting_order": "most"})  # the earlier rule: the most forgotten
+    run_stage("selection")
+    chosen = read_parquet("data/selections/forgetting-ipc2.parquet")
+    assert read_parquet_metadata("data/selections/forgetting-ipc2.parquet")["selection"]["order"] == "most"
+    for picked, rest in picked_and_rest(chosen):
         assert min(stats[u] for u in picked) >= max(stats[u] for u in rest)  # nothing left is more forgotten
+    run_stage("distill", "--method", "forgetting", "--ipc", "2")
+    assert load_tensors("data/distilled/forgetting-ipc2.pt")["info"]["settings"] == {"forgetting_order": "most"}
 
 
-def test_forgetting_ipc_larger_than_class():
-    events = pa.table({"uid": ["a", "b", "c"], "label": [0, 0, 1], "forgetting_events": [0, 1, 0],
-                       "learned": [True, True, False], "misclassified": [0, 2, 3]})
-    assert [r["uid"] for r in select.most_forgotten(events, ["A", "B"], [1])[1]] == ["b", "c"]
+def test_forgetting_orders_and_ipc_larger_than_class():
+    events = pa.table({"uid": ["a", "b", "c", "d"], "label": [0, 0, 1, 0], "forgetting_events": [0, 1, 0, 0],
+                       "learned": [True, True, False, True], "misclassified": [0, 2, 3, 1]})
+    assert [r["uid"] for r in select.forgetting_selection(events, ["A", "B"], [1], "most")[1]] == ["b", "c"]
+    assert [r["uid"] for r in select.forgetting_selection(events, ["A", "B"], [1], "fewest")[1]] == ["a", "c"]
+    assert select.forgetting_order(events, "fewest").tolist() == [0, 3, 1, 2]  # never learned (c) last
+    assert select.forgetting_order(events, "most").tolist() == [2, 1, 3, 0]
     with pytest.raises(PipelineError, match="IPC 2 .* class 'B', which has 1 train images"):
-        select.most_forgotten(events, ["A", "B"], [2])
+        select.forgetting_selection(events, ["A", "B"], [2], "fewest")
+    with pytest.raises(PipelineError, match="select.forgetting_order"):
+        select.forgetting_order(events, "least")

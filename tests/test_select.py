@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.core.storage import PipelineError, read_parquet, read_parquet_metadata
 from mmdistill.embed.features import load_features
 from mmdistill.selection import coresets as select
 from mmdistill.selection.coresets import kmeans_prototypes, lof_inliers
@@ -66,6 +66,8 @@ def test_select_stage_outputs_and_determinism(annotated):
     for method in ("random", "herding", "kcenter", "forgetting"):  # coresets over pairs, labels ignored
         pairs = read_parquet(f"data/prototypes/pairs-{method}-10.parquet")
         assert pairs["rank"].to_pylist() == list(range(10)) and len(set(pairs["uid"].to_pylist())) == 10
+    assert read_parquet_metadata("data/prototypes/pairs-kcenter-10.parquet")["selection"]["start"] == "random"
+    assert read_parquet_metadata("data/prototypes/pairs-forgetting-10.parquet")["selection"]["order"] == "fewest"
     pds = read_parquet("data/prototypes/pds-5.parquet")
     assert pds.num_rows == 5 and sorted(pds["image_cluster"].to_pylist()) == list(range(5))
     assert sum(pds["shared"].to_pylist()) <= 80  # 100 train pairs, 20% pruned
@@ -106,9 +108,45 @@ def test_k_center_radius_no_larger_than_random():
     def radius(idx):
         return np.sqrt(((x[:, None] - x[idx][None]) ** 2).sum(-1).min(1).max())
 
-    chosen = select.k_center(x, 20)
     randoms = [radius(rng.choice(400, 20, replace=False)) for _ in range(20)]
-    assert radius(chosen) <= min(randoms)
+    for start in ("mean", "random"):
+        chosen = select.k_center(x, 20, start, np.random.default_rng(0))
+        assert radius(chosen) <= min(randoms) and len(set(chosen.tolist())) == 20
+
+
+def test_k_center_starts_from_a_random_point_or_the_mean():
+    """MTT-VL 3.2: k-center starts by randomly selecting a point (the default); `mean` is the earlier start."""
+    x = np.random.default_rng(6).normal(size=(50, 4))
+    nearest_mean = int(np.argmin(((x - x.mean(0)) ** 2).sum(1)))
+    assert select.k_center(x, 3, "mean")[0] == nearest_mean
+    firsts = {int(select.k_center(x, 3, "random", np.random.default_rng(s))[0]) for s in range(10)}
+    assert len(firsts) > 5 and firsts == {int(np.random.default_rng(s).integers(50)) for s in range(10)}
+    assert np.array_equal(select.k_center(x, 5, "random", np.random.default_rng(1)),
+                          select.k_center(x, 5, "random", np.random.default_rng(1)))
+    with pytest.raises(PipelineError, match="select.kcenter_start"):
+        select.k_center(x, 3, "median")
+
+
+def test_kcenter_selection_start_is_a_param(annotated):
+    """Stage select: k-center per class starts at a seeded random image by default, at the image nearest the
+    class mean with `select.kcenter_start: mean`; the choice is in the selection's metadata."""
+    uids, labels, vectors = select.train_features("image")
+    firsts = {}
+    for start in ("random", "mean"):
+        set_params(annotated, **{"select.kcenter_start": start})
+        run_stage("selection")
+        path = "data/selections/kcenter-ipc2.parquet"
+        assert read_parquet_metadata(path)["selection"]["start"] == start
+        table = read_parquet(path)
+        firsts[start] = [u for u, r in zip(table["uid"].to_pylist(), table["rank"].to_pylist()) if r == 0]
+    outlier = dict(zip(*(read_parquet("data/selections/lof.parquet")[c].to_pylist() for c in ("uid", "outlier"))))
+    nearest = []
+    for c in range(10):
+        members = [i for i in np.flatnonzero(labels == c) if not outlier[uids[i]]]
+        x = vectors[members]
+        nearest.append(str(uids[members[int(np.argmin(((x - x.mean(0)) ** 2).sum(1)))]]))
+    assert firsts["mean"] == nearest
+    assert sum(a != b for a, b in zip(firsts["random"], nearest)) >= 5  # ~1 in 9 would coincide by chance
 
 
 def test_pds_matching_recovers_planted_permutation():

@@ -47,7 +47,7 @@ def schema() -> dict:
     from mmdistill.data.synthetic import GRID, LABEL_TEMPLATES
     from mmdistill.embed.features import IMAGE_ENCODERS, TEXT_ENCODERS
     from mmdistill.nn.caption_head import HEADS, TARGETS
-    from mmdistill.selection.coresets import PAIR_CORESETS, PDS_FEATURES
+    from mmdistill.selection.coresets import FORGETTING_ORDERS, KCENTER_STARTS, PAIR_CORESETS, PDS_FEATURES
     net = net_name()
     return {
         "seed": Int(low=0),
@@ -189,6 +189,8 @@ def schema() -> dict:
             "lof_neighbors": COUNT,
             "lof_contamination": Float(low=0, high=0.5),  # sklearn's range; 0 keeps every image
             "kmeans_n_init": COUNT,
+            "kcenter_start": Str(*KCENTER_STARTS),
+            "forgetting_order": Str(*FORGETTING_ORDERS),
             "text_threshold": Float(above=0, high=1),
             "text_top_k": COUNT,
             "pds": {

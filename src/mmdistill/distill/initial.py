@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmdistill.core.paths import selection
-from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.core.storage import PipelineError, read_parquet, read_parquet_metadata
 from mmdistill.data.datasets import ImageSet
 
 
@@ -31,3 +31,20 @@ def selected(train: ImageSet, method: str, ipc: int) -> list[int]:
     position = {u: i for i, u in enumerate(train.uids)}
     rows = sorted(zip(table["label"].to_pylist(), table[order].to_pylist(), table["uid"].to_pylist()))
     return [position[u] for _, _, u in rows]
+
+
+SELECTION_CHOICES = {"kcenter": ("start", "kcenter_start"), "forgetting": ("order", "forgetting_order")}
+
+
+def selection_settings(method: str, ipc: int) -> dict:
+    """The choice stage `select` made `method`'s selection with, from its metadata, as {param name: value}
+    (kcenter: select.kcenter_start, forgetting: select.forgetting_order; {} for the others)."""
+    if method not in SELECTION_CHOICES:
+        return {}
+    key, name = SELECTION_CHOICES[method]
+    path = selection(method, ipc)
+    meta = read_parquet_metadata(path).get("selection", {})
+    if key not in meta:
+        raise PipelineError(f"{path} does not record its '{key}' (made by an older stage select): re-run "
+                            "`dvc repro select`")
+    return {name: meta[key]}

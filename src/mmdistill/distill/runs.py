@@ -8,7 +8,8 @@ tensor file (mmdistill.core.storage.load_tensors) with:
   source_uids  list of the real train images each image started from (one per entry of `images`)
   mean, std    the normalisation, to turn images back into pixels
   loss         float32 [iterations] loss curve (empty for selection methods)
-  info         method, ipc, seed, settings (the resolved settings: mmdistill.distill.methods.resolve), engine
+  info         method, ipc, seed, settings (the resolved settings: mmdistill.distill.methods.resolve, plus those a
+               run took from its inputs, Synthetic.settings: kcenter_start, forgetting_order of a selection), engine
                (distill.engine, optimising methods), latent (distill.latent for a latent run, else {}), device,
                library versions
   ...          the method's further entries (methods/: dsdm's encoded/factor/pool_net, caption_concat's captions/
@@ -53,7 +54,7 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
     images, init = result.images, result.init
     if not bool(torch.isfinite(images).all()):
         raise PipelineError(f"distill {run.name}: the synthetic images hold NaN or inf; the set is not written")
-    info = {"method": name, "ipc": ipc, "seed": seed, "settings": dict(settings),
+    info = {"method": name, "ipc": ipc, "seed": seed, "settings": {**settings, **result.settings},
             "engine": dict(param(params, "distill.engine", dict)) if method.engine else {},
             "latent": dict(param(params, "distill.latent", dict)) if latent else {},
             "device": str(device), "versions": versions()}

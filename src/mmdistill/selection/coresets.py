@@ -46,7 +46,9 @@ for unlabelled image-text data; a pair's feature is its image and caption featur
 `rank` int32 (order of choice), `uid` (the image), `caption` (its whole-image caption), `label` (for reference
 only). `forgetting` over pairs ranks them by the forgetting events stage align counted while training its
 contrastive heads (a pair is correct at a presentation when its image and caption retrieve each other
-within the mini-batch), most forgotten first as for the per-class coreset.
+within the mini-batch), in the order of `select.forgetting_order` as for the per-class coreset (MTT-VL §3.2 adapts
+forgetting to image-text pairs this way and keeps the pairs with the fewest forgetting events). `kcenter` over pairs
+starts as `select.kcenter_start` says (MTT-VL §3.2: a random pair).
 
 `data/selections/{herding,kcenter}-ipc{K}.parquet`, one row per chosen image (on LOF inliers):
 
@@ -58,12 +60,20 @@ within the mini-batch), most forgotten first as for the per-class coreset.
 | uid        | string | the chosen real train image                           |
 
 herding: greedily add the image that brings the running mean closest to the class mean
-(Welling 2009). kcenter: greedy k-center, start at the image nearest the class mean, then
-repeatedly add the image farthest from everything chosen so far.
+(Welling 2009). kcenter: greedy k-center (farthest-point): start at one image, then repeatedly add the image
+farthest from everything chosen so far. `select.kcenter_start` picks the first image: `random` (the default; a
+seeded random image of the class, as MTT-VL §3.2 describes its k-center baseline; the DSDM paper's k-center row
+cites the classic greedy k-center, which starts from an arbitrary point) or `mean` (the image nearest the class
+mean: deterministic, the earlier default). Metadata `selection.start` records it.
 
-`data/selections/forgetting-ipc{K}.parquet`: same columns, the K most forgotten train images of each class
-(all train images, not only LOF inliers) from stage `forgetting`'s counts: never learned first, then most
-forgetting events, then most misclassified presentations, then uid.
+`data/selections/forgetting-ipc{K}.parquet`: same columns, K train images of each class (all train images, not
+only LOF inliers) ranked by stage `forgetting`'s counts as `select.forgetting_order` says (metadata
+`selection.order`):
+  fewest  (default) Toneva et al.'s reliable examples, as MTT-VL §3.2 keeps them: learned at least once first,
+          then fewest forgetting events, then fewest misclassified presentations, then uid (a never-learned
+          image counts as forgotten infinitely often, so it comes last)
+  most    the earlier default, the reverse ranking: never learned first, then most forgetting events, then most
+          misclassified presentations, then uid
 
 `data/prototypes/pds-{M}.parquet` (same stage, one file per M in `select.pds.clusters`), PDS on the train
 split's image / whole-image-caption pairs in one space (`select.pds.features`: `aligned` = stage align's
@@ -158,9 +168,21 @@ def herding(features: np.ndarray, k: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def k_center(features: np.ndarray, k: int) -> np.ndarray:
-    """Greedy k-center (farthest-point) indices, starting from the row nearest the mean."""
-    first = int(np.argmin(((features - features.mean(0)) ** 2).sum(1)))
+KCENTER_STARTS = ("random", "mean")  # select.kcenter_start
+
+
+def k_center(features: np.ndarray, k: int, start: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Greedy k-center (farthest-point) indices. `start`: "random" begins at a row drawn from `rng`, "mean" at
+    the row nearest the mean."""
+    if start == "random":
+        if rng is None:
+            raise PipelineError("k-center with a random start needs a random generator")
+        first = int(rng.integers(len(features)))
+    elif start == "mean":
+        first = int(np.argmin(((features - features.mean(0)) ** 2).sum(1)))
+    else:
+        raise PipelineError(f"unknown k-center start {start!r} (param 'select.kcenter_start'); valid: "
+                            f"{', '.join(KCENTER_STARTS)}")
     chosen = [first]
     dist = ((features - features[first]) ** 2).sum(1)
     for _ in range(k - 1):
@@ -171,7 +193,6 @@ def k_center(features: np.ndarray, k: int) -> np.ndarray:
 
 
 PDS_FEATURES = ("aligned", "embed")  # select.pds.features: the space PDS clusters in
-CORESETS = {"herding": lambda x, k, seed: herding(x, k), "kcenter": lambda x, k, seed: k_center(x, k)}
 
 
 def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.ndarray, k: int, threshold: float,
@@ -202,18 +223,30 @@ def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.nd
     return out
 
 
-def forgetting_order(events: pa.Table) -> np.ndarray:
-    """Rows of `events`, most forgotten first: never learned, then most forgetting events, then most
-    misclassified presentations, then uid."""
-    return np.lexsort((np.array(events["uid"].to_pylist()), -np.array(events["misclassified"].to_pylist()),
-                       -np.array(events["forgetting_events"].to_pylist()), np.array(events["learned"].to_pylist())))
+FORGETTING_ORDERS = ("fewest", "most")  # select.forgetting_order
 
 
-def most_forgotten(events: pa.Table, class_names: list, ipcs: list[int]) -> dict:
-    """{K: rows} of the K most forgotten train images per class (order of `forgetting_order`)."""
+def forgetting_order(events: pa.Table, order: str) -> np.ndarray:
+    """Rows of `events` ranked for a forgetting coreset, ties broken by uid.
+    "fewest": learned first, then fewest forgetting events, then fewest misclassified presentations (Toneva's
+    reliable examples; a never-learned example counts as forgotten infinitely often).
+    "most": never learned first, then most forgetting events, then most misclassified presentations."""
+    uids = np.array(events["uid"].to_pylist())
+    events_, wrong = np.array(events["forgetting_events"].to_pylist()), np.array(events["misclassified"].to_pylist())
+    learned = np.array(events["learned"].to_pylist())
+    if order == "fewest":
+        return np.lexsort((uids, wrong, events_, ~learned))
+    if order == "most":
+        return np.lexsort((uids, -wrong, -events_, learned))
+    raise PipelineError(f"unknown forgetting order {order!r} (param 'select.forgetting_order'); valid: "
+                        f"{', '.join(FORGETTING_ORDERS)}")
+
+
+def forgetting_selection(events: pa.Table, class_names: list, ipcs: list[int], order: str) -> dict:
+    """{K: rows} of K train images per class ranked by `forgetting_order(events, order)`."""
     uids = np.array(events["uid"].to_pylist())
     labels = np.array(events["label"].to_pylist())
-    order = forgetting_order(events)
+    order = forgetting_order(events, order)
     rows = {k: [] for k in ipcs}
     for c, name in enumerate(class_names):
         ranked = order[labels[order] == c]
@@ -370,20 +403,34 @@ def pds_selection(params: dict) -> None:
                                      "seed": seed}})
 
 
-def most_forgotten_pairs(uids: list[str], k: int) -> np.ndarray:
-    """Positions in `uids` of the k most forgotten pairs during stage align's contrastive training."""
+def forgetting_pairs(uids: list[str], k: int, order: str) -> np.ndarray:
+    """Positions in `uids` of the first k pairs by `forgetting_order(.., order)` of the forgetting events of stage
+    align's contrastive training."""
     events = read_parquet(PAIR_EVENTS, ["uid", "forgetting_events", "learned", "misclassified"])
     position = {u: i for i, u in enumerate(uids)}
     missing = [u for u in events["uid"].to_pylist() if u not in position]
     if missing or events.num_rows != len(uids):
         raise PipelineError(f"{PAIR_EVENTS} does not cover the train pairs (e.g. {missing[:1]}): re-run stage align")
-    ranked = [position[events["uid"][i].as_py()] for i in forgetting_order(events)[:k]]
+    ranked = [position[events["uid"][i].as_py()] for i in forgetting_order(events, order)[:k]]
     return np.array(ranked)
 
 
-PAIR_CORESETS = {"random": lambda x, uids, k, seed: np.random.default_rng(seed).choice(len(x), k, replace=False),
-                 "herding": lambda x, uids, k, seed: herding(x, k), "kcenter": lambda x, uids, k, seed: k_center(x, k),
-                 "forgetting": lambda x, uids, k, seed: most_forgotten_pairs(uids, k)}
+PAIR_CORESETS = ("random", "herding", "kcenter", "forgetting")
+
+
+def pair_coreset(method: str, pairs: np.ndarray, uids: list[str], k: int, seed: int, kcenter_start: str,
+                 forgetting_order: str) -> tuple[np.ndarray, dict]:
+    """(positions of the k chosen pairs in order of choice, the choice's settings for the output's metadata)."""
+    if method == "random":
+        return np.random.default_rng(seed).choice(len(pairs), k, replace=False), {}
+    if method == "herding":
+        return herding(pairs, k), {}
+    if method == "kcenter":
+        return k_center(pairs, k, kcenter_start, np.random.default_rng(seed)), {"start": kcenter_start}
+    if method == "forgetting":
+        return forgetting_pairs(uids, k, forgetting_order), {"order": forgetting_order}
+    raise PipelineError(f"unknown pair coreset {method!r} (param 'select.pair_coresets.methods'); valid: "
+                        f"{', '.join(PAIR_CORESETS)}")
 
 
 def pair_coresets(params: dict) -> None:
@@ -391,6 +438,8 @@ def pair_coresets(params: dict) -> None:
     image-text data) -> data/prototypes/pairs-{method}-{N}.parquet. A pair is the concatenation of its
     image and caption features (each L2-normalised, so the two modalities weigh the same)."""
     seed = param(params, "seed", int)
+    kcenter_start = param(params, "select.kcenter_start", str, choices=KCENTER_STARTS)
+    order = param(params, "select.forgetting_order", str, choices=FORGETTING_ORDERS)
     methods = param(params, "select.pair_coresets.methods", list)
     unknown = [m for m in methods if m not in PAIR_CORESETS]
     if unknown:
@@ -410,8 +459,8 @@ def pair_coresets(params: dict) -> None:
             raise PipelineError(f"pair coreset size {size} (param 'select.pair_coresets.sizes') is larger than the "
                                 f"{len(uids)} train pairs")
         for method in methods:
-            chosen = PAIR_CORESETS[method](pairs, uids, size, seed)
+            chosen, how = pair_coreset(method, pairs, uids, size, seed, kcenter_start, order)
             rows = [{"rank": r, "uid": uids[i], "caption": caption_of[uids[i]], "label": label_of[uids[i]]}
                     for r, i in enumerate(chosen)]
             write_parquet(pa.Table.from_pylist(rows, schema=schema), PROTOTYPES / f"pairs-{method}-{size}.parquet",
-                          {"selection": {"method": method, "size": size, "seed": seed, "over": "pairs"}})
+                          {"selection": {"method": method, "size": size, "seed": seed, "over": "pairs", **how}})

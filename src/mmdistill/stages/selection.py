@@ -17,10 +17,13 @@ from mmdistill.core.storage import (
 )
 from mmdistill.data.datasets import dataset_info
 from mmdistill.selection.coresets import (
-    CORESETS,
+    FORGETTING_ORDERS,
+    KCENTER_STARTS,
+    forgetting_selection,
+    herding,
+    k_center,
     kmeans_prototypes,
     lof_inliers,
-    most_forgotten,
     selection_figures,
     train_features,
 )
@@ -38,6 +41,8 @@ def main() -> None:
     if not 0 <= contamination < 0.5:
         raise PipelineError(f"param 'select.lof_contamination' must be in [0, 0.5), got {contamination}")
     n_init = positive(params, "select.kmeans_n_init")
+    kcenter_start = param(params, "select.kcenter_start", str, choices=KCENTER_STARTS)
+    forgetting_order = param(params, "select.forgetting_order", str, choices=FORGETTING_ORDERS)
     class_names = dataset_info()["class_names"]
 
     uids, labels, vectors = train_features("image")
@@ -47,12 +52,14 @@ def main() -> None:
     # every input is read before anything is written: a bad one changes no output
     events = read_parquet(FORGETTING_EVENTS, ["uid", "label", "forgetting_events", "learned", "misclassified"])
     events_meta = read_parquet_metadata(FORGETTING_EVENTS).get("forgetting", {})
-    forgotten = most_forgotten(events, class_names, ipcs)
+    forgotten = forgetting_selection(events, class_names, ipcs, forgetting_order)
 
     scores = np.zeros(len(uids), np.float32)
     inlier = np.ones(len(uids), bool)
     rows = {k: [] for k in ipcs}
-    coreset_rows = {(name, k): [] for name in CORESETS for k in ipcs}
+    coresets = {"herding": lambda x, k, c: herding(x, k),  # class c's rows x -> k positions in order of choice
+                "kcenter": lambda x, k, c: k_center(x, k, kcenter_start, np.random.default_rng((seed, c)))}
+    coreset_rows = {(name, k): [] for name in coresets for k in ipcs}
     for c, name in enumerate(tqdm(class_names, desc="select", mininterval=2)):
         members = np.flatnonzero(labels == c)
         scores[members], inlier[members] = lof_inliers(vectors[members], n_neighbors, contamination, seed)
@@ -66,8 +73,8 @@ def main() -> None:
             for j in range(k):
                 rows[k].append({"label": c, "class_name": name, "cluster": j, "uid": str(uids[kept[nearest[j]]]),
                                 "cluster_size": int(sizes[j]), "center": centres[j].tolist()})
-            for coreset, choose in CORESETS.items():
-                for rank, i in enumerate(choose(vectors[kept], k, seed)):
+            for coreset, choose in coresets.items():
+                for rank, i in enumerate(choose(vectors[kept], k, c)):
                     coreset_rows[(coreset, k)].append({"label": c, "class_name": name, "rank": rank,
                                                        "uid": str(uids[kept[i]])})
 
@@ -82,14 +89,17 @@ def main() -> None:
         selection_figures(uids, labels, vectors, inlier, rows[k], class_names, k)
     coreset_schema = pa.schema([("label", pa.int64()), ("class_name", pa.string()), ("rank", pa.int32()),
                                 ("uid", pa.string())])
+    how = {"herding": {}, "kcenter": {"start": kcenter_start}}  # the choices each coreset was made with
     for (coreset, k), chosen in coreset_rows.items():
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"{coreset}-ipc{k}.parquet",
-                      {"selection": {"method": coreset, "ipc": k, "seed": seed}})
+                      {"selection": {"method": coreset, "ipc": k, "seed": seed, **how[coreset]}})
     for k, chosen in forgotten.items():
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"forgetting-ipc{k}.parquet",
-                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed, "events": events_meta}})
+                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed, "order": forgetting_order,
+                                     "events": events_meta}})
     print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means (+ text prototypes), herding, "
-          f"k-center and forgetting for IPC {ipcs}")
+          f"k-center (start: {kcenter_start}) and forgetting ({forgetting_order} forgetting events first) for IPC "
+          f"{ipcs}")
 
 
 if __name__ == "__main__":

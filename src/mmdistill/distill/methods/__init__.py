@@ -113,11 +113,14 @@ class Method:
 @dataclass(frozen=True)
 class Synthetic:
     """What a method's run returns: the images (normalised, class-major), the train index each started from
-    (its label and source uid), the loss history (empty when not optimised), further entries of the output file."""
+    (its label and source uid), the loss history (empty when not optimised), further entries of the output file,
+    and settings the run took from its inputs rather than from its params block (added to the output's
+    `info.settings`, e.g. the order a forgetting selection was made in)."""
     images: object
     init: list
     loss: list
     extra: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

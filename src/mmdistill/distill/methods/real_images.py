@@ -3,13 +3,17 @@
   random     K seeded random real train images per class
   kmeans     the real image nearest to each per-class k-means centre (stage `select`)
   herding    per-class herding coreset of image features (stage `select`)
-  kcenter    per-class greedy k-center coreset of image features (stage `select`)
-  forgetting per-class most-forgotten train images (stages `forgetting` and `select`)
+  kcenter    per-class greedy k-center coreset of image features (stage `select`; `select.kcenter_start`)
+  forgetting per-class train images ranked by forgetting events (stages `forgetting` and `select`;
+             `select.forgetting_order`: fewest, as MTT-VL, or most)
+
+kcenter and forgetting record the choice their selection was made with (its metadata) in the output's
+`info.settings` as kcenter_start / forgetting_order.
 """
 from __future__ import annotations
 
 from mmdistill.distill.engine import Run
-from mmdistill.distill.initial import random_selection, selected
+from mmdistill.distill.initial import random_selection, selected, selection_settings
 from mmdistill.distill.methods import Method, Synthetic
 
 
@@ -21,7 +25,7 @@ def _random(run: Run) -> Synthetic:
 def _selected(method: str):
     def run_selection(run: Run) -> Synthetic:
         init = selected(run.train, method, run.ipc)
-        return Synthetic(run.train.normalized()[init], init, [])
+        return Synthetic(run.train.normalized()[init], init, [], settings=selection_settings(method, run.ipc))
     return run_selection
 
 
