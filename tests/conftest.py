@@ -61,6 +61,9 @@ def tiny_params(source: Path) -> dict:
     params["distill"]["methods"] = {group: [] for group in params["distill"]["methods"]}
     params["distill"]["methods"].update(selection=["random", "kmeans"], distribution=["dm"], masked=["masked_dm"])
     params["distill"]["distribution"].update(iterations=3, batch_real=4)
+    # masked_dm's default full term is gradient matching (the paper's "Masked DM (DC)"): the gradient family's
+    # settings apply to it; DC's `auto` loops are defined only for IPC 1, 10, 50, not the tiny IPC 2
+    params["distill"]["gradient"].update(iterations=2, batch_real=4, outer_loop=2, inner_loop=1)
     params["evaluate"].update(epochs=2, repeats=2)
     return params
 

@@ -51,7 +51,7 @@ def test_forgetting_stage_and_selection(annotated):
             picked = [u for u, lab in zip(chosen["uid"].to_pylist(), chosen["label"].to_pylist()) if lab == c]
             yield picked, [u for u in labels if labels[u] == c and u not in picked]
 
-    stats = {u: (not l, e, m) for u, l, e, m in zip(*(events[c].to_pylist() for c in
+    stats = {u: (not learned, e, m) for u, learned, e, m in zip(*(events[c].to_pylist() for c in
                                                          ("uid", "learned", "forgetting_events", "misclassified")))}
     run_stage("selection")  # default select.forgetting_order: fewest (MTT-VL 3.2, Toneva's reliable examples)
     chosen = read_parquet("data/selections/forgetting-ipc2.parquet")

@@ -29,6 +29,7 @@ from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.distill import distribution_matching, gradient_matching
 from mmdistill.distill import methods as registry
 from mmdistill.distill.engine import Engine
+from mmdistill.distill.initial import selection_settings
 from mmdistill.nn.nets import make_net
 from tests.conftest import REPO, run_stage, set_params
 
@@ -166,7 +167,9 @@ def check_output(name: str, out: dict, iterations: int) -> None:
     assert len(out["images"]) == len(labels) == len(out["source_uids"])
     assert out["images"].dtype == torch.float32 and torch.isfinite(out["images"]).all()
     assert len(out["loss"]) == iterations and torch.isfinite(out["loss"]).all()
-    assert out["info"]["method"] == name and out["info"]["settings"] == registry.resolve(load_params(), name)[0]
+    expected = dict(registry.resolve(load_params(), name)[0])
+    expected.update(selection_settings(name, 1))  # kcenter, forgetting: the choice their selection was made with
+    assert out["info"]["method"] == name and out["info"]["settings"] == expected
 
 
 @pytest.mark.parametrize("name", [m if m in FAST else pytest.param(m, marks=pytest.mark.slow)
@@ -176,12 +179,12 @@ def test_method_contract(name, project_for, monkeypatch):
 
 
 @pytest.mark.slow
-def test_masked_dm_paired_with_gradient_matching_keeps_the_contract(project_for, monkeypatch):
-    """masked_dm with `full_term: dc` overlays the gradient family instead of distribution."""
+def test_masked_dm_paired_with_distribution_matching_keeps_the_contract(project_for, monkeypatch):
+    """masked_dm with `full_term: dm` (the earlier default) overlays the distribution family instead of gradient."""
     root = project_for("masked_dm")
-    set_params(root, **{"distill.masked_dm.full_term": "dc"})
+    set_params(root, **{"distill.masked_dm.full_term": "dm", "distill.masked_dm.masked_term": "class_means"})
     settings, where = registry.resolve(load_params(), "masked_dm")
-    assert settings["net_lr"] == 0.01 and where["lr"] == "distill.gradient.lr"
+    assert "net_lr" not in settings and where["lr"] == "distill.distribution.lr"
     check_contract("masked_dm", root, monkeypatch)
 
 
@@ -259,6 +262,9 @@ def test_resolve_overlays_the_family_block_with_the_method_block():
     assert list(dc) == list(params["distill"]["gradient"]) and dc["augment"] is False and dsa["augment"] is True
     assert {k: v for k, v in dc.items() if k != "augment"} == {k: v for k, v in dsa.items() if k != "augment"}
     assert where["augment"] == "distill.dc.augment" and where["lr"] == "distill.gradient.lr"
+    masked, _ = registry.resolve(params, "masked_dm")  # full_term dc (the paper's pairing): the gradient family
+    assert masked == {**params["distill"]["gradient"], **params["distill"]["masked_dm"]}
+    params["distill"]["masked_dm"]["full_term"] = "dm"
     masked, _ = registry.resolve(params, "masked_dm")
     assert masked == {**params["distill"]["distribution"], **params["distill"]["masked_dm"]}
     assert registry.resolve(params, "random") == ({}, {})
@@ -276,7 +282,10 @@ def test_resolve_overlays_the_family_block_with_the_method_block():
     ("dc", lambda d: d["gradient"].update(net_lrr=0.1), r"'distill.gradient.net_lrr'.*'distill.gradient.net_lr'"),
     ("masked_dc", lambda d: d["masked_dc"].pop("full_weight"), r"missing param 'distill.masked_dc.full_weight'"),
     ("dc", lambda d: d["dc"].update(class_gradients="jit"), r"'distill.dc.class_gradients' = 'jit' is not one of"),
-    ("masked_dm", lambda d: d["masked_dm"].update(net_lr=0.1), r"'distill.masked_dm.net_lr' is not a key of family"),
+    ("masked_dm", lambda d: d["masked_dm"].update(full_term="dm", net_lr=0.1),
+     r"'distill.masked_dm.net_lr' is not a key of family 'distribution'"),
+    ("masked_dm", lambda d: d["masked_dm"].update(masked_term="means"), r"'distill.masked_dm.masked_term' = 'means'"),
+    ("masked_dc", lambda d: d["masked_dc"].update(masked_distance="l1"), r"'distill.masked_dc.masked_distance' = 'l1'"),
     ("dm", lambda d: d["distribution"].update(lr=-1.0), r"'distill.distribution.lr' must be > 0"),
 ])
 def test_resolve_validates_in_one_place(method, edit, message):

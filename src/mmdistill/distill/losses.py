@@ -3,10 +3,11 @@
 Every function takes real and synthetic batches that are class-major with equal counts per class
 (`classes` blocks) and returns a scalar summed over classes; each equals a per-class loop
 (tests/test_engine.py checks it against the loops in distill/reference.py). DM embeds all classes in
-one forward pass; DC's per-class gradients are one backward pass per class ("loop", the default)
-or one torch.func.vmap call over classes ("vmap", the earlier default: slower on CPU and not
-bit-identical to "loop"). `python -m benchmarks.run speed` measures their speed. `weighted_sum` and `MaskedTerm`
-combine terms into a loop's loss (mmdistill.distill.distribution_matching, gradient_matching).
+one forward pass (masked DM's pair term, Eq. 3 of the multi-modal paper, too); DC's per-class
+gradients are one backward pass per class ("loop", the default) or one torch.func.vmap call over
+classes ("vmap", the earlier default: slower on CPU and not bit-identical to "loop").
+`python -m benchmarks.run speed` measures their speed. `weighted_sum` and `MaskedTerm` combine terms into a
+loop's loss (mmdistill.distill.distribution_matching, gradient_matching).
 """
 from __future__ import annotations
 
@@ -30,6 +31,30 @@ def distribution_gap(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -
     with torch.no_grad():
         real_mean = class_means(net.embed(real).float(), classes)
     return ((real_mean - class_means(net.embed(syn).float(), classes)) ** 2).sum()
+
+
+def pairwise_feature_mse(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -> torch.Tensor:
+    """The multi-modal paper's masked distribution matching term (Eq. 3): per class, the squared distance between
+    the embeddings of every (real, synthetic) pair of the class, summed over pairs and divided by the class's real
+    batch size N_B; summed over classes (float32 also under autocast).
+
+    Computed as sum_c [K ||mu_r - mu_s||^2 + (K / N_B) sum_i ||f_i - mu_r||^2 + sum_j ||g_j - mu_s||^2] (K synthetic,
+    N_B real images of class c), which equals the pair sum exactly and needs no [N_B, K, d] tensor. Unlike
+    distribution_gap (class means only) it also penalises the spread of a class's synthetic embeddings: each
+    synthetic image is pulled toward the real class mean."""
+    with torch.no_grad():
+        f = net.embed(real).float()
+        f = f.view(classes, -1, f.shape[1])
+    g = net.embed(syn).float()
+    g = g.view(classes, -1, g.shape[1])
+    n_real, n_syn = f.shape[1], g.shape[1]
+    mu_r, mu_s = f.mean(1), g.mean(1)
+    real_spread = ((f - mu_r[:, None]) ** 2).sum()
+    syn_spread = ((g - mu_s[:, None]) ** 2).sum()
+    return n_syn * ((mu_r - mu_s) ** 2).sum() + real_spread * n_syn / n_real + syn_spread
+
+
+MASKED_DM_TERMS = {"pairs": pairwise_feature_mse, "class_means": distribution_gap}  # distill.masked_dm.masked_term
 
 
 def caption_gap(syn_features: torch.Tensor, real_means: torch.Tensor, classes: int) -> torch.Tensor:
@@ -81,11 +106,26 @@ def layerwise_distance(a: dict, b: dict) -> torch.Tensor:
     return total
 
 
-def gradient_match(net, real: torch.Tensor, syn: torch.Tensor, classes: int, how: str = "loop") -> torch.Tensor:
-    """DC: layer-wise distance between the per-class gradients of real and synthetic images
-    (`how`: see class_gradients)."""
+def squared_distance(a: dict, b: dict) -> torch.Tensor:
+    """The multi-modal paper's masked gradient matching distance (Eq. 2): the squared L2 distance between the two
+    gradients over every parameter (biases and norm scales included), summed over classes."""
+    total = 0.0
+    for name, ga in a.items():
+        total = total + ((ga - b[name]) ** 2).sum()
+    return total
+
+
+GRADIENT_DISTANCES = {"cosine": layerwise_distance, "l2": squared_distance}
+
+
+def gradient_match(net, real: torch.Tensor, syn: torch.Tensor, classes: int, how: str = "loop",
+                   distance: str = "cosine") -> torch.Tensor:
+    """DC: the distance between the per-class gradients of real and synthetic images (`how`: see
+    class_gradients); `distance` "cosine" is DC's layer-wise distance, "l2" the squared L2 distance."""
+    if distance not in GRADIENT_DISTANCES:
+        raise PipelineError(f"unknown gradient distance {distance!r}; valid: {', '.join(GRADIENT_DISTANCES)}")
     real_grads = {k: v.detach() for k, v in class_gradients(net, real, classes, how, create_graph=False).items()}
-    return layerwise_distance(real_grads, class_gradients(net, syn, classes, how))
+    return GRADIENT_DISTANCES[distance](real_grads, class_gradients(net, syn, classes, how))
 
 
 def covariance(features: torch.Tensor, classes: int) -> torch.Tensor:

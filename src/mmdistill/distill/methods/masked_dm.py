@@ -1,9 +1,19 @@
-"""masked_dm: dm's full-image term (`full_weight`) plus the same term on foreground-masked images
-(`masked_weight`; masks from stage `ground`). A synthetic image keeps the mask of the real image it was
-initialised from: the paper does not say how synthetic images are masked, and this keeps the object region where
-it started. `full_term: dc` pairs the masked DM term with full-image gradient matching instead (the multi-modal
-paper's pairing): the run then overlays the `gradient` family block (lr, net_lr, loops, ...) instead of
-`distribution`.
+"""masked_dm: the multi-modal paper's masked distribution matching ("Masked DM (DC)", §3.3 and Table 1): a full-image
+term (`full_weight`) plus a distribution-matching term on foreground-masked images (`masked_weight`; masks from
+stage `ground`). A synthetic image keeps the mask of the real image it was initialised from: the paper does not say
+how synthetic images are masked, and this keeps the object region where it started.
+
+`full_term` (the full-image term, and the family whose loop and settings the run uses):
+  dc   (default) full-image gradient matching (DC's distance), the paper's pairing: its introduction says the
+       method "combines distribution matching for masked real and synthetic images with gradient matching for full
+       images", and Table 1 names it Masked DM (DC). The run overlays the `gradient` family block (lr, net_lr,
+       loops, ...): mmdistill.distill.gradient_matching.
+  dm   dm's class-mean distribution gap on full images (the earlier default; the `distribution` family block).
+`masked_term` (the term on masked images):
+  pairs        (default) Eq. 3: per class, the feature MSE summed over every (real, synthetic) pair, divided by the
+               real batch size (mmdistill.distill.losses.pairwise_feature_mse)
+  class_means  dm's squared distance between class-mean embeddings (the earlier form)
+`full_term: dm` with `masked_term: class_means` is the earlier masked_dm.
 """
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from mmdistill.distill.distribution_matching import distribution_matching
 from mmdistill.distill.engine import Run
 from mmdistill.distill.gradient_matching import gradient_matching
 from mmdistill.distill.initial import random_selection
-from mmdistill.distill.losses import MaskedTerm, distribution_gap
+from mmdistill.distill.losses import MASKED_DM_TERMS, MaskedTerm
 from mmdistill.distill.methods import Method, Synthetic
 
 
@@ -21,14 +31,15 @@ def run(run: Run) -> Synthetic:
     init = random_selection(run.train, run.ipc, run.seed)
     masks = load_foreground_masks(run.train.uids, *run.train.images.shape[2:])
     full_weight, masked_weight = run.settings["full_weight"], run.settings["masked_weight"]
+    masked = MaskedTerm(masks, masked_weight, MASKED_DM_TERMS[run.settings["masked_term"]])
     if run.settings["full_term"] == "dc":
-        images, history, outputs = gradient_matching(run, init, full_weight,
-                                                     MaskedTerm(masks, masked_weight, distribution_gap))
+        images, history, outputs = gradient_matching(run, init, full_weight, masked)
     else:
-        images, history, outputs = distribution_matching(run, init, full_weight, MaskedTerm(masks, masked_weight, None))
+        images, history, outputs = distribution_matching(run, init, full_weight, masked)
     return Synthetic(images, init, history, outputs)
 
 
-METHOD = Method("masked_dm", group="masked", family="distribution", run=run, engine=True,
-                keys={"full_weight": Float(low=0), "masked_weight": Float(low=0), "full_term": Str("dm", "dc")},
+METHOD = Method("masked_dm", group="masked", family="gradient", run=run, engine=True,
+                keys={"full_weight": Float(low=0), "masked_weight": Float(low=0), "full_term": Str("dc", "dm"),
+                      "masked_term": Str(*MASKED_DM_TERMS)},
                 switch=("full_term", {"dm": "distribution", "dc": "gradient"}))
