@@ -116,3 +116,6 @@ def test_evaluate_and_report(selected):
     assert "| method | IPC | accuracy (%) |" in text
     assert f"| dm | 2 | {metrics['test_accuracy_mean']:.2f} ± {metrics['test_accuracy_std']:.2f} |" in text
     assert "offline_imagenet" in text and "seed: 0" in text
+    # which flip ran (issue 14, item 21): Fashion-MNIST's default is off, every `auto` flip followed it
+    assert "DSA augmentation on, flip off" in text and "the dataset's default (recorded by prepare) is off" in text
+    assert "- dm: " in text and "flip False" in text

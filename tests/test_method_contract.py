@@ -26,6 +26,7 @@ import yaml
 from mmdistill.core.config import load_params, validate
 from mmdistill.core.schema import schema
 from mmdistill.core.storage import PipelineError, load_tensors
+from mmdistill.data.datasets import resolve_flip
 from mmdistill.distill import distribution_matching, gradient_matching
 from mmdistill.distill import methods as registry
 from mmdistill.distill.engine import Engine
@@ -168,6 +169,8 @@ def check_output(name: str, out: dict, iterations: int) -> None:
     assert out["images"].dtype == torch.float32 and torch.isfinite(out["images"]).all()
     assert len(out["loss"]) == iterations and torch.isfinite(out["loss"]).all()
     expected = dict(registry.resolve(load_params(), name)[0])
+    if "flip" in expected:  # recorded as the value used: `auto` is the prepared dataset's default
+        expected["flip"] = resolve_flip(expected["flip"], "flip")
     expected.update(selection_settings(name, 1))  # kcenter, forgetting: the choice their selection was made with
     assert out["info"]["method"] == name and out["info"]["settings"] == expected
 

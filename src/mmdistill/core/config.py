@@ -85,6 +85,7 @@ def Str(*choices, empty=True, hint=None) -> Spec:
 
 
 BOOL = Spec(bool)
+AUTO_BOOL = Spec((bool, str), choices=("auto", True, False), hint="auto, true or false")  # auto: decided by the data
 FREE = Spec(dict, free=True)
 
 

@@ -4,7 +4,7 @@ params.yaml only (mmdistill.core.config.load_params checks the whole file agains
 Valid names come from the code's registries (backends, encoders, networks, datasets, ...), so there is one list of
 them: registering a new backend makes its name valid here.
 """
-from mmdistill.core.config import BOOL, FREE, Float, Int, List, Str
+from mmdistill.core.config import AUTO_BOOL, BOOL, FREE, Float, Int, List, Str
 from mmdistill.core.storage import PipelineError
 from mmdistill.distill import methods
 
@@ -228,7 +228,7 @@ def schema() -> dict:
             "lr": RATE,
             "batch_size": COUNT,
             "augment": BOOL,
-            "flip": BOOL,
+            "flip": AUTO_BOOL,                         # auto: the prepared dataset's default
         },
         "evaluate": {
             "nets": List(net, min_items=1, unique=True),
@@ -237,7 +237,7 @@ def schema() -> dict:
             "lr": RATE,
             "batch_size": COUNT,
             "augment": BOOL,
-            "flip": BOOL,
+            "flip": AUTO_BOOL,                         # auto: the prepared dataset's default
         },
         "evaluate_full": {
             "epochs": COUNT,

@@ -67,6 +67,20 @@ def dataset_info(root=PREPARED) -> dict:
     return info
 
 
+def resolve_flip(value, key: str, info: dict | None = None) -> bool:
+    """A `flip` param (true | false | auto) as a bool: `auto` is the prepared dataset's default (metadata `flip`,
+    written by prepare: mmdistill.data.sources.default_flip). `key` names the param in messages."""
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise PipelineError(f"param '{key}' must be auto, true or false, got {value!r}")
+    info = dataset_info() if info is None else info
+    if not isinstance(info.get("flip"), bool):
+        raise PipelineError(f"param '{key}' is auto, but {PREPARED} records no 'flip' default (written by an older "
+                            "prepare): re-run `dvc repro prepare`, or set the param to true or false")
+    return info["flip"]
+
+
 def decode_images(blobs, uids, channels: int) -> np.ndarray:
     mode = "L" if channels == 1 else "RGB"
     arrays = [decode_image(b, u, mode) for b, u in zip(blobs, uids)]

@@ -65,6 +65,21 @@ DATASETS = ("fashion_mnist", "image_folder", "cifar10", *IMAGENET_SUBSETS, "fash
 # the JSON's split names -> ours ("restval", the COCO images outside Karpathy's val/test, is train as customary)
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 UNLABELLED = "unlabelled"  # the one class of a dataset without class labels (karpathy): label 0
+
+
+def default_flip(name: str, channels: int) -> bool:
+    """Whether DSA's horizontal flip suits the dataset (recorded by prepare as metadata `flip`; every `flip: auto`
+    param follows it). As in DSA (Zhao & Bilen 2021), which leaves flip out for the MNIST family only: grey digit
+    and clothing images (fashion_mnist and the sets made from it, fashion_mnist_captions and scenes; an image_folder
+    of 1-channel images) no flip; natural colour images (cifar10, the ImageNet subsets, karpathy's photos; an
+    image_folder of RGB images) flip."""
+    if name in ("fashion_mnist", "fashion_mnist_captions", "scenes"):
+        return False
+    if name in ("image_folder", "karpathy"):
+        return channels == 3
+    return True
+
+
 CHANNELS = (0, 1, 3)  # image_folder: from the data, L or RGB (prepare.channels)
 
 

@@ -7,7 +7,7 @@ KEYS is the schema of `distill.distribution` (the family block a method's block 
 """
 from __future__ import annotations
 
-from mmdistill.core.config import BOOL, Float, Int, Str
+from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Str
 from mmdistill.distill.engine import Engine, Run, draw_seed
 from mmdistill.distill.losses import MaskedTerm, distribution_gap, weighted_sum
 from mmdistill.nn.nets import make_net
@@ -19,7 +19,7 @@ KEYS = {
     "momentum": Float(low=0, high=1),
     "net": Str(empty=False),
     "augment": BOOL,
-    "flip": BOOL,
+    "flip": AUTO_BOOL,                # auto: the prepared dataset's default (resolved by the distill run)
 }
 
 

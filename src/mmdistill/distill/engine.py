@@ -45,7 +45,7 @@ from mmdistill.core.storage import (
     save_tensors,
     save_text,
 )
-from mmdistill.data.datasets import ImageSet, denormalize
+from mmdistill.data.datasets import ImageSet, denormalize, resolve_flip
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.vae import Pixels, latent_space
 
@@ -129,9 +129,10 @@ class Run:
         return RealBatches(self.train, self.settings["batch_real"], self.where["batch_real"])
 
     def augmentation(self):
-        """DSA (`augment`, with `flip`) as f(images, seed), or the identity."""
+        """DSA (`augment`, with `flip`: true, false or auto = the prepared dataset's default) as f(images, seed), or
+        the identity."""
         if self.settings["augment"]:
-            return DifferentiableAugment(flip=self.settings["flip"])
+            return DifferentiableAugment(flip=resolve_flip(self.settings["flip"], self.where["flip"]))
         return lambda x, seed: x
 
 

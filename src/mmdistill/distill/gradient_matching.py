@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from mmdistill.core.config import BOOL, Float, Int, Spec, Str
+from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Spec, Str
 from mmdistill.core.storage import PipelineError
 from mmdistill.distill.engine import Engine, Run, draw_seed
 from mmdistill.distill.losses import CLASS_GRADIENTS, MaskedTerm, gradient_match, weighted_sum
@@ -33,7 +33,7 @@ KEYS = {
     "net": Str(empty=False),
     "class_gradients": Str(*CLASS_GRADIENTS),
     "augment": BOOL,
-    "flip": BOOL,
+    "flip": AUTO_BOOL,                # auto: the prepared dataset's default (resolved by the distill run)
 }
 
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}  # DC's (outer_loop, inner_loop) by IPC

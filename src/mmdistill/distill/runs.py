@@ -8,8 +8,9 @@ tensor file (mmdistill.core.storage.load_tensors) with:
   source_uids  list of the real train images each image started from (one per entry of `images`)
   mean, std    the normalisation, to turn images back into pixels
   loss         float32 [iterations] loss curve (empty for selection methods)
-  info         method, ipc, seed, settings (the resolved settings: mmdistill.distill.methods.resolve, plus those a
-               run took from its inputs, Synthetic.settings: kcenter_start, forgetting_order of a selection), engine
+  info         method, ipc, seed, settings (the resolved settings: mmdistill.distill.methods.resolve, with `flip`
+               the value the run used, true or false, where params say auto; plus those a run took from its
+               inputs, Synthetic.settings: kcenter_start, forgetting_order of a selection), engine
                (distill.engine, optimising methods), latent (distill.latent for a latent run, else {}), device,
                library versions
   ...          the method's further entries (methods/: dsdm's encoded/factor/pool_net, caption_concat's captions/
@@ -27,7 +28,7 @@ from mmdistill.core.config import param
 from mmdistill.core.paths import LOSS_CURVES, checkpoint, distill_log, distilled_figure, distilled_set, run_name
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, check_writable, save_tensors
-from mmdistill.data.datasets import load_split
+from mmdistill.data.datasets import load_split, resolve_flip
 from mmdistill.distill import methods
 from mmdistill.distill.engine import Run, save_grid
 
@@ -41,6 +42,8 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
         raise PipelineError(f"--latent: method {name!r} selects real images and optimises nothing; latent runs are "
                             f"for optimising methods")
     settings, where = methods.resolve(params, name)
+    if "flip" in settings:  # `auto`: the prepared dataset's default; the run records the value it used
+        settings["flip"] = resolve_flip(settings["flip"], where["flip"])
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)

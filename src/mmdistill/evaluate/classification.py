@@ -14,7 +14,7 @@ from mmdistill.core.config import param, positive
 from mmdistill.core.paths import FEATURES_HELDOUT, distilled_set, run_name
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, load_tensors
-from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize
+from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize, resolve_flip
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.caption_head import image_caption_vectors
 from mmdistill.nn.nets import make_net
@@ -61,7 +61,8 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
     device = resolve_device(params)
     lr = param(params, "evaluate.lr", float)
     batch_size = positive(params, "evaluate.batch_size")
-    augment = DifferentiableAugment(flip=param(params, "evaluate.flip", bool)) if augment else None
+    flip = resolve_flip(param(params, "evaluate.flip"), "evaluate.flip")
+    augment = DifferentiableAugment(flip=flip) if augment else None
     channels, size = images.shape[1], images.shape[2]
     names = net_names(params, channels, len(test.class_names), size)
     val_x, test_x = val.normalized(), test.normalized()
@@ -88,7 +89,7 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
                             "val_accuracies": [round(a, 2) for a in val_acc]}
     record = {"net": names[0], "nets": names, "accuracies": accuracies, "train_images": int(len(labels)),
               "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "augment": augment is not None,
-              "seed": seed, "versions": versions()}
+              "flip": augment is not None and flip, "seed": seed, "versions": versions()}
     return metrics, record
 
 

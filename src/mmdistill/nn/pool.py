@@ -10,7 +10,7 @@ from mmdistill.core.config import param, positive
 from mmdistill.core.paths import POOL
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import check_writable, save_tensors
-from mmdistill.data.datasets import load_split
+from mmdistill.data.datasets import load_split, resolve_flip
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.nets import make_net
 from mmdistill.nn.train import accuracy, train_classifier
@@ -23,8 +23,8 @@ def pretrain(params: dict) -> Path:
     models = positive(params, "pretrain.models")
     epochs = positive(params, "pretrain.epochs")
     net_name = param(params, "pretrain.net", str)
-    augment = DifferentiableAugment(flip=param(params, "pretrain.flip", bool)) \
-        if param(params, "pretrain.augment", bool) else None
+    flip = resolve_flip(param(params, "pretrain.flip"), "pretrain.flip")
+    augment = DifferentiableAugment(flip=flip) if param(params, "pretrain.augment", bool) else None
     train, val = load_split("train"), load_split("val")
     images, val_images = train.normalized(), val.normalized()
     channels, size, classes = images.shape[1], images.shape[2], len(train.class_names)
@@ -39,6 +39,7 @@ def pretrain(params: dict) -> Path:
         states.append({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
         print(f"network {m + 1}/{models}: val accuracy {val_accuracy[-1]:.2f}%", flush=True)
     save_tensors({"net": net_name, "channels": channels, "classes": classes, "image_size": size, "states": states,
-                  "val_accuracy": val_accuracy, "info": {"seed": seed, "settings": param(params, "pretrain", dict),
-                                                         "device": str(device), "versions": versions()}}, POOL)
+                  "val_accuracy": val_accuracy,
+                  "info": {"seed": seed, "settings": {**param(params, "pretrain", dict), "flip": flip},
+                           "device": str(device), "versions": versions()}}, POOL)
     return POOL

@@ -25,7 +25,8 @@ Outputs, both committed to git (accuracies in %, std over repeats, population st
       `evaluate.nets`: {name: {test_accuracy_mean, test_accuracy_std, val_accuracy_mean, val_accuracy_std}}
   outputs/evaluate/{run}.json    what produced them: method, ipc (null for --full), net (the first of
       `evaluate.nets`, the default net of the report), nets, accuracies ({name: {test_accuracies,
-      val_accuracies}}, one per repeat), train_images, epochs, repeats, lr, batch_size, augment, seed,
+      val_accuracies}}, one per repeat), train_images, epochs, repeats, lr, batch_size, augment, flip (whether
+      DSA flipped: `evaluate.flip`, auto = the prepared dataset's default; false without augment), seed,
       distill (the synthetic set's settings; empty for --full), versions; caption_concat adds
       test_images_without_caption
 """

@@ -17,9 +17,12 @@ Output `data/prepared/{train,val,test}-NNNNN.parquet`, one row per image:
 karpathy: `<the JSON's dataset name>-<its split>-<index in the JSON>` (e.g. `coco-restval-01234`).
 
 Schema metadata `dataset`: name, source, class_names, channels, height, width,
-per-channel mean/std of the train split, split sizes, seed (and `source_classes`, the
-ImageNet class folders, for the ImageNet subsets; `resize`, for image_folder and karpathy); the image-text
-sets also `captions_per_image` {min, max} and `text` (where the captions come from), scenes `synthetic`: true.
+per-channel mean/std of the train split, split sizes, flip (whether DSA's horizontal flip suits the data:
+false for fashion_mnist, the image-text sets made from it and 1-channel image folders, true for natural colour
+images, i.e. cifar10, the ImageNet subsets, RGB image folders and karpathy's photos; every `flip: auto` param
+follows it, mmdistill.data.sources.default_flip), seed (and `source_classes`, the ImageNet class folders, for the
+ImageNet subsets; `resize`, for image_folder and karpathy); the image-text sets also `captions_per_image`
+{min, max} and `text` (where the captions come from), scenes `synthetic`: true.
 The val split is carved from train (seeded, stratified), except where the source has its own (scenes; karpathy
 when its JSON has val images); `max_train_per_class` then caps train. test is only read by `evaluate`.
 
@@ -67,6 +70,7 @@ from mmdistill.data.sources import (
     DATASETS,
     IMAGENET_SUBSETS,
     RESIZE_MODES,
+    default_flip,
     load_cifar10,
     load_fashion_mnist,
     load_image_folder,
@@ -161,6 +165,7 @@ def main() -> None:
         "mean": [round(float(v), 6) for v in train_pixels.mean(0)],
         "std": std,
         "sizes": {s: int(len(p[1])) for s, p in parts.items()},
+        "flip": default_flip(name, int(images.shape[-1])),
         **({"source_classes": source_classes} if source_classes else {}), **extra_info,
     }
     with atomic_path(PREPARED) as tmp:  # every split into a new folder, swapped in once: a failure changes nothing

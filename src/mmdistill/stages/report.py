@@ -103,6 +103,11 @@ def remove_stale_runs(current: set[str]) -> list[Path]:
     return removed
 
 
+def on_off(flag) -> str:
+    """A recorded switch as on / off ("unknown" where none was recorded)."""
+    return "unknown" if flag is None else "on" if flag else "off"
+
+
 def main() -> None:
     params = load_params()
     check_writable(REPORT, ACCURACY_PLOTS, METRICS / "x.json", EVALUATIONS / "x.json")
@@ -143,7 +148,10 @@ def main() -> None:
         "## Budgets (reduced for a 2-core CPU; the papers' budgets are in README, 'Paper budgets')",
         "",
         f"- evaluate: {first['epochs']} epochs (paper: 1000), lr {first['lr']} (x0.1 at half), SGD momentum 0.9, "
-        f"weight decay 5e-4, DSA augmentation {'on' if first['augment'] else 'off'}, {first['repeats']} repeats",
+        "weight decay 5e-4, DSA augmentation "
+        f"{'on, flip ' + on_off(first.get('flip')) if first['augment'] else 'off'}, {first['repeats']} repeats",
+        f"- DSA flip: the dataset's default (recorded by prepare) is {on_off(info.get('flip'))}; every `flip: auto` "
+        "param follows it, `true`/`false` override it. Each distilled set's `flip` below is the value it used.",
     ]
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdistill.core.config import BOOL, Float, Int
+from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int
 from mmdistill.core.paths import POOL
 from mmdistill.core.storage import load_tensors
 from mmdistill.distill.engine import Engine, Run, draw_seed
@@ -77,5 +77,5 @@ METHOD = Method("dsdm", group="pool", family=None, run=run, engine=True, keys={
     "ema": Float(low=0, high=1),
     "factor": Int(low=1),
     "augment": BOOL,
-    "flip": BOOL,
+    "flip": AUTO_BOOL,                # auto: the prepared dataset's default (resolved by the distill run)
 })
