@@ -93,3 +93,16 @@ def test_fashion_mnist_runs_without_flip(project):
     assert "flip" not in method_run(load_params(), "dm", 1, train).augmentation().families
     run_stage("distill", "--method", "dm", "--ipc", "1")
     assert load_tensors("data/distilled/dm-ipc1.pt")["info"]["settings"]["flip"] is False
+
+
+def test_recorded_settings_are_what_a_run_records(annotated):
+    """runs.recorded_settings (for a report's staleness check) predicts info.settings: flip resolved, and the
+    selection's choice for kcenter / forgetting."""
+    from mmdistill.distill.runs import recorded_settings
+    run_stage("selection")
+    params, info = load_params(), dataset_info()
+    for method in ("random", "kcenter", "forgetting", "dm", "masked_dm"):
+        run_stage("distill", "--method", method, "--ipc", "1")
+        assert load_tensors(f"data/distilled/{method}-ipc1.pt")["info"]["settings"] == \
+            recorded_settings(params, method, info), method
+    assert recorded_settings(params, "dm", {**info, "flip": True})["flip"] is True

@@ -33,6 +33,24 @@ from mmdistill.distill import methods
 from mmdistill.distill.engine import Run, save_grid
 
 
+SELECTION_PARAMS = {"kcenter": ("kcenter_start", "select.kcenter_start"),
+                    "forgetting": ("forgetting_order", "select.forgetting_order")}
+
+
+def recorded_settings(params: dict, name: str, info: dict) -> dict:
+    """The `info.settings` a run of method `name` made now with `params` records, for a check that a record is
+    current (the report): resolve()'s settings with an `auto` flip as the prepared dataset's default (`info`: its
+    metadata, data.datasets.dataset_info), plus for kcenter / forgetting the select param their selection
+    follows (the set itself records the choice from the selection's metadata)."""
+    settings, where = methods.resolve(params, name)
+    if "flip" in settings:
+        settings["flip"] = resolve_flip(settings["flip"], where["flip"], info)
+    if name in SELECTION_PARAMS:
+        key, source = SELECTION_PARAMS[name]
+        settings[key] = param(params, source, str)
+    return settings
+
+
 def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Path:
     """Run method `name` at `ipc` images per class (in the latent parameterisation if `latent`) -> its output."""
     method = methods.get(name)
