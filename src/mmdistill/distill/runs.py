@@ -32,7 +32,6 @@ from mmdistill.data.datasets import load_split, resolve_flip
 from mmdistill.distill import methods
 from mmdistill.distill.engine import Run, save_grid
 
-
 SELECTION_PARAMS = {"kcenter": ("kcenter_start", "select.kcenter_start"),
                     "forgetting": ("forgetting_order", "select.forgetting_order")}
 
