@@ -86,7 +86,8 @@ def test_distill_methods_write_sets_and_grids(selected, method):
 
 
 def test_unknown_method_lists_valid(selected):
-    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, forgetting, dm, masked_dm, dc, dsa, masked_dc, dsdm"):
+    with pytest.raises(PipelineError, match="valid: random, kmeans, herding, kcenter, forgetting, forgetting_most, dm, "
+                                            "masked_dm, masked_dm_means, dc, dsa, masked_dc, masked_dc_cosine, dsdm"):
         run_stage("distill", "--method", "mtt", "--ipc", "1")
 
 

@@ -83,14 +83,16 @@ def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
 def current_record(record: dict, name: str) -> dict:
     """An evaluation record made with the project's params.yaml as it is now (settings and budget)."""
     from mmdistill.core.config import load_params
-    from mmdistill.distill.methods import resolve
-    params = load_params()
+    from mmdistill.data.datasets import dataset_info, resolve_flip
+    from mmdistill.distill.runs import recorded_settings
+    params, info = load_params(), dataset_info()
     section = "evaluate_full" if name == "full" else "evaluate"
-    settings = {} if name == "full" else json.loads(json.dumps(resolve(params, record["method"])[0]))
+    settings = {} if name == "full" else json.loads(json.dumps(recorded_settings(params, record["method"], info)))
+    flip = params[section]["augment"] and resolve_flip(params["evaluate"]["flip"], "evaluate.flip", info)
     return {**record, "epochs": params[section]["epochs"], "repeats": params[section]["repeats"],
             "augment": params[section]["augment"], "lr": params["evaluate"]["lr"],
             "batch_size": params["evaluate"]["batch_size"], "seed": params["seed"], "train_images": 100,
-            "distill": settings}
+            "flip": flip, "distill": settings}
 
 
 @pytest.fixture
@@ -119,6 +121,8 @@ def reported(project):
                                            r"params\.yaml has 9"),
     ("evaluate.epochs", 7, r"run (dm|random)-ipc1\) was made with epochs = \d+, params\.yaml has 7"),
     ("seed", 5, r"was made with seed = 0, params\.yaml has 5"),
+    ("evaluate.flip", True, r"run (dm|random)-ipc1\) was made with flip = False, params\.yaml has True"),
+    ("distill.distribution.flip", True, r"run dm-ipc1\) was made with distill\.flip = False, params\.yaml has True"),
 ])
 def test_report_refuses_records_made_with_other_settings(reported, key, value, message):
     """issue 14 item 19: a report run by hand after params changed (without `dvc repro`) refuses the stale records,
@@ -131,6 +135,29 @@ def test_report_refuses_records_made_with_other_settings(reported, key, value, m
     with pytest.raises(PipelineError, match=message):
         run_stage("report")
     assert snapshot(reported) == before
+
+
+def test_report_rows_name_the_form_that_ran(reported):
+    """issue 14 Must show: the paper-form rows beside the earlier forms, each row saying which form ran (the
+    settings that choose it follow the method's name); a flip left `auto` is checked as the dataset's default."""
+    from mmdistill.core.storage import save_json
+    from tests.conftest import run_stage, set_params
+    set_params(reported, **{"distill.methods.selection": ["random", "forgetting", "forgetting_most"],
+                            "distill.methods.masked": ["masked_dm", "masked_dm_means"]})
+    for method, accuracy in (("forgetting", 61.0), ("forgetting_most", 31.0), ("masked_dm", 71.0),
+                             ("masked_dm_means", 72.0)):
+        record, metrics = run(method, 1, ["convnet3"], accuracy)
+        save_json(metrics, f"outputs/metrics/{method}-ipc1.json")
+        save_json(current_record(record, method), f"outputs/evaluate/{method}-ipc1.json")
+    run_stage("report")
+    text = (reported / "outputs/report.md").read_text()
+    assert "| forgetting (forgetting_order fewest) | 1 | 61.00 ± 0.50 |" in text
+    assert "| forgetting_most (forgetting_order most) | 1 | 31.00 ± 0.50 |" in text
+    assert "| masked_dm (full_term dc, masked_term pairs) | 1 | 71.00 ± 0.50 |" in text
+    assert "| masked_dm_means (full_term dm, masked_term class_means) | 1 | 72.00 ± 0.50 |" in text
+    assert "| dm | 1 | 70.00 ± 0.50 |" in text and "| random | 1 | 60.00 ± 0.50 |" in text  # no form to name
+    assert {p.name for p in (reported / "outputs/plots/accuracy").iterdir()} == {
+        f"{m}.json" for m in ("random", "forgetting", "forgetting_most", "dm", "masked_dm", "masked_dm_means")}
 
 
 def test_report_removes_the_outputs_of_runs_no_longer_enabled(reported):

@@ -62,6 +62,14 @@ def test_forgetting_stage_and_selection(annotated):
     assert read_parquet_metadata("data/selections/forgetting-ipc2.parquet")["selection"]["order"] == "fewest"
     run_stage("distill", "--method", "forgetting", "--ipc", "2")
     assert load_tensors("data/distilled/forgetting-ipc2.pt")["info"]["settings"] == {"forgetting_order": "fewest"}
+    # the earlier rule as its own method, for rows beside the paper's: the most forgotten, whatever the param says
+    most = read_parquet("data/selections/forgetting_most-ipc2.parquet")
+    assert read_parquet_metadata("data/selections/forgetting_most-ipc2.parquet")["selection"]["order"] == "most"
+    for picked, rest in picked_and_rest(most):
+        assert min(stats[u] for u in picked) >= max(stats[u] for u in rest)  # nothing left is more forgotten
+    assert set(most["uid"].to_pylist()) != set(chosen["uid"].to_pylist())
+    run_stage("distill", "--method", "forgetting_most", "--ipc", "2")
+    assert load_tensors("data/distilled/forgetting_most-ipc2.pt")["info"]["settings"] == {"forgetting_order": "most"}
 
     set_params(annotated, **{"select.forgetting_order": "most"})  # the earlier rule: the most forgotten
     run_stage("selection")
@@ -71,6 +79,7 @@ def test_forgetting_stage_and_selection(annotated):
         assert min(stats[u] for u in picked) >= max(stats[u] for u in rest)  # nothing left is more forgotten
     run_stage("distill", "--method", "forgetting", "--ipc", "2")
     assert load_tensors("data/distilled/forgetting-ipc2.pt")["info"]["settings"] == {"forgetting_order": "most"}
+    assert read_parquet("data/selections/forgetting-ipc2.parquet")["uid"].to_pylist() == most["uid"].to_pylist()
 
 
 def test_forgetting_orders_and_ipc_larger_than_class():

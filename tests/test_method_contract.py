@@ -181,14 +181,20 @@ def test_method_contract(name, project_for, monkeypatch):
     check_contract(name, project_for(name), monkeypatch)
 
 
-@pytest.mark.slow
-def test_masked_dm_paired_with_distribution_matching_keeps_the_contract(project_for, monkeypatch):
-    """masked_dm with `full_term: dm` (the earlier default) overlays the distribution family instead of gradient."""
-    root = project_for("masked_dm")
-    set_params(root, **{"distill.masked_dm.full_term": "dm", "distill.masked_dm.masked_term": "class_means"})
-    settings, where = registry.resolve(load_params(), "masked_dm")
-    assert "net_lr" not in settings and where["lr"] == "distill.distribution.lr"
-    check_contract("masked_dm", root, monkeypatch)
+def test_the_earlier_forms_are_named_methods():
+    """The earlier forms of masked_dm / masked_dc are the same methods under other names whose params blocks hold
+    them (their contract is checked by test_method_contract like every registered method): masked_dm_means pairs
+    dm's full term with the class-mean gap and overlays the distribution family, masked_dc_cosine keeps DC's
+    distance."""
+    params = repo_params()
+    means, where = registry.resolve(params, "masked_dm_means")
+    assert means["full_term"] == "dm" and means["masked_term"] == "class_means"
+    assert "net_lr" not in means and where["lr"] == "distill.distribution.lr"
+    assert means["iterations"] == params["distill"]["distribution"]["iterations"]
+    assert registry.resolve(params, "masked_dc_cosine")[0]["masked_distance"] == "cosine"
+    assert registry.resolve(params, "masked_dc")[0]["masked_distance"] == "l2"
+    assert "forgetting_most" not in params["distill"]["methods"]["selection"]  # not run by default (cost)
+    assert params["distill"]["methods"]["masked"] == ["masked_dm"]
 
 
 TOY = '''
@@ -267,9 +273,8 @@ def test_resolve_overlays_the_family_block_with_the_method_block():
     assert where["augment"] == "distill.dc.augment" and where["lr"] == "distill.gradient.lr"
     masked, _ = registry.resolve(params, "masked_dm")  # full_term dc (the paper's pairing): the gradient family
     assert masked == {**params["distill"]["gradient"], **params["distill"]["masked_dm"]}
-    params["distill"]["masked_dm"]["full_term"] = "dm"
-    masked, _ = registry.resolve(params, "masked_dm")
-    assert masked == {**params["distill"]["distribution"], **params["distill"]["masked_dm"]}
+    masked, _ = registry.resolve(params, "masked_dm_means")  # full_term dm: the distribution family
+    assert masked == {**params["distill"]["distribution"], **params["distill"]["masked_dm_means"]}
     assert registry.resolve(params, "random") == ({}, {})
     assert registry.resolve(params, "dsdm")[0] == params["distill"]["dsdm"]
     assert registry.params_read("masked_dm", False) == ["distill.distribution", "distill.gradient",
@@ -285,8 +290,8 @@ def test_resolve_overlays_the_family_block_with_the_method_block():
     ("dc", lambda d: d["gradient"].update(net_lrr=0.1), r"'distill.gradient.net_lrr'.*'distill.gradient.net_lr'"),
     ("masked_dc", lambda d: d["masked_dc"].pop("full_weight"), r"missing param 'distill.masked_dc.full_weight'"),
     ("dc", lambda d: d["dc"].update(class_gradients="jit"), r"'distill.dc.class_gradients' = 'jit' is not one of"),
-    ("masked_dm", lambda d: d["masked_dm"].update(full_term="dm", net_lr=0.1),
-     r"'distill.masked_dm.net_lr' is not a key of family 'distribution'"),
+    ("masked_dm_means", lambda d: d["masked_dm_means"].update(net_lr=0.1),
+     r"'distill.masked_dm_means.net_lr' is not a key of family 'distribution'"),
     ("masked_dm", lambda d: d["masked_dm"].update(masked_term="means"), r"'distill.masked_dm.masked_term' = 'means'"),
     ("masked_dc", lambda d: d["masked_dc"].update(masked_distance="l1"), r"'distill.masked_dc.masked_distance' = 'l1'"),
     ("dm", lambda d: d["distribution"].update(lr=-1.0), r"'distill.distribution.lr' must be > 0"),

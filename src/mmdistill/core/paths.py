@@ -62,7 +62,7 @@ def run_metrics(run: str) -> Path:
 
 
 def selection(method: str, ipc: int) -> Path:
-    """Stage select's real images for `method` (kmeans, herding, kcenter, forgetting) at IPC `ipc`."""
+    """Stage select's real images for `method` (kmeans, herding, kcenter, forgetting, forgetting_most) at IPC `ipc`."""
     return SELECTIONS / f"{method}-ipc{ipc}.parquet"
 
 

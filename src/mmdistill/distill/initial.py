@@ -22,7 +22,8 @@ def random_selection(train: ImageSet, ipc: int, seed: int) -> list[int]:
 
 
 def selected(train: ImageSet, method: str, ipc: int) -> list[int]:
-    """The real images stage `select` chose for `method` (kmeans, herding, kcenter, forgetting), class-major."""
+    """The real images stage `select` chose for `method` (kmeans, herding, kcenter, forgetting, forgetting_most),
+    class-major."""
     path = selection(method, ipc)
     if not path.exists():
         raise PipelineError(f"{path} is missing: IPC {ipc} must be listed in 'distill.ipcs' and `select` run")
@@ -33,12 +34,14 @@ def selected(train: ImageSet, method: str, ipc: int) -> list[int]:
     return [position[u] for _, _, u in rows]
 
 
-SELECTION_CHOICES = {"kcenter": ("start", "kcenter_start"), "forgetting": ("order", "forgetting_order")}
+SELECTION_CHOICES = {"kcenter": ("start", "kcenter_start"), "forgetting": ("order", "forgetting_order"),
+                     "forgetting_most": ("order", "forgetting_order")}
 
 
 def selection_settings(method: str, ipc: int) -> dict:
     """The choice stage `select` made `method`'s selection with, from its metadata, as {param name: value}
-    (kcenter: select.kcenter_start, forgetting: select.forgetting_order; {} for the others)."""
+    (kcenter: select.kcenter_start, forgetting: select.forgetting_order, forgetting_most: "most"; {} for the
+    others)."""
     if method not in SELECTION_CHOICES:
         return {}
     key, name = SELECTION_CHOICES[method]

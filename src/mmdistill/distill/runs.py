@@ -32,22 +32,23 @@ from mmdistill.data.datasets import load_split, resolve_flip
 from mmdistill.distill import methods
 from mmdistill.distill.engine import Run, save_grid
 
-SELECTION_PARAMS = {"kcenter": ("kcenter_start", "select.kcenter_start"),
+SELECTION_PARAMS = {"kcenter": ("kcenter_start", "select.kcenter_start"),  # the select param a selection follows
                     "forgetting": ("forgetting_order", "select.forgetting_order")}
+FIXED_SELECTION = {"forgetting_most": {"forgetting_order": "most"}}  # the variants whose choice is their name
 
 
 def recorded_settings(params: dict, name: str, info: dict) -> dict:
     """The `info.settings` a run of method `name` made now with `params` records, for a check that a record is
     current (the report): resolve()'s settings with an `auto` flip as the prepared dataset's default (`info`: its
     metadata, data.datasets.dataset_info), plus for kcenter / forgetting the select param their selection
-    follows (the set itself records the choice from the selection's metadata)."""
+    follows (forgetting_most: always "most"; the set itself records the choice from the selection's metadata)."""
     settings, where = methods.resolve(params, name)
     if "flip" in settings:
         settings["flip"] = resolve_flip(settings["flip"], where["flip"], info)
     if name in SELECTION_PARAMS:
         key, source = SELECTION_PARAMS[name]
         settings[key] = param(params, source, str)
-    return settings
+    return {**settings, **FIXED_SELECTION.get(name, {})}
 
 
 def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Path:

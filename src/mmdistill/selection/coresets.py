@@ -74,6 +74,8 @@ only LOF inliers) ranked by stage `forgetting`'s counts as `select.forgetting_or
           image counts as forgotten infinitely often, so it comes last)
   most    the earlier default, the reverse ranking: never learned first, then most forgetting events, then most
           misclassified presentations, then uid
+`data/selections/forgetting_most-ipc{K}.parquet`: the same in the order `most` whatever the param says (method
+`forgetting_most`, the earlier rule reported beside `forgetting`).
 
 `data/prototypes/pds-{M}.parquet` (same stage, one file per M in `select.pds.clusters`), PDS on the train
 split's image / whole-image-caption pairs in one space (`select.pds.features`: `aligned` = stage align's

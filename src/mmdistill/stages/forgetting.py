@@ -7,7 +7,8 @@ train split, and every time an image is presented in a mini-batch its correctnes
 forward pass (before the update). A forgetting event is a presentation at which an image that was
 classified correctly at its previous presentation is misclassified. Images never classified correctly
 are the most forgotten of all. Training is its own cached stage; stage `select` turns the counts into the
-`forgetting-ipc{K}` selections (per class, the K most forgotten images).
+`forgetting-ipc{K}` selections (per class, the K images with the fewest forgetting events by default,
+`select.forgetting_order`) and `forgetting_most-ipc{K}` (the K most forgotten, the earlier rule).
 
 `data/forgetting/events.parquet`, one row per train image:
 

@@ -13,8 +13,14 @@ file (a line of `dvc plots show`) per method of params.
 
 Stale results are refused, not mixed in: each evaluation record holds the settings its synthetic set was made with
 (`distill`) and its evaluation budget; when they differ from what params.yaml resolves to now
-(mmdistill.distill.methods.resolve; evaluate.*, evaluate_full.*, seed), the report stops naming the run and the
-setting (run `dvc repro` first).
+(mmdistill.distill.runs.recorded_settings: the method's resolved settings, a `flip: auto` as the prepared dataset's
+default, kcenter's / forgetting's select param; evaluate.*, evaluate_full.*, seed), the report stops naming the run
+and the setting (run `dvc repro` first).
+
+Which form of a method ran is in its row: the settings that choose between a paper's form and an earlier one
+(FORM_KEYS: forgetting_order, kcenter_start, full_term, masked_term, masked_distance, memory) follow the method's
+name, e.g. `forgetting (forgetting_order fewest)`, `masked_dm (full_term dc, masked_term pairs)`; all settings are
+listed under Budgets.
 
 Runs no longer enabled (a method dropped from `distill.methods`, an IPC from `distill.ipcs`) have no stage in
 dvc.yaml any more, so nothing would ever update or remove their files: after writing the report, their
@@ -45,8 +51,9 @@ from mmdistill.core.paths import (
 )
 from mmdistill.core.runtime import versions
 from mmdistill.core.storage import PipelineError, atomic_path, check_writable, save_json, save_text
-from mmdistill.data.datasets import dataset_info
+from mmdistill.data.datasets import dataset_info, resolve_flip
 from mmdistill.distill import methods as registry
+from mmdistill.distill.runs import recorded_settings
 from mmdistill.embed.features import feature_metadata
 from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, table
 from mmdistill.stages import run_stage
@@ -76,12 +83,24 @@ def check_current(run: str, record: dict, expected: dict) -> None:
                                 "the report")
 
 
-def budget(params: dict, full: bool) -> dict:
+def budget(params: dict, full: bool, info: dict) -> dict:
     """The evaluation settings a record holds, as params.yaml has them now."""
     section = "evaluate_full" if full else "evaluate"
     return {"epochs": param(params, f"{section}.epochs", int), "repeats": param(params, f"{section}.repeats", int),
             "augment": param(params, f"{section}.augment", bool), "lr": param(params, "evaluate.lr", float),
-            "batch_size": param(params, "evaluate.batch_size", int), "seed": param(params, "seed", int)}
+            "batch_size": param(params, "evaluate.batch_size", int), "seed": param(params, "seed", int),
+            "flip": param(params, f"{section}.augment", bool) and resolve_flip(param(params, "evaluate.flip"),
+                                                                                "evaluate.flip", info)}
+
+
+# settings that say which form of a method ran (a paper's form or an earlier one): shown beside its name in the table
+FORM_KEYS = ("forgetting_order", "kcenter_start", "full_term", "masked_term", "masked_distance", "memory")
+
+
+def form_label(label: str, settings: dict) -> str:
+    """The table's method cell: `label`, with the FORM_KEYS settings of the run (if any) in brackets."""
+    form = ", ".join(f"{k} {settings[k]}" for k in FORM_KEYS if k in settings)
+    return f"{label} ({form})" if form else label
 
 
 RUN_FILE = re.compile(r"^.+-ipc\d+$")  # core.paths.run_name: {method}-ipc{K}, {method}-latent-ipc{K}
@@ -113,20 +132,23 @@ def main() -> None:
     check_writable(REPORT, ACCURACY_PLOTS, METRICS / "x.json", EVALUATIONS / "x.json")
     ipcs = int_list(params, "distill.ipcs")
     runs = [(method, ipc, latent) for method, latent in registry.enabled(params) for ipc in ipcs]
-    rows = []
+    rows, info = [], None
     for method, ipc, latent in runs:
         run = run_name(method, ipc, latent)
-        record, metrics = evaluation(run, "evaluate")
-        settings = json.loads(json.dumps(registry.resolve(params, method)[0]))  # as the record holds them
-        check_current(run, record, {"distill": settings, **budget(params, full=False)})
+        record, metrics = evaluation(run, "evaluate")  # a missing record is named before the prepared data is read
+        info = info or dataset_info()
+        settings = json.loads(json.dumps(recorded_settings(params, method, info)))  # as the record holds them
+        check_current(run, record, {"distill": settings, **budget(params, False, info)})
         label = f"{method}-latent" if latent else method
-        rows.append((label, str(ipc), {**record, "method": label}, metrics))  # no published row for a latent run
+        # the cell names the form that ran; record "method" keeps the plain name (no published row for a latent run)
+        rows.append((form_label(label, record["distill"]), str(ipc), {**record, "method": label}, metrics))
     full = None  # the record of the whole-train-split row
     if FULL_METRICS.exists():
         full, full_metrics = evaluation("full", "evaluate_full")
-        check_current("full", full, budget(params, full=True))
+        info = info or dataset_info()
+        check_current("full", full, budget(params, True, info))
         rows.append((f"whole train split ({full['train_images']} images)", "—", full, full_metrics))
-    info = dataset_info()
+    info = info or dataset_info()
     first = rows[0][2]
     entry = PUBLISHED.get(info["name"])
     lines = [
@@ -156,9 +178,9 @@ def main() -> None:
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")
     settings_of = {}  # the resolved settings each synthetic set was made with, as its evaluation recorded them
-    for label, _, record, _ in rows:
+    for _, _, record, _ in rows:
         if record["ipc"] is not None:
-            settings_of.setdefault(label, record["distill"])
+            settings_of.setdefault(record["method"], record["distill"])
     for label, section in settings_of.items():
         settings = ", ".join(f"{k} {v}" for k, v in section.items() if not isinstance(v, (dict, list)))
         lines.append(f"- {label}: {settings or 'no settings'}")
@@ -175,7 +197,7 @@ def main() -> None:
         lines.append(f"![{method}{'-latent' if latent else ''}, IPC {ipc}](figures/distilled/"
                      f"{run_name(method, ipc, latent)}.png)")
     save_text("\n".join(lines) + "\n", REPORT)
-    series = accuracy_by_ipc([(label, record, metrics) for label, _, record, metrics in rows
+    series = accuracy_by_ipc([(record["method"], record, metrics) for _, _, record, metrics in rows
                               if record["ipc"] is not None])
     with atomic_path(ACCURACY_PLOTS) as folder:  # the whole folder: series of methods no longer run disappear
         for name, points in series.items():

@@ -52,7 +52,8 @@ def main() -> None:
     # every input is read before anything is written: a bad one changes no output
     events = read_parquet(FORGETTING_EVENTS, ["uid", "label", "forgetting_events", "learned", "misclassified"])
     events_meta = read_parquet_metadata(FORGETTING_EVENTS).get("forgetting", {})
-    forgotten = forgetting_selection(events, class_names, ipcs, forgetting_order)
+    forgotten = {("forgetting", forgetting_order): forgetting_selection(events, class_names, ipcs, forgetting_order),
+                 ("forgetting_most", "most"): forgetting_selection(events, class_names, ipcs, "most")}
 
     scores = np.zeros(len(uids), np.float32)
     inlier = np.ones(len(uids), bool)
@@ -93,10 +94,11 @@ def main() -> None:
     for (coreset, k), chosen in coreset_rows.items():
         write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"{coreset}-ipc{k}.parquet",
                       {"selection": {"method": coreset, "ipc": k, "seed": seed, **how[coreset]}})
-    for k, chosen in forgotten.items():
-        write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"forgetting-ipc{k}.parquet",
-                      {"selection": {"method": "forgetting", "ipc": k, "seed": seed, "order": forgetting_order,
-                                     "events": events_meta}})
+    for (method, order), by_ipc in forgotten.items():  # forgetting_most: the earlier rule, for rows beside it
+        for k, chosen in by_ipc.items():
+            write_parquet(pa.Table.from_pylist(chosen, schema=coreset_schema), SELECTIONS / f"{method}-ipc{k}.parquet",
+                          {"selection": {"method": method, "ipc": k, "seed": seed, "order": order,
+                                         "events": events_meta}})
     print(f"LOF removed {int((~inlier).sum())} of {len(uids)} train images; k-means (+ text prototypes), herding, "
           f"k-center (start: {kcenter_start}) and forgetting ({forgetting_order} forgetting events first) for IPC "
           f"{ipcs}")

@@ -5,6 +5,8 @@ images (`masked_weight`; masks as in masked_dm) with the distance `masked_distan
           synthetic images, over every parameter (mmdistill.distill.losses.squared_distance)
   cosine  DC's per-unit 1 - cosine distance (the earlier form)
 The paper writes Eq. 2 for the masked term only; the full-image term is its DC backbone's gradient matching.
+The method `masked_dc_cosine` is masked_dc under another name with `masked_distance: cosine` in its params block
+(`distill.masked_dc_cosine`), for a side-by-side comparison.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def run(run: Run) -> Synthetic:
     return Synthetic(images, init, history, outputs)
 
 
-METHOD = Method("masked_dc", group="masked", family="gradient", run=run, engine=True,
-                keys={"full_weight": Float(low=0), "masked_weight": Float(low=0),
-                      "masked_distance": Str(*GRADIENT_DISTANCES)})
+# masked_dc_cosine: the same method under a second name, whose params block holds the earlier form (masked_distance
+# cosine), so that both forms can run side by side
+METHODS = {name: Method(name, group="masked", family="gradient", run=run, engine=True,
+                        keys={"full_weight": Float(low=0), "masked_weight": Float(low=0),
+                              "masked_distance": Str(*GRADIENT_DISTANCES)})
+           for name in ("masked_dc", "masked_dc_cosine")}

@@ -6,8 +6,10 @@
   kcenter    per-class greedy k-center coreset of image features (stage `select`; `select.kcenter_start`)
   forgetting per-class train images ranked by forgetting events (stages `forgetting` and `select`;
              `select.forgetting_order`: fewest, as MTT-VL, or most)
+  forgetting_most  the earlier rule, always: the most forgotten train images per class (stage `select` writes
+             this selection whatever `select.forgetting_order` says), for rows beside `forgetting`
 
-kcenter and forgetting record the choice their selection was made with (its metadata) in the output's
+kcenter, forgetting and forgetting_most record the choice their selection was made with (its metadata) in the output's
 `info.settings` as kcenter_start / forgetting_order.
 """
 from __future__ import annotations
@@ -32,5 +34,5 @@ def _selected(method: str):
 METHODS = {
     "random": Method("random", group="selection", family=None, keys={}, run=_random, engine=False),
     **{name: Method(name, group="selection", family=None, keys={}, run=_selected(name), engine=False)
-       for name in ("kmeans", "herding", "kcenter", "forgetting")},
+       for name in ("kmeans", "herding", "kcenter", "forgetting", "forgetting_most")},
 }
