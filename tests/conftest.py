@@ -64,6 +64,7 @@ def tiny_params(source: Path) -> dict:
     # masked_dm's default full term is gradient matching (the paper's "Masked DM (DC)"): the gradient family's
     # settings apply to it; DC's `auto` loops are defined only for IPC 1, 10, 50, not the tiny IPC 2
     params["distill"]["gradient"].update(iterations=2, batch_real=4, outer_loop=2, inner_loop=1)
+    params["distill"]["masked_dm"]["iterations"] = 2  # its own CPU budget (10) overrides the family's
     params["evaluate"].update(epochs=2, repeats=2)
     return params
 

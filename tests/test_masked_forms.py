@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmdistill.core.config import load_params
+from mmdistill.core.config import load_params, read_yaml
 from mmdistill.data.datasets import load_foreground_masks, load_split
 from mmdistill.distill import methods as registry
 from mmdistill.distill.engine import RealBatches
 from mmdistill.distill.initial import random_selection
 from mmdistill.distill.losses import distribution_gap, gradient_match, pairwise_feature_mse
 from mmdistill.nn.nets import make_net
-from tests.conftest import method_run
+from tests.conftest import REPO, method_run
 
 torch.set_num_threads(1)
 
@@ -89,6 +89,11 @@ def test_masked_dm_defaults_are_the_papers_form(annotated):
     settings, where = registry.resolve(params, "masked_dm")
     assert settings["full_term"] == "dc" and settings["masked_term"] == "pairs"
     assert where["net_lr"] == "distill.gradient.net_lr"  # gradient matching on full images: the gradient family
+    # with its own CPU budget (DC's loops at IPC 10 took over a minute per iteration on 2 cores: over 20 minutes at the
+    # gradient family's 20 iterations, over an hour at the distribution family's 200)
+    assert where["iterations"] == "distill.masked_dm.iterations"
+    repo, _ = registry.resolve(read_yaml(REPO / "params.yaml"), "masked_dm")
+    assert (repo["iterations"], repo["outer_loop"], repo["inner_loop"]) == (10, 1, 1)
     block = {"full_weight": 0.0, "iterations": 1, "augment": False, "batch_real": 4}
     params["distill"]["masked_dm"].update(**block, outer_loop=1, inner_loop=1)
     loss, _ = first_masked_loss(params, "masked_dm", 2)
@@ -97,6 +102,8 @@ def test_masked_dm_defaults_are_the_papers_form(annotated):
 
     # the earlier masked_dm: dm's full term, class-mean gap on masked images (the distribution family)
     params = load_params()
+    for key in ("outer_loop", "inner_loop"):  # keys of the gradient family only
+        params["distill"]["masked_dm"].pop(key)
     params["distill"]["masked_dm"].update(**block, full_term="dm", masked_term="class_means")
     loss, settings = first_masked_loss(params, "masked_dm", 2)
     assert settings["lr"] == params["distill"]["distribution"]["lr"]

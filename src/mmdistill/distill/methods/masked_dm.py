@@ -15,6 +15,10 @@ how synthetic images are masked, and this keeps the object region where it start
   class_means  dm's squared distance between class-mean embeddings (the earlier form)
 `full_term: dm` with `masked_term: class_means` is the earlier masked_dm; the method `masked_dm_means` is masked_dm
 under another name with that form in its params block (`distill.masked_dm_means`), for a side-by-side comparison.
+
+Budget: with `full_term: dc` the run is DC's outer/inner loop with the `gradient` family's settings (iterations,
+outer_loop, inner_loop, batch_real, ...), which params.yaml sets to a 2-core CPU budget (20 iterations, paper
+1000); the `distribution` family's 200 iterations of that loop would cost over an hour at IPC 10.
 """
 from __future__ import annotations
 
