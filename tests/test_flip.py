@@ -28,6 +28,10 @@ def test_dataset_default():
     assert default_flip("fashion_mnist", 1) is False
     assert default_flip("cifar10", 3) is True and default_flip("imagenette", 3) is True
     assert default_flip("image_folder", 3) is True and default_flip("image_folder", 1) is False
+    # the image-text sets: made from Fashion-MNIST (scenes' captions also name left/right positions) no flip;
+    # karpathy's colour photos flip
+    assert default_flip("fashion_mnist_captions", 1) is False and default_flip("scenes", 3) is False
+    assert default_flip("karpathy", 3) is True
 
 
 def test_resolve_flip_follows_the_dataset_unless_set():
