@@ -217,9 +217,10 @@ def test_buffer_saves_every_epoch_and_resumes_to_the_same_bytes(tmp_path):
 # ---- pair sets and evaluation --------------------------------------------------------------------------------
 
 def test_pair_set_names_and_subsets():
-    assert parse_pair_set("full", 10) is None and parse_pair_set("random-4", 10) == 4
-    for bad in ("random-0", "random", "kmeans-3", "../x"):
-        with pytest.raises(PipelineError, match="expected 'full' or 'random-N'"):
+    assert parse_pair_set("full", 10) == ("full", None) and parse_pair_set("random-4", 10) == ("random", 4)
+    assert parse_pair_set("mttvl-10", 10) == ("mttvl", 10)
+    for bad in ("random-0", "random", "kmeans-3", "../x", "mttvl-1/../x"):
+        with pytest.raises(PipelineError, match="expected 'full', 'random-N'"):
             parse_pair_set(bad, 10)
     with pytest.raises(PipelineError, match="11 pairs requested.*10 images"):
         parse_pair_set("random-11", 10)
@@ -282,3 +283,77 @@ def test_stages_embed_pairs_buffer_evaluate_retrieval(project, tmp_path, monkeyp
     assert record["chance"]["test"]["ir_r1"] == pytest.approx(100 / 3)
     with pytest.raises(PipelineError, match="7 pairs requested"):
         run_stage("evaluate_retrieval", "--pairs", "random-7")
+
+    # mttvl: distil 3 pairs against the buffer, kill after iteration 2, resume: the same bytes
+    from mmdistill.core.config import load_params
+    from mmdistill.stages.distill_pairs import distill_pairs
+    set_params(project, **{"imagetext.distill_sets": ["mttvl-3"], "imagetext.mttvl.iterations": 3,
+                           "imagetext.mttvl.expert_epochs": 1, "imagetext.mttvl.max_start_epoch": 1,
+                           "imagetext.mttvl.syn_steps": 2, "imagetext.mttvl.checkpoint_every": 1,
+                           "imagetext.mttvl.lr_images": 0.1, "imagetext.mttvl.lr_texts": 0.1})
+    run_stage("distill_pairs", "--pairs", "mttvl-3")
+    whole = Path("data/distilled_pairs/mttvl-3.pt").read_bytes()
+    saved = load_tensors("data/distilled_pairs/mttvl-3.pt")
+    assert saved["images"].shape == (3, 3, 16, 16) and saved["texts"].shape == (3, 12) and len(saved["loss"]) == 3
+    assert len(Path("outputs/plots/loss/mttvl-3.tsv").read_text().splitlines()) == 4
+
+    class Killed(Exception):
+        pass
+
+    def kill(done):
+        if done == 2:
+            raise Killed
+    Path("data/distilled_pairs/mttvl-3.pt").unlink()
+    with pytest.raises(Killed):
+        distill_pairs("mttvl-3", load_params(), resume=False, on_iteration=kill)
+    run_stage("distill_pairs", "--pairs", "mttvl-3", "--resume")
+    assert Path("data/distilled_pairs/mttvl-3.pt").read_bytes() == whole
+    assert len(Path("outputs/plots/loss/mttvl-3.tsv").read_text().splitlines()) == 4
+    run_stage("evaluate_retrieval", "--pairs", "mttvl-3")
+    record = json.loads(Path("outputs/evaluate/retrieval-mttvl-3.json").read_text())
+    assert record["train_images"] == 3 and record["student_lr"] == pytest.approx(float(saved["lr"]))
+    set_params(project, **{"imagetext.mttvl.expert_epochs": 2})
+    with pytest.raises(PipelineError, match="exceed the buffer's 2 expert epochs"):
+        run_stage("distill_pairs", "--pairs", "mttvl-3")
+
+
+# ---- bi-trajectory matching (MTT-VL Eq. 4) -------------------------------------------------------------------
+
+def test_trajectory_loss_is_normalised_per_side():
+    from mmdistill.distill.trajectory_matching import trajectory_loss
+    start = {"param.image_proj.weight": torch.zeros(2, 2), "param.text_proj.weight": torch.zeros(3),
+             "buffer.image_encoder.bn.running_mean": torch.zeros(2)}
+    target = {"param.image_proj.weight": torch.ones(2, 2), "param.text_proj.weight": torch.full((3,), 2.0),
+              "buffer.image_encoder.bn.running_mean": torch.ones(2)}
+    assert float(trajectory_loss(target, start, target)) == 0.0
+    assert float(trajectory_loss(start, start, target)) == pytest.approx(2.0)      # 1 per side
+    halfway = {k: v / 2 for k, v in target.items()}
+    assert float(trajectory_loss(halfway, start, target)) == pytest.approx(0.5)
+    with pytest.raises(PipelineError, match="did not move"):
+        trajectory_loss(start, start, start)
+
+
+def test_distill_step_reaches_pixels_texts_and_alpha(tmp_path):
+    from mmdistill.distill.experts import load_trajectory
+    from mmdistill.distill.trajectory_matching import distill_step
+    p, pairs, cpu = params(), tiny_pairs(size=8), torch.device("cpu")
+    train_experts(p, pairs, cpu, resume=False, root=tmp_path / "buf", checkpoints=tmp_path / "ck")
+    trajectories = [load_trajectory(e, tmp_path / "buf") for e in range(2)]
+    model = build_pair_model(p, 1, 8, [0.5], [0.25], 6, seed=0)
+    images = pairs["images"][:4].clone().requires_grad_(True)
+    texts = pairs["texts"][::2][:4].clone().requires_grad_(True)
+    alpha = torch.tensor(0.01, requires_grad=True)
+    opt = torch.optim.SGD([images, texts, alpha], lr=1e-3)
+
+    def loss_at(seed):
+        return distill_step(model, trajectories, images, texts, alpha, max_start_epoch=1, expert_epochs=2,
+                            syn_steps=2, batch_size=4, generator=torch.Generator().manual_seed(seed))
+    loss = loss_at(0)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert all(t.grad is not None and float(t.grad.abs().sum()) > 0 for t in (images, texts, alpha))
+    opt.step()
+    assert loss_at(0).item() < loss.item()                # a small step down the gradient lowers Eq. 4
+    with pytest.raises(PipelineError, match="more than the buffer's 3 epochs"):
+        distill_step(model, trajectories, images, texts, alpha, max_start_epoch=1, expert_epochs=4, syn_steps=1,
+                     batch_size=4, generator=torch.Generator())

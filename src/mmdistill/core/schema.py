@@ -212,6 +212,7 @@ def schema() -> dict:
         "imagetext": {
             "stages": List(Str("on")),
             "pair_sets": List(NAME, unique=True),   # full | random-N, checked by mmdistill.data.pairs
+            "distill_sets": List(NAME, unique=True),  # mttvl-N, checked by mmdistill.data.pairs
             "text_encoder": names(TEXT_ENCODERS),
             "batch_size": COUNT,
             "model": {
@@ -235,6 +236,19 @@ def schema() -> dict:
                 "lr": RATE,
                 "momentum": Float(low=0, below=1),
                 "batch_size": Int(low=2),               # a contrastive batch needs a negative
+            },
+            "mttvl": {
+                "iterations": COUNT,
+                "syn_steps": COUNT,
+                "expert_epochs": COUNT,
+                "max_start_epoch": Int(low=0),
+                "batch_syn": Int(low=2),
+                "lr_images": RATE,
+                "lr_texts": RATE,
+                "lr_alpha": RATE,
+                "alpha0": RATE,
+                "momentum": Float(low=0, below=1),
+                "checkpoint_every": COUNT,
             },
             "evaluate": {
                 "repeats": COUNT,

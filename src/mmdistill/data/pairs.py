@@ -20,7 +20,8 @@ from mmdistill.core.storage import PipelineError, load_tensors, read_parquet
 from mmdistill.data.datasets import SPLITS, load_split
 
 PAIR_TEXT = Path("data/pair_text")
-PAIR_SET = re.compile(r"^(full|random-([1-9][0-9]*))$")
+PAIR_SET = re.compile(r"^(full|(random|mttvl)-([1-9][0-9]*))$")
+DISTILLED_PAIRS = Path("data/distilled_pairs")      # stage distill_pairs: {run}.pt, run = mttvl-N
 
 
 def pair_text_path(split: str) -> Path:
@@ -60,17 +61,31 @@ def load_pairs(split: str, root=PREPARED, text_root=PAIR_TEXT) -> dict:
             "mean": images.mean, "std": images.std}
 
 
-def parse_pair_set(name: str, n_train: int) -> int | None:
-    """The pair count of a pair-set name (`full` -> None, `random-N` -> N), checked against the train split."""
+def parse_pair_set(name: str, n_train: int) -> tuple[str, int | None]:
+    """(kind, pair count) of a pair-set name: `full` -> ("full", None), `random-N` -> ("random", N) (N train images
+    drawn at random, with all their captions), `mttvl-N` -> ("mttvl", N) (stage distill_pairs' N synthetic pairs);
+    N is checked against the train split."""
     match = PAIR_SET.match(name)
     if not match:
-        raise PipelineError(f"pair set {name!r}: expected 'full' or 'random-N' (N train pairs drawn at random)")
+        raise PipelineError(f"pair set {name!r}: expected 'full', 'random-N' (N train pairs drawn at random) or "
+                            "'mttvl-N' (N pairs distilled by stage distill_pairs)")
     if match.group(2) is None:
-        return None
-    n = int(match.group(2))
+        return "full", None
+    n = int(match.group(3))
     if n > n_train:
         raise PipelineError(f"pair set {name!r}: {n} pairs requested, but the train split holds {n_train} images")
-    return n
+    return match.group(2), n
+
+
+def distilled_pairs_path(run: str) -> Path:
+    return DISTILLED_PAIRS / f"{run}.pt"
+
+
+def load_distilled_pairs(run: str) -> dict:
+    """Stage distill_pairs' set as a pair split (one text per image) plus its learned student learning rate."""
+    saved = load_tensors(distilled_pairs_path(run))
+    return {"images": saved["images"].float(), "texts": saved["texts"].float(),
+            "image_of_text": torch.arange(len(saved["images"])), "lr": float(saved["lr"])}
 
 
 def subset(pairs: dict, n: int | None, seed: int) -> dict:

@@ -2,9 +2,11 @@
 
     python -m mmdistill.stages.evaluate_retrieval --pairs full        # upper bound: every train pair
     python -m mmdistill.stages.evaluate_retrieval --pairs random-100  # 100 train images (seeded) with their captions
+    python -m mmdistill.stages.evaluate_retrieval --pairs mttvl-100   # stage distill_pairs' 100 synthetic pairs
 
 run = `retrieval-{pairs}`. `imagetext.evaluate.repeats` students (the pair model of `imagetext.model`, seeds seed,
-seed+1, ...) are trained `imagetext.evaluate.epochs` epochs on the pair set only (SGD on InfoNCE), then scored on
+seed+1, ...) are trained `imagetext.evaluate.epochs` epochs on the pair set only (SGD on InfoNCE; a distilled set
+is trained at its learned learning rate alpha, as MTT-VL, instead of `imagetext.evaluate.lr`), then scored on
 val and test with recall@1/5/10 both ways (rule: mmdistill.evaluate.retrieval). The budget is fixed: no early
 stopping, no choice on val or test.
 
@@ -20,7 +22,7 @@ from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import EVALUATIONS, METRICS
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import check_writable, save_json
-from mmdistill.data.pairs import load_pairs, parse_pair_set, subset
+from mmdistill.data.pairs import load_distilled_pairs, load_pairs, parse_pair_set, subset
 from mmdistill.evaluate.retrieval import chance_recall, evaluate_pair_set
 from mmdistill.nn.contrastive import build_pair_model
 from mmdistill.stages import ArgumentParser, run_stage
@@ -32,8 +34,14 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
     seed_everything(seed)
     device = resolve_device(params)
     train = load_pairs("train")
-    n = parse_pair_set(pairs_name, len(train["images"]))
-    train = subset(train, n, seed)
+    kind, n = parse_pair_set(pairs_name, len(train["images"]))
+    lr = param(params, "imagetext.evaluate.lr", float)
+    if kind == "mttvl":
+        distilled = load_distilled_pairs(pairs_name)
+        lr = distilled.pop("lr")
+        train = {**train, **distilled}
+    else:
+        train = subset(train, n, seed)
     splits = {s: load_pairs(s) for s in ("val", "test")}
     block = "imagetext.evaluate"
     encoder = param(params, "imagetext.model.image_encoder", str)
@@ -44,12 +52,12 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
 
     summary, per_repeat = evaluate_pair_set(
         make_model, train, splits, repeats=positive(params, f"{block}.repeats"), seed=seed,
-        epochs=positive(params, f"{block}.epochs"), lr=param(params, f"{block}.lr", float),
+        epochs=positive(params, f"{block}.epochs"), lr=lr,
         momentum=param(params, f"{block}.momentum", float), batch_size=positive(params, f"{block}.batch_size"),
         device=device)
     metrics = {encoder: {f"{split}_{k}": v for split in ("test", "val") for k, v in summary[split].items()}}
     record = {"pairs": pairs_name, "train_images": len(train["images"]), "train_texts": len(train["texts"]),
-              "recalls": per_repeat, "chance": {s: chance_recall(d["image_of_text"], len(d["images"]))
+              "recalls": per_repeat, "student_lr": lr, "chance": {s: chance_recall(d["image_of_text"], len(d["images"]))
                                                 for s, d in splits.items()},
               "model": params["imagetext"]["model"], "evaluate": params["imagetext"]["evaluate"], "seed": seed,
               "dataset": param(params, "prepare.dataset", str), "versions": versions()}
@@ -58,7 +66,7 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", required=True, help="full | random-N")
+    parser.add_argument("--pairs", required=True, help="full | random-N | mttvl-N")
     args = parser.parse_args()
     params = load_params()
     run = f"retrieval-{args.pairs}"
