@@ -113,19 +113,19 @@ def test_info_nce_is_symmetric_and_prefers_matching_pairs():
 
 
 def test_convnet3_pair_model_trains_and_exposes_its_trainable_state():
-    pairs = tiny_pairs()
-    model = build_pair_model(params(), 1, 16, [0.5], [0.25], 6, seed=0)
+    pairs = tiny_pairs(size=8, captions=1)
+    model = build_pair_model(params(), 1, 8, [0.5], [0.25], 6, seed=0)
     state = trainable_state(model)
     assert any(k.startswith("param.image_encoder.") for k in state)
     assert {"param.image_proj.weight", "param.text_proj.weight"} <= set(state)
     assert not any("classifier" in k for k in state)
-    same = build_pair_model(params(), 1, 16, [0.5], [0.25], 6, seed=0)
+    same = build_pair_model(params(), 1, 8, [0.5], [0.25], 6, seed=0)
     assert all(torch.equal(v, trainable_state(same)[k]) for k, v in state.items())   # seeded init
-    first = model(pairs["images"], pairs["texts"][::2]).item()
+    first = model(pairs["images"], pairs["texts"]).item()
     from mmdistill.nn.contrastive import train_pairs
     train_pairs(model, pairs["images"], pairs["texts"], pairs["image_of_text"], 8, torch.device("cpu"), lr=0.05,
                 momentum=0.9, batch_size=8, generator=torch.Generator().manual_seed(0))
-    assert model(pairs["images"], pairs["texts"][::2]).item() < first
+    assert model(pairs["images"], pairs["texts"]).item() < first
 
 
 def test_unknown_image_encoder_is_named():
@@ -135,6 +135,18 @@ def test_unknown_image_encoder_is_named():
         validate(p, schema())
     with pytest.raises(PipelineError, match="resnet9000"):
         build_pair_model(p, 1, 16, [0.5], [0.25], 6, seed=0)
+
+
+def test_efficientnet_encoder_sees_what_the_pretrained_model_sees():
+    """Dataset-normalised images are mapped back to the pip model's own input normalisation."""
+    from mmdistill.nn.pretrained import EfficientNetLite0
+    p = params(**{"imagetext.model.image_encoder": "efficientnet_lite0", "imagetext.model.input_size": 32})
+    model = build_pair_model(p, 1, 16, [0.3], [0.2], 6, seed=0).eval()
+    uint8 = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
+    ours = model.image_encoder((uint8.float() / 255 - 0.3) / 0.2)
+    reference = EfficientNetLite0(torch.device("cpu"), input_size=32).features(uint8)
+    assert torch.allclose(torch.nn.functional.normalize(ours, dim=1), reference, atol=1e-4)
+    assert ours.shape == (2, 1280) and not any(".classifier" in k or "_fc" in k for k in trainable_state(model))
 
 
 def save_tiny_timm(folder: Path, arch: str, **kwargs):

@@ -65,16 +65,16 @@ def train_experts(params: dict, pairs: dict, device, *, resume: bool, root=BUFFE
     for e in range(experts):
         ckpt_path = checkpoints / f"expert-{e:03d}.pt"
         model = build_pair_model(params, pairs["channels"], pairs["image_size"], pairs["mean"], pairs["std"],
-                                 pairs["texts"].shape[1], param(params, "seed", int) + e)
+                                 pairs["texts"].shape[1], param(params, "seed", int) + e).to(device)
         gen = torch.Generator().manual_seed(param(params, "seed", int) + e)
-        params_ = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params_, lr=lr, momentum=momentum)
+        # on the device before the optimiser exists: a resumed momentum buffer is loaded next to its parameter
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
         start = 0
         if resume and ckpt_path.exists():
             ckpt = load_tensors(ckpt_path)
             if ckpt["fingerprint"] != key:
                 raise PipelineError(f"{ckpt_path} was made under other settings; run without --resume to start over")
-            model.load_state_dict(ckpt["model"])
+            model.load_state_dict(ckpt["model"])  # copies into the device tensors
             opt.load_state_dict(ckpt["optimizer"])
             gen.set_state(ckpt["generator"])
             start = ckpt["epoch"]
