@@ -236,6 +236,12 @@ def test_pair_set_names_and_subsets():
             parse_pair_set(bad, 10)
     with pytest.raises(PipelineError, match="11 pairs requested.*10 images"):
         parse_pair_set("random-11", 10)
+    from mmdistill.data.pairs import check_set_lists
+    check_set_lists({"imagetext": {"pair_sets": ["full", "random-3"], "distill_sets": ["mttvl-3"]}})
+    with pytest.raises(PipelineError, match="'imagetext.pair_sets' lists 'mttvl-3'.*distill_sets"):
+        check_set_lists({"imagetext": {"pair_sets": ["mttvl-3"], "distill_sets": []}})
+    with pytest.raises(PipelineError, match="'imagetext.distill_sets' lists 'full'"):
+        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": ["full"]}})
     pairs = tiny_pairs(n=6, captions=3)
     sub = subset(pairs, 2, seed=0)
     assert len(sub["images"]) == 2 and sub["image_of_text"].tolist() == [0, 0, 0, 1, 1, 1]
@@ -369,3 +375,12 @@ def test_distill_step_reaches_pixels_texts_and_alpha(tmp_path):
     with pytest.raises(PipelineError, match="more than the buffer's 3 epochs"):
         distill_step(model, trajectories, images, texts, alpha, max_start_epoch=1, expert_epochs=4, syn_steps=1,
                      batch_size=4, generator=torch.Generator())
+
+
+def test_embed_pairs_names_an_image_without_captions(project, monkeypatch):
+    from mmdistill.embed import features
+    monkeypatch.setitem(features.TEXT_ENCODERS, "minilm", lambda params, device: HashEncoder())
+    run_stage("prepare")                                   # plain Fashion-MNIST: no captions
+    with pytest.raises(PipelineError, match=r"image \S+ has no captions.*image-text dataset"):
+        run_stage("embed_pairs")
+    assert not Path("data/pair_text").exists()

@@ -77,6 +77,18 @@ def parse_pair_set(name: str, n_train: int) -> tuple[str, int | None]:
     return match.group(2), n
 
 
+def check_set_lists(params: dict) -> None:
+    """`imagetext.pair_sets` lists full / random-N sets and `imagetext.distill_sets` mttvl-N runs (dvc.yaml gives
+    the two lists different stages: a distilled set's evaluation depends on its distill_pairs output)."""
+    for key, kinds in (("pair_sets", ("full", "random")), ("distill_sets", ("mttvl",))):
+        for name in params["imagetext"][key]:
+            kind, _ = parse_pair_set(name, 2**62)
+            if kind not in kinds:
+                raise PipelineError(f"param 'imagetext.{key}' lists {name!r}; it takes {' / '.join(kinds)} sets "
+                                    f"({'imagetext.distill_sets' if key == 'pair_sets' else 'imagetext.pair_sets'} "
+                                    "takes the others)")
+
+
 def distilled_pairs_path(run: str) -> Path:
     return DISTILLED_PAIRS / f"{run}.pt"
 

@@ -26,7 +26,7 @@ from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import checkpoint, distill_log
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import PipelineError, check_writable, load_tensors, save_tensors
-from mmdistill.data.pairs import distilled_pairs_path, load_pairs, parse_pair_set
+from mmdistill.data.pairs import check_set_lists, distilled_pairs_path, load_pairs, parse_pair_set
 from mmdistill.distill.engine import LossLog, digest
 from mmdistill.distill.experts import BUFFER, load_trajectory
 from mmdistill.distill.trajectory_matching import PairDistiller, initial_pairs
@@ -38,6 +38,7 @@ def distill_pairs(run: str, params: dict, resume: bool, on_iteration=None, buffe
     """The mttvl run `run` (mttvl-N) -> what it wrote. `on_iteration(done)` runs after each iteration's checkpoint
     (tests interrupt there)."""
     block = "imagetext.mttvl"
+    check_set_lists(params)
     train = load_pairs("train")
     kind, n = parse_pair_set(run, len(train["images"]))
     if kind != "mttvl":

@@ -22,7 +22,7 @@ from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import EVALUATIONS, METRICS
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import check_writable, save_json
-from mmdistill.data.pairs import load_distilled_pairs, load_pairs, parse_pair_set, subset
+from mmdistill.data.pairs import check_set_lists, load_distilled_pairs, load_pairs, parse_pair_set, subset
 from mmdistill.evaluate.retrieval import chance_recall, evaluate_pair_set
 from mmdistill.nn.contrastive import build_pair_model
 from mmdistill.stages import ArgumentParser, run_stage
@@ -30,6 +30,7 @@ from mmdistill.stages import ArgumentParser, run_stage
 
 def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
     parse_pair_set(pairs_name, 2**62)  # the name's form, before any data loads
+    check_set_lists(params)
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)
