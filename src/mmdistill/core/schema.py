@@ -47,6 +47,7 @@ def schema() -> dict:
     from mmdistill.data.synthetic import GRID, LABEL_TEMPLATES
     from mmdistill.embed.features import IMAGE_ENCODERS, TEXT_ENCODERS
     from mmdistill.nn.caption_head import HEADS, TARGETS
+    from mmdistill.nn.contrastive import IMAGE_ENCODERS as PAIR_IMAGE_ENCODERS
     from mmdistill.selection.coresets import FORGETTING_ORDERS, KCENTER_STARTS, PAIR_CORESETS, PDS_FEATURES
     net = net_name()
     return {
@@ -210,6 +211,55 @@ def schema() -> dict:
             },
         },
         "distill": methods.schema(),
+        "imagetext": {
+            "stages": List(Str("on")),
+            "pair_sets": List(NAME, unique=True),   # full | random-N, checked by mmdistill.data.pairs
+            "distill_sets": List(NAME, unique=True),  # mttvl-N, checked by mmdistill.data.pairs
+            "text_encoder": names(TEXT_ENCODERS),
+            "batch_size": COUNT,
+            "model": {
+                "image_encoder": names(PAIR_IMAGE_ENCODERS),
+                "dim": COUNT,
+                "temperature": Float(above=0),
+                "input_size": Int(low=0),               # 0 = the prepared size
+                "timm": {
+                    "nfnet_l0": NAME,
+                    "vit": NAME,
+                },
+                "lora": {
+                    "rank": COUNT,
+                    "alpha": Float(above=0),
+                    "targets": List(Str(empty=False), min_items=1, unique=True),
+                },
+            },
+            "buffer": {
+                "experts": COUNT,
+                "expert_epochs": COUNT,
+                "lr": RATE,
+                "momentum": Float(low=0, below=1),
+                "batch_size": Int(low=2),               # a contrastive batch needs a negative
+            },
+            "mttvl": {
+                "iterations": COUNT,
+                "syn_steps": COUNT,
+                "expert_epochs": COUNT,
+                "max_start_epoch": Int(low=0),
+                "batch_syn": Int(low=2),
+                "lr_images": RATE,
+                "lr_texts": RATE,
+                "lr_alpha": RATE,
+                "alpha0": RATE,
+                "momentum": Float(low=0, below=1),
+                "checkpoint_every": COUNT,
+            },
+            "evaluate": {
+                "repeats": COUNT,
+                "epochs": COUNT,
+                "lr": RATE,
+                "momentum": Float(low=0, below=1),
+                "batch_size": Int(low=2),
+            },
+        },
         "vae": {
             "block_out_channels": List(COUNT, min_items=1),
             "latent_channels": COUNT,

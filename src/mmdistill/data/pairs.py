@@ -1,0 +1,112 @@
+"""Image-text pairs of the prepared splits, and the frozen text features of their captions (stage embed_pairs).
+
+A pair split, as the pair model and the retrieval code take it:
+    {"images": float N x C x H x W (dataset-normalised), "texts": float T x D (caption embeddings),
+     "image_of_text": int64 T (the image each caption belongs to)}
+
+data/pair_text/{split}.pt (stage embed_pairs): {"embeddings": float32 T x D, "image_of_text": int64 T,
+"uids": the split's image uids in prepared order, "encoder": name, "dim": D}. Captions are the prepared
+`captions` column (all of them, in order), embedded once with `imagetext.text_encoder`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from mmdistill.core.paths import PREPARED
+from mmdistill.core.storage import PipelineError, load_tensors, read_parquet
+from mmdistill.data.datasets import SPLITS, load_split
+
+PAIR_TEXT = Path("data/pair_text")
+PAIR_SET = re.compile(r"^(full|(random|mttvl)-([1-9][0-9]*))$")
+DISTILLED_PAIRS = Path("data/distilled_pairs")      # stage distill_pairs: {run}.pt, run = mttvl-N
+
+
+def pair_text_path(split: str) -> Path:
+    return PAIR_TEXT / f"{split}.pt"
+
+
+def read_captions(split: str, root=PREPARED) -> tuple[list[str], list[list[str]]]:
+    """(uids, captions of each image) of a prepared split; an image without captions is an error naming it."""
+    if split not in SPLITS:
+        raise PipelineError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    table = read_parquet(Path(root) / split, ["uid", "captions"])
+    uids, captions = table["uid"].to_pylist(), table["captions"].to_pylist()
+    for uid, caps in zip(uids, captions):
+        if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise PipelineError(f"{root}/{split}: image {uid} has no captions (or an empty one); image-text stages "
+                                "need a prepared image-text dataset (prepare.dataset fashion_mnist_captions, "
+                                "scenes or karpathy)")
+    return uids, captions
+
+
+def flatten(captions: list[list[str]]) -> tuple[list[str], torch.Tensor]:
+    texts = [c for caps in captions for c in caps]
+    image_of_text = torch.repeat_interleave(torch.arange(len(captions)), torch.tensor([len(c) for c in captions]))
+    return texts, image_of_text
+
+
+def load_pairs(split: str, root=PREPARED, text_root=PAIR_TEXT) -> dict:
+    """A pair split: prepared images with stage embed_pairs' caption embeddings (checked to be of the same images)."""
+    images = load_split(split, root)
+    text = load_tensors(Path(text_root) / f"{split}.pt")
+    if list(text["uids"]) != list(images.uids):
+        raise PipelineError(f"{text_root}/{split}.pt was embedded from other images than data/prepared/{split}; "
+                            "re-run stage embed_pairs")
+    return {"images": images.normalized(), "texts": text["embeddings"].float(),
+            "image_of_text": text["image_of_text"].long(), "uids": images.uids,
+            "channels": images.images.shape[1], "image_size": images.images.shape[-1],
+            "mean": images.mean, "std": images.std}
+
+
+def parse_pair_set(name: str, n_train: int) -> tuple[str, int | None]:
+    """(kind, pair count) of a pair-set name: `full` -> ("full", None), `random-N` -> ("random", N) (N train images
+    drawn at random, with all their captions), `mttvl-N` -> ("mttvl", N) (stage distill_pairs' N synthetic pairs);
+    N is checked against the train split."""
+    match = PAIR_SET.match(name)
+    if not match:
+        raise PipelineError(f"pair set {name!r}: expected 'full', 'random-N' (N train pairs drawn at random) or "
+                            "'mttvl-N' (N pairs distilled by stage distill_pairs)")
+    if match.group(2) is None:
+        return "full", None
+    n = int(match.group(3))
+    if n > n_train:
+        raise PipelineError(f"pair set {name!r}: {n} pairs requested, but the train split holds {n_train} images")
+    return match.group(2), n
+
+
+def check_set_lists(params: dict) -> None:
+    """`imagetext.pair_sets` lists full / random-N sets and `imagetext.distill_sets` mttvl-N runs (dvc.yaml gives
+    the two lists different stages: a distilled set's evaluation depends on its distill_pairs output)."""
+    for key, kinds in (("pair_sets", ("full", "random")), ("distill_sets", ("mttvl",))):
+        for name in params["imagetext"][key]:
+            kind, _ = parse_pair_set(name, 2**62)
+            if kind not in kinds:
+                raise PipelineError(f"param 'imagetext.{key}' lists {name!r}; it takes {' / '.join(kinds)} sets "
+                                    f"({'imagetext.distill_sets' if key == 'pair_sets' else 'imagetext.pair_sets'} "
+                                    "takes the others)")
+
+
+def distilled_pairs_path(run: str) -> Path:
+    return DISTILLED_PAIRS / f"{run}.pt"
+
+
+def load_distilled_pairs(run: str) -> dict:
+    """Stage distill_pairs' set as a pair split (one text per image) plus its learned student learning rate."""
+    saved = load_tensors(distilled_pairs_path(run))
+    return {"images": saved["images"].float(), "texts": saved["texts"].float(),
+            "image_of_text": torch.arange(len(saved["images"])), "lr": float(saved["lr"])}
+
+
+def subset(pairs: dict, n: int | None, seed: int) -> dict:
+    """`n` images drawn at random (seeded) with ALL their captions; None = every pair."""
+    if n is None:
+        return pairs
+    keep = torch.sort(torch.randperm(len(pairs["images"]), generator=torch.Generator().manual_seed(seed))[:n]).values
+    new_index = torch.full((len(pairs["images"]),), -1, dtype=torch.long)
+    new_index[keep] = torch.arange(n)
+    mask = new_index[pairs["image_of_text"]] >= 0
+    return {**pairs, "images": pairs["images"][keep], "texts": pairs["texts"][mask],
+            "image_of_text": new_index[pairs["image_of_text"][mask]], "uids": [pairs["uids"][i] for i in keep.tolist()]}

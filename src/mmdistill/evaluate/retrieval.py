@@ -1,0 +1,114 @@
+"""Image-text retrieval: recall@K both ways, the random-ranking bound, and students trained on a pair set.
+
+Recall rule (the standard multi-caption protocol of Flickr30K/COCO, MTT-VL §4 and PDS §4.1):
+  - text retrieval (TR, image -> text): an image's query is a hit at K if ANY of its own captions is among the K
+    highest-scoring captions;
+  - image retrieval (IR, text -> image): a caption's query is a hit at K if its own image is among the K
+    highest-scoring images.
+Ties never count as hits: the rank of the (best) correct candidate is 1 + the number of WRONG candidates scoring
+greater than OR EQUAL to it, so a wrong candidate tied with the correct one at the K-th place makes a miss (a
+constant score matrix scores 0, never the luck of a sort order). Other correct captions tied with or above the
+best one do not push it down. Recall is in % of queries.
+
+`chance_recall` is the expected recall of a uniformly random ranking (the lower bound of MTT-VL Table 3): TR
+1 - C(T - m, K) / C(T, K) for an image with m of the T captions, averaged over images; IR K / N.
+
+`evaluate_pair_set` trains `repeats` fresh students (seeds seed, seed+1, ...) on a pair set for a fixed budget
+(no early stopping and no choice of any kind: val and test are only scored), then scores val and test.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from mmdistill.core.storage import PipelineError
+
+KS = (1, 5, 10)
+
+
+def _check(scores: torch.Tensor, image_of_text: torch.Tensor) -> None:
+    if scores.dim() != 2 or scores.shape[1] != len(image_of_text):
+        raise PipelineError(f"retrieval: scores {tuple(scores.shape)} do not match {len(image_of_text)} captions")
+    if not bool(torch.isfinite(scores).all()):
+        raise PipelineError("retrieval: the similarity matrix holds NaN or inf (a diverged student?)")
+    if len(image_of_text) and (int(image_of_text.min()) < 0 or int(image_of_text.max()) >= scores.shape[0]):
+        raise PipelineError("retrieval: a caption points to no image")
+    counts = torch.bincount(image_of_text, minlength=scores.shape[0])
+    if bool((counts == 0).any()):
+        raise PipelineError(f"retrieval: image {int((counts == 0).nonzero()[0, 0])} has no caption")
+
+
+def ranks(scores: torch.Tensor, image_of_text) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pessimistic 1-based ranks: (of each image's best own caption among the captions, of each caption's own
+    image among the images). `scores[i, t]` is the similarity of image i and caption t."""
+    image_of_text = torch.as_tensor(image_of_text, dtype=torch.long)
+    _check(scores, image_of_text)
+    n_images, n_texts = scores.shape
+    own = torch.zeros(n_images, n_texts, dtype=torch.bool)
+    own[image_of_text, torch.arange(n_texts)] = True
+    best_own = scores.masked_fill(~own, -math.inf).max(dim=1, keepdim=True).values
+    tr = 1 + ((scores >= best_own) & ~own).sum(dim=1)
+    own_score = scores[image_of_text, torch.arange(n_texts)]
+    ir = 1 + ((scores >= own_score.unsqueeze(0)) & ~own).sum(dim=0)
+    return tr, ir
+
+
+def recall(scores: torch.Tensor, image_of_text, ks=KS) -> dict:
+    """{tr_r1, tr_r5, tr_r10, ir_r1, ...} in % (rule in the module docstring)."""
+    tr, ir = ranks(scores.float().cpu(), image_of_text)
+    out = {}
+    for k in ks:
+        out[f"tr_r{k}"] = 100.0 * float((tr <= k).float().mean())
+        out[f"ir_r{k}"] = 100.0 * float((ir <= k).float().mean())
+    return out
+
+
+def chance_recall(image_of_text, n_images: int, ks=KS) -> dict:
+    """Expected recall (%) of a uniformly random ranking, both ways."""
+    counts = np.bincount(np.asarray(image_of_text), minlength=n_images)
+    n_texts = int(counts.sum())
+    out = {}
+    for k in ks:
+        miss = [math.comb(n_texts - m, k) / math.comb(n_texts, k) if k <= n_texts else 0.0 for m in counts]
+        out[f"tr_r{k}"] = 100.0 * (1.0 - float(np.mean(miss)))
+        out[f"ir_r{k}"] = 100.0 * min(k, n_images) / n_images
+    return out
+
+
+@torch.no_grad()
+def similarity(model, images: torch.Tensor, texts: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """Cosine similarities (images x texts) of a pair model's two projections, on CPU."""
+    model.eval()
+    img = torch.cat([model.encode_images(images[s:s + batch_size].to(device)).cpu()
+                     for s in range(0, len(images), batch_size)])
+    txt = torch.cat([model.encode_texts(texts[s:s + batch_size].to(device)).cpu()
+                     for s in range(0, len(texts), batch_size)])
+    model.train()
+    return img @ txt.T
+
+
+def summarize(runs: list[dict]) -> dict:
+    """{metric}_mean and {metric}_std (population std) over repeats."""
+    out = {}
+    for key in runs[0]:
+        values = np.array([r[key] for r in runs])
+        out[f"{key}_mean"], out[f"{key}_std"] = float(values.mean()), float(values.std())
+    return out
+
+
+def evaluate_pair_set(make_model, train: dict, splits: dict, *, repeats: int, seed: int, epochs: int, lr: float,
+                      momentum: float, batch_size: int, device) -> tuple[dict, list[dict]]:
+    """Train `repeats` students `make_model(seed)` on `train` (images, texts, image_of_text) and score each split of
+    `splits` ({name: same dict}) -> ({split: summary}, per-repeat {split: recall}). Budget fixed: nothing is chosen
+    on any split."""
+    from mmdistill.nn.contrastive import train_pairs
+    per_repeat = []
+    for r in range(repeats):
+        model = make_model(seed + r)
+        train_pairs(model, train["images"], train["texts"], train["image_of_text"], epochs, device, lr=lr,
+                    momentum=momentum, batch_size=batch_size, generator=torch.Generator().manual_seed(seed + r))
+        per_repeat.append({name: recall(similarity(model, s["images"], s["texts"], device), s["image_of_text"])
+                           for name, s in splits.items()})
+    return {name: summarize([p[name] for p in per_repeat]) for name in splits}, per_repeat
