@@ -87,7 +87,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert all([ipc for ipc, _ in series] == [1, 2] for series in points.values())
     curves = {Path(name).stem for name in plots["data"] if name.startswith("outputs/plots/loss/")}
     assert curves == {f"{m}-ipc{k}" for m in ("dm", "masked_dm") for k in (1, 2)}
-    assert "| masked_dm | 2 |" in (project / "outputs/report.md").read_text()
+    assert "| masked_dm (full_term dc, masked_term pairs) | 2 |" in (project / "outputs/report.md").read_text()
 
     assert ran(sh(project, "dvc", "repro")) == set()  # everything cached
 
