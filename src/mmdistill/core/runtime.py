@@ -1,8 +1,10 @@
 """Seeds, devices and library versions."""
 from __future__ import annotations
 
+import ctypes
 import platform
 import random
+import sys
 
 import numpy as np
 
@@ -10,6 +12,26 @@ from mmdistill.core.config import param
 from mmdistill.core.storage import PipelineError
 
 DEVICES = ("auto", "cpu", "cuda")  # param device
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of returning it to the kernel after every batch.
+
+    By default glibc maps large blocks afresh and unmaps them on free, and trims the heap, so every training and
+    test batch faults its activations in again: on 2 CPU cores 29 % of `make run`'s CPU was kernel time (846 s,
+    455 million page faults). A fixed 32 MiB mmap threshold (glibc's maximum), a 1 GiB top pad and a 2 GiB trim
+    threshold remove it (ConvNet-3 on 30,000 test images: 28 s -> 17 s). Only the allocator changes, not a number.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # malloc.h
+    for option, value in ((m_mmap_threshold, 32 << 20), (m_top_pad, 1 << 30), (m_trim_threshold, (1 << 31) - 1)):
+        libc.mallopt(option, value)
 
 
 def seed_everything(seed: int) -> None:

@@ -52,7 +52,7 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
 
 
 @torch.no_grad()
-def accuracy(net, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int = 1024,
+def accuracy(net, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int = 256,
              captions: torch.Tensor | None = None) -> float:
     """Top-1 accuracy; `images` are already normalised float tensors; `captions` as in train_classifier."""
     net.eval()

@@ -8,10 +8,12 @@ import argparse
 import os
 import sys
 
+from mmdistill.core.runtime import keep_freed_memory
 from mmdistill.core.storage import PipelineError
 
 
 def run_stage(main) -> None:
+    keep_freed_memory()
     try:
         main()
     except PipelineError as exc:
