@@ -47,7 +47,7 @@ def test_accuracy_by_ipc_has_a_series_per_method_by_ascending_ipc():
 
 
 def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
-    from mmdistill.core.storage import save_json, write_parquet
+    from mmdistill.core.storage import write_parquet
     from tests.conftest import run_stage, set_params
     run_stage("prepare")
     for name in ("tags", "instances", "captions", "descriptions"):
@@ -62,8 +62,7 @@ def test_report_stage_with_latent_runs_other_nets_and_the_full_row(project):
                                     ("dc-ipc1", run("dc", 1, ["convnet3", "vgg11"], 60.0)),
                                     ("dm-latent-ipc1", run("dm", 1, ["convnet3", "vgg11"], 65.0)),
                                     ("full", run("full", None, ["convnet3", "vgg11"], 85.0))):
-        save_json(metrics, f"outputs/metrics/{name}.json")
-        save_json(current_record(record, name), f"outputs/evaluate/{name}.json")
+        save_current_run(name, record, metrics)
     run_stage("report")
     text = (project / "outputs/report.md").read_text()
     assert "| dm | 1 | 70.00 ± 0.50 | 70.00 | 71.00 ± 0.50 | 70.7 |" in text
@@ -95,10 +94,17 @@ def current_record(record: dict, name: str) -> dict:
             "flip": flip, "distill": settings}
 
 
+def save_current_run(name: str, record: dict, metrics: dict) -> None:
+    """Run `name`'s metrics file and its evaluation record made with the current params."""
+    from mmdistill.core.storage import save_json
+    save_json(metrics, f"outputs/metrics/{name}.json")
+    save_json(current_record(record, name), f"outputs/evaluate/{name}.json")
+
+
 @pytest.fixture
 def reported(project):
     """A prepared project whose params enable dm and random at IPC 1, with current evaluation records."""
-    from mmdistill.core.storage import save_json, write_parquet
+    from mmdistill.core.storage import write_parquet
     from tests.conftest import run_stage, set_params
     run_stage("prepare")
     for name in ("tags", "instances", "captions", "descriptions"):
@@ -109,8 +115,7 @@ def reported(project):
                            "distill.methods.distribution": ["dm"], "distill.ipcs": [1]})
     for name, (record, metrics) in (("dm-ipc1", run("dm", 1, ["convnet3"], 70.0)),
                                     ("random-ipc1", run("random", 1, ["convnet3"], 60.0))):
-        save_json(metrics, f"outputs/metrics/{name}.json")
-        save_json(current_record(record, name), f"outputs/evaluate/{name}.json")
+        save_current_run(name, record, metrics)
     return project
 
 
@@ -140,15 +145,12 @@ def test_report_refuses_records_made_with_other_settings(reported, key, value, m
 def test_report_rows_name_the_form_that_ran(reported):
     """issue 14 Must show: the paper-form rows beside the earlier forms, each row saying which form ran (the
     settings that choose it follow the method's name); a flip left `auto` is checked as the dataset's default."""
-    from mmdistill.core.storage import save_json
     from tests.conftest import run_stage, set_params
     set_params(reported, **{"distill.methods.selection": ["random", "forgetting", "forgetting_most"],
                             "distill.methods.masked": ["masked_dm", "masked_dm_means"]})
     for method, accuracy in (("forgetting", 61.0), ("forgetting_most", 31.0), ("masked_dm", 71.0),
                              ("masked_dm_means", 72.0)):
-        record, metrics = run(method, 1, ["convnet3"], accuracy)
-        save_json(metrics, f"outputs/metrics/{method}-ipc1.json")
-        save_json(current_record(record, method), f"outputs/evaluate/{method}-ipc1.json")
+        save_current_run(f"{method}-ipc1", *run(method, 1, ["convnet3"], accuracy))
     run_stage("report")
     text = (reported / "outputs/report.md").read_text()
     assert "| forgetting (forgetting_order fewest) | 1 | 61.00 ± 0.50 |" in text
