@@ -91,7 +91,7 @@ def current_record(record: dict, name: str) -> dict:
     return {**record, "epochs": params[section]["epochs"], "repeats": params[section]["repeats"],
             "augment": params[section]["augment"], "lr": params["evaluate"]["lr"],
             "batch_size": params["evaluate"]["batch_size"], "seed": params["seed"], "train_images": 100,
-            "flip": flip, "distill": settings}
+            "flip": flip, "distill": settings, "dsa": dict(params["dsa"]) if params[section]["augment"] else None}
 
 
 def save_current_run(name: str, record: dict, metrics: dict) -> None:
@@ -195,3 +195,10 @@ def test_report_names_a_missing_evaluation_record(project):
     save_json(run("dm", 1, ["convnet3"])[1], "outputs/metrics/dm-ipc1.json")
     with pytest.raises(PipelineError, match="outputs/evaluate/dm-ipc1.json is missing"):
         run_stage("report")
+
+
+def test_a_paper_form_switched_off_is_named_in_the_row():
+    from mmdistill.stages.report import form_label
+    assert form_label("dm", {"siamese": False, "lr": 1.0}) == "dm (siamese off)"
+    assert form_label("dm", {"siamese": True, "lr": 1.0}) == "dm"
+    assert form_label("masked_dm_means", {"full_term": "dm", "siamese": False}) == "masked_dm_means (full_term dm, siamese off)"

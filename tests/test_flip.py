@@ -75,8 +75,8 @@ def test_runs_use_and_record_the_datasets_flip(project, tmp_path):
     set_params(project, **folder_params(tmp_path / "photos"), **{"distill.distribution.iterations": 1})
     run_stage("prepare")
     train = load_split("train")
-    assert "flip" in method_run(load_params(), "dm", 1, train).augmentation().families
-    assert "flip" in method_run(load_params(), "dsa", 1, train).augmentation().families
+    assert "flip" in method_run(load_params(), "dm", 1, train).augmentation().dsa.families
+    assert "flip" in method_run(load_params(), "dsa", 1, train).augmentation().dsa.families
     run_stage("distill", "--method", "dm", "--ipc", "1")
     assert load_tensors("data/distilled/dm-ipc1.pt")["info"]["settings"]["flip"] is True
     run_stage("evaluate", "--method", "dm", "--ipc", "1")
@@ -84,7 +84,7 @@ def test_runs_use_and_record_the_datasets_flip(project, tmp_path):
     assert record["augment"] is True and record["flip"] is True and record["distill"]["flip"] is True
 
     set_params(project, **{"distill.distribution.flip": False, "evaluate.flip": False})
-    assert "flip" not in method_run(load_params(), "dm", 1, train).augmentation().families
+    assert "flip" not in method_run(load_params(), "dm", 1, train).augmentation().dsa.families
     run_stage("distill", "--method", "dm", "--ipc", "1")
     assert load_tensors("data/distilled/dm-ipc1.pt")["info"]["settings"]["flip"] is False
     run_stage("evaluate", "--method", "dm", "--ipc", "1")
@@ -94,7 +94,7 @@ def test_runs_use_and_record_the_datasets_flip(project, tmp_path):
 def test_fashion_mnist_runs_without_flip(project):
     run_stage("prepare")
     train = load_split("train")
-    assert "flip" not in method_run(load_params(), "dm", 1, train).augmentation().families
+    assert "flip" not in method_run(load_params(), "dm", 1, train).augmentation().dsa.families
     run_stage("distill", "--method", "dm", "--ipc", "1")
     assert load_tensors("data/distilled/dm-ipc1.pt")["info"]["settings"]["flip"] is False
 

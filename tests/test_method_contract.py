@@ -278,8 +278,8 @@ def test_resolve_overlays_the_family_block_with_the_method_block():
     assert registry.resolve(params, "random") == ({}, {})
     assert registry.resolve(params, "dsdm")[0] == params["distill"]["dsdm"]
     assert registry.params_read("masked_dm", False) == ["distill.distribution", "distill.gradient",
-                                                         "distill.masked_dm", "distill.engine"]
-    latent_dm = ["distill.distribution", "distill.dm", "distill.engine", "distill.latent"]
+                                                         "distill.masked_dm", "distill.engine", "dsa"]
+    latent_dm = ["distill.distribution", "distill.dm", "distill.engine", "distill.latent", "dsa"]
     assert registry.params_read("dm", True) == latent_dm
     assert registry.params_read("random", False) == []
     assert {registry.get(name).group for name in registry.REGISTRY} == set(registry.GROUPS) - {"latent"}

@@ -47,6 +47,7 @@ def schema() -> dict:
     from mmdistill.data.synthetic import GRID, LABEL_TEMPLATES
     from mmdistill.embed.features import IMAGE_ENCODERS, TEXT_ENCODERS
     from mmdistill.nn.caption_head import HEADS, TARGETS
+    from mmdistill.nn.augment import KEYS as AUGMENT_KEYS
     from mmdistill.nn.contrastive import IMAGE_ENCODERS as PAIR_IMAGE_ENCODERS
     from mmdistill.selection.coresets import FORGETTING_ORDERS, KCENTER_STARTS, PAIR_CORESETS, PDS_FEATURES
     net = net_name()
@@ -210,6 +211,7 @@ def schema() -> dict:
                 "lr": RATE,
             },
         },
+        "dsa": AUGMENT_KEYS,
         "distill": methods.schema(),
         "imagetext": {
             "stages": List(Str("on")),

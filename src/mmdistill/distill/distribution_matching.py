@@ -2,13 +2,14 @@
 
 Synthetic pixels (or latents) are optimised so that the class-mean embeddings under a freshly initialised network
 (new weights every iteration, `net`) match those of a class-balanced batch of real images (`batch_real` per
-class), both under the same DSA augmentation (`augment`, `flip`); SGD with `lr`, `momentum` for `iterations`.
+class), both under the same DSA augmentation (`augment`, `flip`; `siamese`: per class, one transform shared by the
+class's real batch and its synthetic images, as DSA); SGD with `lr`, `momentum` for `iterations`.
 KEYS is the schema of `distill.distribution` (the family block a method's block overlays).
 """
 from __future__ import annotations
 
 from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Str
-from mmdistill.distill.engine import Engine, Run, draw_seed
+from mmdistill.distill.engine import Engine, Run
 from mmdistill.distill.losses import MaskedTerm, distribution_gap, weighted_sum
 from mmdistill.nn.nets import make_net
 
@@ -19,6 +20,7 @@ KEYS = {
     "momentum": Float(low=0, high=1),
     "net": Str(empty=False),
     "augment": BOOL,
+    "siamese": BOOL,                  # DSA per class: one transform for a class's real and synthetic images
     "flip": AUTO_BOOL,                # auto: the prepared dataset's default (resolved by the distill run)
 }
 
@@ -43,12 +45,12 @@ def distribution_matching(run: Run, init: list[int], full_weight: float, masked:
         net.requires_grad_(False)
         idx = batches.sample(engine.gen)
         real = batches.images[idx].to(device)
-        aug_seed = draw_seed(engine.gen)
+        aug = augment.draw(engine.gen, classes)
         syn = engine.images()
-        terms = [(full_weight, lambda: distribution_gap(net, augment(real, aug_seed), augment(syn, aug_seed), classes))]
+        terms = [(full_weight, lambda: distribution_gap(net, aug(real), aug(syn), classes))]
         if masked is not None:
             terms.append((masked.weight, lambda: masked_match(
-                net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed), classes)))
+                net, aug(real * masks[idx].to(device)), aug(syn * syn_masks), classes)))
         with engine.autocast():
             loss = weighted_sum(terms, device)
         engine.update(loss)

@@ -47,6 +47,7 @@ from mmdistill.core.storage import (
 )
 from mmdistill.data.datasets import ImageSet, denormalize, resolve_flip
 from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.augment import from_params as augment_from_params
 from mmdistill.nn.vae import Pixels, latent_space
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -128,12 +129,34 @@ class Run:
     def real_batches(self) -> "RealBatches":
         return RealBatches(self.train, self.settings["batch_real"], self.where["batch_real"])
 
-    def augmentation(self):
-        """DSA (`augment`, with `flip`: true, false or auto = the prepared dataset's default) as f(images, seed), or
-        the identity."""
+    def augmentation(self) -> "PairedAugment":
+        """DSA (`augment`, with `flip`: true, false or auto = the prepared dataset's default; the form of params `dsa`)
+        as the loops apply it to real and synthetic batches (`siamese`), or the identity."""
+        dsa = None
         if self.settings["augment"]:
-            return DifferentiableAugment(flip=resolve_flip(self.settings["flip"], self.where["flip"]))
-        return lambda x, seed: x
+            dsa = augment_from_params(self.params, resolve_flip(self.settings["flip"], self.where["flip"]))
+        return PairedAugment(dsa, self.settings["siamese"])
+
+
+class PairedAugment:
+    """DSA in a matching loop. `draw(gen, classes)` -> f(class-major batch) that transforms a real batch and the
+    synthetic set alike: with `siamese`, each class gets one transform of its own (DSA: a class's real and synthetic
+    images share the sampled transform); without, one seed over the whole batch with per-image parameters (the
+    earlier form, which pairs no class's real and synthetic images). Called as f(x, seed), it augments per image
+    (DC's network training on the synthetic set). `dsa` None: the identity."""
+
+    def __init__(self, dsa: DifferentiableAugment | None, siamese: bool):
+        self.dsa, self.siamese = dsa, siamese
+
+    def draw(self, gen: torch.Generator, classes: int):
+        if self.dsa is None or not self.siamese:
+            seed = draw_seed(gen)
+            return lambda x: self(x, seed)
+        seeds = [draw_seed(gen) for _ in range(classes)]
+        return lambda x: self.dsa.per_class(x, seeds)
+
+    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        return x if self.dsa is None else self.dsa(x, seed)
 
 
 def digest(obj) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Spec, Str
 from mmdistill.core.storage import PipelineError
-from mmdistill.distill.engine import Engine, Run, draw_seed
+from mmdistill.distill.engine import Engine, Run
 from mmdistill.distill.losses import CLASS_GRADIENTS, MaskedTerm, gradient_match, weighted_sum
 from mmdistill.nn.nets import make_net
 from mmdistill.nn.train import train_classifier
@@ -33,6 +33,7 @@ KEYS = {
     "net": Str(empty=False),
     "class_gradients": Str(*CLASS_GRADIENTS),
     "augment": BOOL,
+    "siamese": BOOL,                  # DSA per class: one transform for a class's real and synthetic images
     "flip": AUTO_BOOL,                # auto: the prepared dataset's default (resolved by the distill run)
 }
 
@@ -82,14 +83,12 @@ def gradient_matching(run: Run, init: list[int], full_weight: float, masked: Mas
         for outer in range(outer_loop):
             idx = batches.sample(engine.gen)
             real = batches.images[idx].to(device)
-            aug_seed = draw_seed(engine.gen)
+            aug = augment.draw(engine.gen, classes)
             syn = engine.images()
-            terms = [(full_weight, lambda: gradient_match(net, augment(real, aug_seed), augment(syn, aug_seed),
-                                                          classes, how))]
+            terms = [(full_weight, lambda: gradient_match(net, aug(real), aug(syn), classes, how))]
             if masked is not None:
                 terms.append((masked.weight, lambda: masked_match(
-                    net, augment(real * masks[idx].to(device), aug_seed), augment(syn * syn_masks, aug_seed),
-                    classes)))
+                    net, aug(real * masks[idx].to(device)), aug(syn * syn_masks), classes)))
             terms += [(weight, lambda term=term: term(syn)) for weight, term in extra_terms]
             with engine.autocast():
                 loss = weighted_sum(terms, device)

@@ -15,7 +15,7 @@ from mmdistill.core.paths import FEATURES_HELDOUT, distilled_set, run_name
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize, resolve_flip
-from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.augment import from_params as augment_from_params
 from mmdistill.nn.caption_head import image_caption_vectors
 from mmdistill.nn.nets import make_net
 from mmdistill.nn.train import accuracy, train_classifier
@@ -62,7 +62,7 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
     lr = param(params, "evaluate.lr", float)
     batch_size = positive(params, "evaluate.batch_size")
     flip = resolve_flip(param(params, "evaluate.flip"), "evaluate.flip")
-    augment = DifferentiableAugment(flip=flip) if augment else None
+    augment = augment_from_params(params, flip) if augment else None
     channels, size = images.shape[1], images.shape[2]
     names = net_names(params, channels, len(test.class_names), size)
     val_x, test_x = val.normalized(), test.normalized()
@@ -89,7 +89,8 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
                             "val_accuracies": [round(a, 2) for a in val_acc]}
     record = {"net": names[0], "nets": names, "accuracies": accuracies, "train_images": int(len(labels)),
               "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "augment": augment is not None,
-              "flip": augment is not None and flip, "seed": seed, "versions": versions()}
+              "flip": augment is not None and flip,
+              "dsa": dict(param(params, "dsa")) if augment is not None else None, "seed": seed, "versions": versions()}
     return metrics, record
 
 

@@ -11,7 +11,7 @@ from mmdistill.core.paths import POOL
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import check_writable, save_tensors
 from mmdistill.data.datasets import load_split, resolve_flip
-from mmdistill.nn.augment import DifferentiableAugment
+from mmdistill.nn.augment import from_params as augment_from_params
 from mmdistill.nn.nets import make_net
 from mmdistill.nn.train import accuracy, train_classifier
 
@@ -24,7 +24,7 @@ def pretrain(params: dict) -> Path:
     epochs = positive(params, "pretrain.epochs")
     net_name = param(params, "pretrain.net", str)
     flip = resolve_flip(param(params, "pretrain.flip"), "pretrain.flip")
-    augment = DifferentiableAugment(flip=flip) if param(params, "pretrain.augment", bool) else None
+    augment = augment_from_params(params, flip) if param(params, "pretrain.augment", bool) else None
     train, val = load_split("train"), load_split("val")
     images, val_images = train.normalized(), val.normalized()
     channels, size, classes = images.shape[1], images.shape[2], len(train.class_names)

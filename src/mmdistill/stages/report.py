@@ -90,16 +90,21 @@ def budget(params: dict, full: bool, info: dict) -> dict:
             "augment": param(params, f"{section}.augment", bool), "lr": param(params, "evaluate.lr", float),
             "batch_size": param(params, "evaluate.batch_size", int), "seed": param(params, "seed", int),
             "flip": param(params, f"{section}.augment", bool) and resolve_flip(param(params, "evaluate.flip"),
-                                                                                "evaluate.flip", info)}
+                                                                                "evaluate.flip", info),
+            "dsa": dict(param(params, "dsa")) if param(params, f"{section}.augment", bool) else None}
 
 
 # settings that say which form of a method ran (a paper's form or an earlier one): shown beside its name in the table
 FORM_KEYS = ("forgetting_order", "kcenter_start", "full_term", "masked_term", "masked_distance", "memory")
+PAPER_SWITCHES = {"siamese": True}  # shown only where a run turned the paper's form off
 
 
 def form_label(label: str, settings: dict) -> str:
-    """The table's method cell: `label`, with the FORM_KEYS settings of the run (if any) in brackets."""
-    form = ", ".join(f"{k} {settings[k]}" for k in FORM_KEYS if k in settings)
+    """The table's method cell: `label`, with the FORM_KEYS settings of the run (if any) and any PAPER_SWITCHES
+    off in brackets."""
+    form = [f"{k} {settings[k]}" for k in FORM_KEYS if k in settings]
+    form += [f"{k} {on_off(settings[k])}" for k, paper in PAPER_SWITCHES.items() if settings.get(k, paper) != paper]
+    form = ", ".join(form)
     return f"{label} ({form})" if form else label
 
 
@@ -174,6 +179,9 @@ def main() -> None:
         f"{'on, flip ' + on_off(first.get('flip')) if first['augment'] else 'off'}, {first['repeats']} repeats",
         f"- DSA flip: the dataset's default (recorded by prepare) is {on_off(info.get('flip'))}; every `flip: auto` "
         "param follows it, `true`/`false` override it. Each distilled set's `flip` below is the value it used.",
+        f"- DSA form (params `dsa`): crop {param(params, 'dsa.crop', str)} (shift = DSA's whole-pixel translation), "
+        f"align_corners {on_off(param(params, 'dsa.align_corners', bool))}; `siamese` on = DSA's pairing of a "
+        "class's real and synthetic images under one transform",
     ]
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")

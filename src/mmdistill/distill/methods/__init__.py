@@ -222,12 +222,14 @@ def resolve(params: dict, name: str) -> dict:
 
 def params_read(name: str, latent: bool) -> list[str]:
     """The params blocks a distill run of `name` reads (seed and device besides): its family blocks, its own block,
-    distill.engine for engine methods, distill.latent for latent runs."""
+    distill.engine for engine methods, distill.latent for latent runs, dsa (the augmentation's form) for methods that
+    augment."""
     method = get(name)
     blocks = [f"distill.{family}" for family in method.families]
     blocks += [f"distill.{name}"] if method.has_block else []
     blocks += ["distill.engine"] if method.engine else []
-    return blocks + (["distill.latent"] if latent else [])
+    blocks += ["distill.latent"] if latent else []
+    return blocks + (["dsa"] if method.families or "augment" in method.keys else [])
 
 
 def enabled(params: dict) -> list[tuple[str, bool]]:

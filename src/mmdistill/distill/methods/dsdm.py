@@ -19,7 +19,7 @@ import torch
 from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Str
 from mmdistill.core.paths import POOL
 from mmdistill.core.storage import load_tensors
-from mmdistill.distill.engine import Engine, Run, draw_seed
+from mmdistill.distill.engine import Engine, Run
 from mmdistill.distill.initial import random_selection
 from mmdistill.distill.losses import class_means, dsdm_terms, factor_decode, factor_encode
 from mmdistill.distill.methods import Method, Synthetic
@@ -87,11 +87,11 @@ def run(run: Run) -> Synthetic:
         net = pool[m]
         idx = batches.sample(engine.gen)
         real = batches.images[idx].to(device)
-        aug_seed = draw_seed(engine.gen)
+        aug = augment.draw(engine.gen, classes)
         with engine.autocast():
             with torch.no_grad():
-                real_features = net.embed(augment(real, aug_seed))
-            syn_features = net.embed(augment(factor_decode(engine.images(), factor), aug_seed))
+                real_features = net.embed(aug(real))
+            syn_features = net.embed(aug(factor_decode(engine.images(), factor)))
             proto, diversity, hist = dsdm_terms(real_features, syn_features, recalled(memory, engine.state, m), classes)
             loss = proto + lambda_div * diversity + lambda_hist * hist
         engine.update(loss)
@@ -115,5 +115,6 @@ METHOD = Method("dsdm", group="pool", family=None, run=run, engine=True, keys={
     "factor": Int(low=1),
     "memory": Str(*MEMORIES),
     "augment": BOOL,
+    "siamese": BOOL,
     "flip": AUTO_BOOL,                # auto: the prepared dataset's default (resolved by the distill run)
 })
