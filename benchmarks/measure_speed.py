@@ -21,6 +21,10 @@ SPEC keys (all required):
                engine_compiled_bf16; DC: loop, engine, engine_bf16, engine_vmap
   classes, ipc, batch_real, net   the setting (papers: 10 classes, IPC 10, 256 real images per class, convnet3)
   compile      the torch.compile backend of the *_compiled implementations (e.g. inductor)
+  ceiling      {size: n, dtypes: [fp32, bf16, ...]}: the matmul ceiling, GFLOPS of an n x n x n matmul per dtype
+
+Each loss's work per iteration is counted once (torch.utils.flop_counter, eager fp32: the same arithmetic for every
+implementation of it), so that the result holds each implementation's achieved GFLOPS beside the ceiling.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mmdistill.data.datasets import load_split
 from mmdistill.distill.losses import distribution_gap, gradient_match
@@ -39,7 +44,8 @@ from mmdistill.distill.reference import distribution_gap_loop, gradient_match_lo
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.nets import make_net
 
-KEYS = ("rounds", "iterations", "images", "losses", "classes", "ipc", "batch_real", "net", "compile")
+KEYS = ("rounds", "iterations", "images", "losses", "classes", "ipc", "batch_real", "net", "compile", "ceiling")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class CompiledEmbedding(torch.nn.Module):
@@ -82,13 +88,40 @@ def iterations_per_second(loss_fn, net_name: str, classes: int, real, syn0, iter
     for it in range(iterations + 1):
         if it == 1:
             start = time.perf_counter()
-        torch.manual_seed(it)
-        net = make_net(net_name, real.shape[1], classes, real.shape[2]).requires_grad_(not frozen)
-        loss = loss_fn(net, augment(real, it), augment(syn, it), classes)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        one_iteration(loss_fn, net_name, classes, real, syn, opt, it, augment, frozen)
     return iterations / (time.perf_counter() - start)
+
+
+def one_iteration(loss_fn, net_name, classes, real, syn, opt, it, augment, frozen):
+    """A fresh network, DSA as the distillation loops apply it (per class, one transform for the class's real and
+    synthetic images), the loss, backward, one SGD step."""
+    torch.manual_seed(it)
+    net = make_net(net_name, real.shape[1], classes, real.shape[2]).requires_grad_(not frozen)
+    seeds = [it * classes + c for c in range(classes)]
+    loss = loss_fn(net, augment.per_class(real, seeds), augment.per_class(syn, seeds), classes)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def gflop_per_iteration(loss_fn, net_name, classes, real, syn0, augment, frozen) -> float:
+    syn = syn0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+    with FlopCounterMode(display=False) as counter:
+        one_iteration(loss_fn, net_name, classes, real, syn, opt, 0, augment, frozen)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(size: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """GFLOPS of an n x n by n x n matmul in `dtype` (median of `repeats`, after one untimed)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    times = []
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return 2 * size**3 / times[len(times) // 2] / 1e9
 
 
 def image_sets(spec: dict) -> dict:
@@ -133,9 +166,16 @@ def main() -> None:
             raise SystemExit(f"speed spec losses.{loss}: valid losses {sorted(impls)}, "
                              f"implementations {sorted(impls.get(loss, {}))}")
     augment = DifferentiableAugment()
-    measurements = []
+    unknown = set(spec["ceiling"]["dtypes"]) - set(DTYPES)
+    if unknown:
+        raise SystemExit(f"speed spec ceiling.dtypes: {sorted(unknown)}; valid: {sorted(DTYPES)}")
+    ceiling = {name: matmul_gflops(spec["ceiling"]["size"], DTYPES[name]) for name in spec["ceiling"]["dtypes"]}
+    print("matmul ceiling (GFLOPS): " + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()), flush=True)
+    measurements, work = [], {}
     for images, (real, syn) in image_sets(spec).items():
         for loss, names in spec["losses"].items():
+            work[f"{images} {loss}"] = gflop_per_iteration(impls[loss]["engine"], spec["net"], spec["classes"], real,
+                                                           syn, augment, frozen=loss == "DM")
             for _ in range(spec["rounds"]):
                 for impl in names:
                     before = os.getloadavg()[0]
@@ -145,6 +185,7 @@ def main() -> None:
                                          "load_before": before, "load_after": os.getloadavg()[0]})
                     print(f"{images} {loss} {impl}: {rate:.3f} it/s", flush=True)
     args.out.write_text(json.dumps({"rounds": spec["rounds"], "threads": torch.get_num_threads(),
+                                    "ceiling_gflops": ceiling, "gflop_per_iteration": work,
                                     "measurements": measurements}, indent=1))
 
 

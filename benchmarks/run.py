@@ -487,15 +487,23 @@ def speed_tables(config: dict, record: dict) -> list[str]:
             rates.setdefault((m["images"], m["loss"]), {}).setdefault(m["impl"], []).append(m["rate"])
         if len(config["variants"]) > 1 or config["repeats"] > 1:
             lines += [f"Variant {entry['variant']}, seed {entry['seed']}:", ""]
+        ceiling, work = result.get("ceiling_gflops", {}), result.get("gflop_per_iteration", {})
+        if ceiling:
+            lines += ["Matmul ceiling on this machine (GFLOPS of a square matmul): "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()) + ".", ""]
         lines += [f"Medians over {result['rounds']} alternating rounds, {result['threads']} torch threads; "
-                  "speed-up = implementation / the per-class loop.", "",
-                  "| images | loss | implementation | it/s (median) | speed-up |", "|---|---|---|---|---|"]
+                  "speed-up = implementation / the per-class loop; GFLOP = the work of one iteration (counted, "
+                  "eager fp32); GFLOPS = GFLOP x it/s.", "",
+                  "| images | loss | implementation | it/s (median) | s/iteration | speed-up | GFLOP | GFLOPS |",
+                  "|---|---|---|---|---|---|---|---|"]
         for (images, loss), impls in rates.items():
             loop = statistics.median(impls["loop"]) if "loop" in impls else None
+            gflop = work.get(f"{images} {loss}")
             for impl, xs in impls.items():
                 rate = statistics.median(xs)
-                lines.append(f"| {images} | {loss} | {impl} | {rate:.3f} | "
-                             f"{f'{rate / loop:.2f}x' if loop else '-'} |")
+                lines.append(f"| {images} | {loss} | {impl} | {rate:.3f} | {1 / rate:.2f} | "
+                             f"{f'{rate / loop:.2f}x' if loop else '-'} | {f'{gflop:.1f}' if gflop else '-'} | "
+                             f"{f'{gflop * rate:.0f}' if gflop else '-'} |")
         lines += ["", "Every measurement, with the 1-minute load average before and after it:", "",
                   "| images | loss | implementation | it/s | load before | load after |", "|---|---|---|---|---|---|"]
         lines += [f"| {m['images']} | {m['loss']} | {m['impl']} | {m['rate']:.3f} | {m['load_before']:.2f} | "

@@ -13,6 +13,7 @@ def test_recall_counts_rank_of_true_partner():
     similarity = np.array([[0.9, 0.1, 0.2], [0.8, 0.5, 0.1], [0.3, 0.4, 0.2]])
     # row 0: true partner first; row 1: second; row 2: third
     assert recall_at(similarity, (1, 2, 3)) == {"R@1": 33.33, "R@2": 66.67, "R@3": 100.0}
+    assert recall_at(np.ones((3, 3)), (1, 2, 3)) == {"R@1": 0.0, "R@2": 0.0, "R@3": 100.0}  # ties never hit
 
 
 def test_heads_learn_a_joint_space_for_two_unrelated_encoders():

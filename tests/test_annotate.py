@@ -72,3 +72,20 @@ def test_caption_change_rewrites_only_captions(annotated):
     run_stage("describe")
     assert read_annotations("captions")["caption"].to_pylist()[0].startswith("picture of ")
     assert (annotated / "data/annotations/instances.parquet").read_bytes() == before
+
+
+def test_default_templates_keep_the_label_out_of_the_text():
+    """The default offline caption and description templates must not write the ground-truth class name:
+    image-text results would otherwise be a label in disguise."""
+    import yaml
+    from pathlib import Path
+
+    from mmdistill.annotate.captions import TemplateCaptioner
+    from mmdistill.annotate.descriptions import TemplateDescriber
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    record = {"image": np.zeros((28, 28), np.uint8), "class_name": "Sneaker", "tags": ["running shoe", "sandal"],
+              "instances": [{"instance_id": 0, "phrase": "running shoe", "area": 0.3, "box": [2, 2, 20, 20]}]}
+    captions = [row["caption"] for row in TemplateCaptioner(params).captions(record)]
+    description = TemplateDescriber(params).describe(record["class_name"], record["tags"], captions[1:])
+    assert "running shoe" in captions[0] and "running shoe" in description
+    assert not any("sneaker" in text.lower() for text in captions + [description])

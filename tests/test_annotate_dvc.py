@@ -31,7 +31,7 @@ def test_annotation_cache_through_dvc(project, tmp_path):
     assert ran(out) == {"caption", "describe"} and annotated_counts(out, "caption") == (30, 0)
     assert len(list((project / "data/annotation_cache/caption").iterdir())) == 2  # persist: the old one stays
 
-    set_params(project, **{"caption.image_template": "a photo of a {class_name}, showing {tags}"})
+    set_params(project, **{"caption.image_template": "a photo showing {tags}"})
     out = sh(project, "dvc", "repro", "describe")  # back to the first settings: from the cache
     assert ran(out) == {"caption", "describe"} and annotated_counts(out, "caption") == (0, 30)
 

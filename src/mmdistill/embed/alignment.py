@@ -14,6 +14,8 @@ from torch import nn
 from mmdistill.core.paths import PREPARED
 from mmdistill.core.runtime import seed_everything
 from mmdistill.core.storage import PipelineError, read_parquet
+from mmdistill.evaluate.retrieval import ranks
+from mmdistill.nn.contrastive import bidirectional_cross_entropy
 from mmdistill.nn.train import adam_minibatches
 from mmdistill.selection.forgetting import ForgettingCounter
 
@@ -39,9 +41,7 @@ class Heads(nn.Module):
         return self.log_scale.exp().clamp(max=100) * self.project_image(image) @ self.project_text(text).T
 
     def loss(self, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.logits(image, text) if logits is None else logits
-        target = torch.arange(len(image))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return bidirectional_cross_entropy(self.logits(image, text) if logits is None else logits)
 
 
 def train_heads(image: torch.Tensor, text: torch.Tensor, *, dim: int, epochs: int, batch_size: int, lr: float,
@@ -66,10 +66,9 @@ def train_heads(image: torch.Tensor, text: torch.Tensor, *, dim: int, epochs: in
 
 
 def recall_at(similarity: np.ndarray, ks=RECALL_AT) -> dict:
-    """Recall@K of row i retrieving column i (%)."""
-    true = np.diag(similarity)[:, None]
-    rank = (similarity > true).sum(1)
-    return {f"R@{k}": round(float(100 * (rank < k).mean()), 2) for k in ks}
+    """Recall@K of row i retrieving column i (%), ties never hits (the rule of mmdistill.evaluate.retrieval)."""
+    rank = ranks(torch.from_numpy(np.ascontiguousarray(similarity)), torch.arange(len(similarity)))[0]
+    return {f"R@{k}": round(float(100 * (rank <= k).float().mean()), 2) for k in ks}
 
 
 def retrieval(image: np.ndarray, text: np.ndarray) -> dict:
