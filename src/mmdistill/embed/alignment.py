@@ -14,8 +14,8 @@ from torch import nn
 from mmdistill.core.paths import PREPARED
 from mmdistill.core.runtime import seed_everything
 from mmdistill.core.storage import PipelineError, read_parquet
-from mmdistill.evaluate.retrieval import ranks
-from mmdistill.nn.contrastive import bidirectional_cross_entropy
+from mmdistill.evaluate.ranking import ranks
+from mmdistill.nn.infonce import bidirectional_cross_entropy
 from mmdistill.nn.train import adam_minibatches
 from mmdistill.selection.forgetting import ForgettingCounter
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.storage import PipelineError
+from mmdistill.nn.infonce import info_nce
 from mmdistill.nn.nets import make_net
 
 
@@ -161,17 +162,6 @@ class PairModel(nn.Module):
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         return info_nce(self.encode_images(images), self.encode_texts(texts), self.temperature)
-
-
-def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Bidirectional InfoNCE: row i of both is a matching pair, every other row of the batch a negative."""
-    return bidirectional_cross_entropy(image_emb @ text_emb.T / temperature)
-
-
-def bidirectional_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """InfoNCE over a square logit matrix whose diagonal holds the matching pairs, image->text and text->image."""
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def build_pair_model(params, channels: int, image_size: int, mean, std, text_dim: int, seed: int) -> PairModel:

@@ -182,6 +182,9 @@ def main() -> None:
         f"- DSA form (params `dsa`): crop {param(params, 'dsa.crop', str)} (shift = DSA's whole-pixel translation), "
         f"align_corners {on_off(param(params, 'dsa.align_corners', bool))}; `siamese` on = DSA's pairing of a "
         "class's real and synthetic images under one transform",
+        f"- distillation precision (params `distill.engine.precision`): "
+        f"{param(params, 'distill.engine.precision', str)}"
+        f"{', compiled with ' + param(params, 'distill.engine.compile', str) if param(params, 'distill.engine.compile', str) else ', eager'}",
     ]
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")
