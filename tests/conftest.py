@@ -75,6 +75,7 @@ def make_project(root: Path, fashion_dir: Path) -> Path:
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".dvcignore", "tag_vocabulary.txt"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "benchmarks/results", root / "benchmarks/results")  # stage report's report.benchmarks
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(fashion_dir), sort_keys=False))
     return root
 

@@ -202,3 +202,27 @@ def test_a_paper_form_switched_off_is_named_in_the_row():
     assert form_label("dm", {"siamese": False, "lr": 1.0}) == "dm (siamese off)"
     assert form_label("dm", {"siamese": True, "lr": 1.0}) == "dm"
     assert form_label("masked_dm_means", {"full_term": "dm", "siamese": False}) == "masked_dm_means (full_term dm, siamese off)"
+
+
+def test_report_shows_the_listed_benchmark_results_and_names_a_missing_one(reported):
+    """report.benchmarks: generated benchmark results in their own section, each row with its variant and the
+    default net's accuracy read from the result file; a listed result that does not exist is a one-line error."""
+    import json
+
+    from mmdistill.core.storage import PipelineError
+    from tests.conftest import run_stage, set_params
+    result = json.loads((reported / "benchmarks/results/dm_same_budget.json").read_text())
+    evaluated = [s for s in result["steps"] if s["step"] == "evaluate"]
+    set_params(reported, **{"report.benchmarks": ["dm_same_budget"]})
+    run_stage("report")
+    text = (reported / "outputs/report.md").read_text()
+    assert "## Benchmark runs" in text and result["config"]["description"] in text
+    for step in evaluated:
+        m = step["metrics"]["convnet3"]
+        assert (f"| {step['variant']} | {step['method']} | {step['ipc']} | "
+                f"{m['test_accuracy_mean']:.2f} ± {m['test_accuracy_std']:.2f} |") in text
+    before = (reported / "outputs/report.md").read_bytes()
+    set_params(reported, **{"report.benchmarks": ["no_such_run"]})
+    with pytest.raises(PipelineError, match=r"report\.benchmarks.*benchmarks/results/no_such_run\.json"):
+        run_stage("report")
+    assert (reported / "outputs/report.md").read_bytes() == before

@@ -296,4 +296,7 @@ def schema() -> dict:
             "repeats": COUNT,
             "augment": BOOL,
         },
+        "report": {
+            "benchmarks": List(NAME, unique=True),   # benchmarks/results/NAME.json, checked by stage report
+        },
     }

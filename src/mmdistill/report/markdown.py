@@ -76,3 +76,28 @@ def accuracy_by_ipc(runs: list[tuple[str, dict, dict]]) -> dict[str, list[dict]]
         series.setdefault(name, []).append({"ipc": record["ipc"],
                                             "test_accuracy": metrics[record["net"]]["test_accuracy_mean"]})
     return {name: sorted(rows, key=lambda row: row["ipc"]) for name, rows in series.items()}
+
+
+def benchmark_table(name: str, result: dict) -> list[str]:
+    """A generated accuracy benchmark result (benchmarks/results/NAME.json, python -m benchmarks.run NAME) as a
+    section: its title, stamp and settings, then variant x method x IPC with the default net's test accuracy."""
+    config, stamp = result["config"], result["stamp"]
+    rows = [s for s in result["steps"] if s["step"] == "evaluate" and s.get("metrics")]
+    settings = ", ".join(f"`{k}={v}`" for k, v in config.get("set", {}).items())
+    lines = [f"### {config['description']}", "",
+             f"`python -m benchmarks.run {name}` (benchmarks/results/{name}.md), commit {stamp['commit'][:7]}, "
+             f"{stamp['machine']}, finished {stamp.get('finished') or 'not yet'} (status {result['status']}). "
+             f"Over params.yaml: {settings or 'nothing'}.", ""]
+    variants = config.get("variants") or {}
+    for variant, spec in variants.items():
+        if spec.get("set"):
+            lines.append(f"- variant {variant}: " + ", ".join(f"`{k}={v}`" for k, v in spec["set"].items()))
+    lines += ["", "| variant | method | IPC | accuracy (%) | set for this row |", "|---|---|---|---|---|"]
+    row_sets = {(v, r["name"]): r.get("set") or {} for v, spec in variants.items() for r in spec.get("rows", [])}
+    row_sets.update({(None, r["name"]): r.get("set") or {} for r in config.get("rows", [])})
+    for s in rows:
+        net = next(iter(s["metrics"]))
+        extra = row_sets.get((s["variant"], s["row"]), row_sets.get((None, s["row"]), {}))
+        lines.append(f"| {s['variant']} | {s['method']} | {s['ipc']} | {cell(s['metrics'][net])} | "
+                     f"{', '.join(f'{k}={v}' for k, v in extra.items()) or '—'} |")
+    return lines

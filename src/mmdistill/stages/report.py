@@ -55,8 +55,10 @@ from mmdistill.data.datasets import dataset_info, resolve_flip
 from mmdistill.distill import methods as registry
 from mmdistill.distill.runs import recorded_settings
 from mmdistill.embed.features import feature_metadata
-from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, table
+from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, benchmark_table, table
 from mmdistill.stages import run_stage
+
+BENCHMARK_RESULTS = Path("benchmarks/results")  # python -m benchmarks.run NAME writes NAME.json; not a stage output
 
 
 def evaluation(run: str, stage: str) -> tuple[dict, dict]:
@@ -195,6 +197,15 @@ def main() -> None:
     for label, section in settings_of.items():
         settings = ", ".join(f"{k} {v}" for k, v in section.items() if not isinstance(v, (dict, list)))
         lines.append(f"- {label}: {settings or 'no settings'}")
+    benchmarks = param(params, "report.benchmarks", list)
+    if benchmarks:
+        lines += ["", "## Benchmark runs (other budgets than this run; generated, not part of this DAG)", ""]
+    for name in benchmarks:
+        path = BENCHMARK_RESULTS / f"{name}.json"
+        if not path.exists():
+            raise PipelineError(f"param 'report.benchmarks' names {name!r}, but {path} does not exist: "
+                                f"run `python -m benchmarks.run {name}` or drop it from the list")
+        lines += [*benchmark_table(name, json.loads(path.read_text())), ""]
     lines += ["", "## Backends", ""]
     for name in ("tags", "instances", "captions", "descriptions"):
         lines.append(f"- {name}: `{annotation_backend(name).get('backend', 'unknown')}`")
