@@ -78,6 +78,17 @@ def test_closure_follows_imports_inside_functions_and_registry_strings(tmp_path)
                                                  "src/mmdistill/a/lazy.py", "src/mmdistill/a/named.py"]
 
 
+def test_the_params_schema_is_no_code_dep_because_it_only_validates(tmp_path):
+    """A stage does not re-run when the schema gains a param: the schema is left out of every closure, which is
+    sound only while loading params returns them exactly as params.yaml has them (validation, no defaults)."""
+    import yaml
+
+    from mmdistill.core.config import load_params
+    assert "src/mmdistill/core/schema.py" not in closure("mmdistill.stages.distill", REPO / "src")
+    assert "src/mmdistill/core/config.py" in closure("mmdistill.stages.distill", REPO / "src")
+    assert load_params(REPO / "params.yaml") == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
 def test_no_stage_module_imports_another_stage_module():
     for path in sorted((REPO / "src/mmdistill/stages").glob("*.py")):
         if path.name == "__init__.py":

@@ -4,9 +4,10 @@ Static: every `import mmdistill...` / `from mmdistill... import ...` at any dept
 functions), and every string constant naming a project module (`"mmdistill.annotate.tags:TAGGERS"`, the way
 registries name what they import lazily). A package's `__init__.py` counts when any of its modules is imported.
 
-The params schema (core/schema.py) is in every closure, but its own imports are not followed: it reads the
-registries' names to reject bad params, which cannot change what a stage computes from valid ones, and following
-them would make every stage depend on every module.
+The params schema (core/schema.py) is left out of every closure, and so are its imports: it only accepts or refuses
+params.yaml (`config.load_params` validates and returns the params unchanged; it reads the registries' names to
+reject bad ones), which cannot change what a stage computes from valid params. Counting it would make every stage
+re-run whenever any stage gains a param.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "mmdistill"
-VALIDATION_ONLY = {f"{PACKAGE}.core.schema"}  # modules whose imports are not followed (see above)
+VALIDATION_ONLY = {f"{PACKAGE}.core.schema"}  # modules left out of every closure (see above)
 _MODULE_STRING = re.compile(rf"^({PACKAGE}(?:\.\w+)+)(?::\w+)?$")
 
 
@@ -54,11 +55,10 @@ def _closure(src: Path, module: str) -> frozenset[Path]:
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # the packages on the way, then the module itself
             path = module_path(src, ".".join(parts[:i]))
-            if path is None or path in seen:
+            if path is None or path in seen or ".".join(parts[:i]) in VALIDATION_ONLY:
                 continue
             seen.add(path)
-            if ".".join(parts[:i]) not in VALIDATION_ONLY:
-                todo.extend(_imported_names(path))
+            todo.extend(_imported_names(path))
     return frozenset(seen)
 
 
