@@ -120,3 +120,56 @@ def test_selective_pull_of_annotations_and_features(shared, sftp, tmp_path):
                       "features/instance", "features/caption", "features/description"}
     assert snapshot(teammate, ("data",)) == {k: v for k, v in snapshot(shared, ("data",)).items() if k in
                                               snapshot(teammate, ("data",))}
+
+
+def without_python(tmp_path: Path) -> tuple[dict, Path]:
+    """An environment whose `python` (the stage commands') only leaves a marker file and fails."""
+    shim, marker = tmp_path / "shim", tmp_path / "a stage command ran"
+    shim.mkdir()
+    (shim / "python").write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
+    (shim / "python").chmod(0o755)
+    return dict(ENV, PATH=f"{shim}:{ENV['PATH']}"), marker
+
+
+def test_run_cache_shared_between_teammates(shared, sftp, tmp_path):
+    """forgetting's outputs are all cached, so DVC keeps a run-cache entry for it (a stage with a plain
+    `cache: false` output, as evaluate's record or a figure, gets none: README, "Sharing")."""
+    first = clone(shared, sftp, tmp_path / "first")
+    change = ("-S", "select.forgetting.epochs=1")  # the committed tiny params have 2
+    assert ran(sh(first, "dvc", "exp", "run", "--pull", *change, "forgetting")) == {"forgetting"}
+    sh(first, "dvc", "push", "--run-cache")
+
+    second = clone(shared, sftp, tmp_path / "second")
+    env, marker = without_python(tmp_path)
+    # --pull: the run-cache entries and the outputs they name (`dvc pull --run-cache` fetches the entries only)
+    result = subprocess.run(["dvc", "exp", "run", "--pull", *change, "forgetting"], cwd=second, env=env,
+                            capture_output=True, text=True)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and not marker.exists() and ran(out) == set(), out[-3000:]
+    assert "Stage 'forgetting' is cached - skipping run, checking out outputs" in out
+    events = "data/forgetting/events.parquet"
+    assert (second / events).read_bytes() == (first / events).read_bytes() != (shared / events).read_bytes()
+
+
+def test_sweep_on_the_queue(shared, sftp, tmp_path):
+    teammate = clone(shared, sftp, tmp_path / "teammate")
+    sh(teammate, "dvc", "pull")
+    for epochs in (1, 3):
+        sh(teammate, "dvc", "exp", "run", "--queue", "-n", f"epochs-{epochs}", "-S", f"evaluate.epochs={epochs}")
+    sh(teammate, "dvc", "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # each finished experiment gets a git ref named after it
+        refs = sh(teammate, "git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
+        if {"epochs-1", "epochs-3"} <= {ref.rsplit("/", 1)[-1] for ref in refs} or "refs/exps/celery/failed" in refs:
+            break
+        time.sleep(2)
+    status = sh(teammate, "dvc", "queue", "status")
+    assert status.count("Success") == 2, status
+    shown = json.loads(sh(teammate, "dvc", "exp", "show", "--json"))
+    runs = {rev["name"]: rev["data"] for baseline in shown for exp in baseline.get("experiments") or []
+            for rev in exp["revs"]}
+    assert set(runs) == {"epochs-1", "epochs-3"}
+    for name, data in runs.items():
+        assert data["params"]["params.yaml"]["data"]["evaluate"]["epochs"] == int(name.split("-")[1])
+        accuracy = data["metrics"]["outputs/metrics/random-ipc1.json"]["data"]["convnet3"]["test_accuracy_mean"]
+        assert 0 <= accuracy <= 100
