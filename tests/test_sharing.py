@@ -20,8 +20,8 @@ from tests.conftest import run_stage, set_params, snapshot
 from tests.test_pipeline import ENV, ran, sh
 
 pytestmark = pytest.mark.slow
-SMALL = {"distill.methods.selection": ["random"], "distill.methods.distribution": [],
-         "distill.methods.masked": [], "distill.ipcs": [1]}  # tiny_params less all but one run: the cheapest pipeline
+SMALL = {"distill.methods.selection": ["random"], "distill.methods.distribution": [], "distill.methods.masked": [],
+         "distill.ipcs": [1], "evaluate.repeats": 1, "evaluate_full.epochs": 1}  # tiny_params, one cheap run
 ANNOTATION_AND_FEATURE_STAGES = ("tag", "ground", "caption", "describe", "embed_image", "embed_text")
 
 
@@ -82,44 +82,42 @@ def shared(tmp_path_factory, annotated_template, sftp) -> Path:
     sh(root, "git", "init", "-q")
     sh(root, "dvc", "init", "-q")
     sh(root, "dvc", "commit", "-f", "-q")
-    assert "up to date" in sh(root, "dvc", "status")  # the outputs are exactly what the stages' commands make
     sh(root, "dvc", "remote", "add", "-d", "shared", sftp.url)
-    sh(root, "dvc", "remote", "modify", "--local", "shared", "keyfile", str(sftp.keyfile))
+    # a team keeps each member's key out of git (`dvc remote modify --local`, README); here all share one key
+    sh(root, "dvc", "remote", "modify", "shared", "keyfile", str(sftp.keyfile))
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "tiny pipeline")
     sh(root, "dvc", "push")
     return root
 
 
-def clone(shared: Path, sftp: Sftp, dest: Path) -> Path:
-    """A teammate's fresh clone, with their key for the remote (kept out of git: .dvc/config.local)."""
+def clone(shared: Path, dest: Path) -> Path:
+    """A teammate's fresh git clone: no data."""
     sh(dest.parent, "git", "clone", "-q", str(shared), str(dest))
-    sh(dest, "dvc", "remote", "modify", "--local", "shared", "keyfile", str(sftp.keyfile))
     return dest
 
 
 def test_clone_pulls_everything_over_ssh(shared, sftp, tmp_path):
     stored = [p for p in (sftp.root / "dvc-cache/files/md5").rglob("*") if p.is_file()]
     assert stored  # the push wrote into the SFTP server's folder
-    teammate = clone(shared, sftp, tmp_path / "teammate")
+    teammate = clone(shared, tmp_path / "teammate")
     assert not (teammate / "data").exists()
     sh(teammate, "dvc", "pull")
     assert snapshot(teammate, ("data",)) == snapshot(shared, ("data",))
-    assert "up to date" in sh(teammate, "dvc", "status")
-    assert ran(sh(teammate, "dvc", "repro", "--dry")) == set()
+    assert json.loads(sh(teammate, "dvc", "status", "--json")) == {}  # nothing to reproduce
 
 
-def test_selective_pull_of_annotations_and_features(shared, sftp, tmp_path):
-    teammate = clone(shared, sftp, tmp_path / "teammate")
+def test_selective_pull_of_annotations_and_features(shared, tmp_path):
+    teammate = clone(shared, tmp_path / "teammate")
     sh(teammate, "dvc", "pull", *ANNOTATION_AND_FEATURE_STAGES)
-    pulled = {str(p.relative_to(teammate / "data")).split("/")[0] + "/" + p.relative_to(teammate / "data").parts[1]
-              for p in (teammate / "data").rglob("*") if p.is_file()}
-    assert pulled == {"annotations/tags.parquet", "annotations/instances.parquet", "annotations/captions.parquet",
-                      "annotations/descriptions.parquet", "annotation_cache/tag", "annotation_cache/ground",
-                      "annotation_cache/caption", "annotation_cache/describe", "features/image",
-                      "features/instance", "features/caption", "features/description"}
-    assert snapshot(teammate, ("data",)) == {k: v for k, v in snapshot(shared, ("data",)).items() if k in
-                                              snapshot(teammate, ("data",))}
+    pulled = snapshot(teammate, ("data",))
+    assert {"/".join(Path(path).parts[1:3]) for path in pulled} == {
+        "annotations/tags.parquet", "annotations/instances.parquet", "annotations/captions.parquet",
+        "annotations/descriptions.parquet", "annotation_cache/tag", "annotation_cache/ground",
+        "annotation_cache/caption", "annotation_cache/describe", "features/image", "features/instance",
+        "features/caption", "features/description"}  # not prepared/, forgetting/, selections/, distilled/
+    everything = snapshot(shared, ("data",))
+    assert all(everything[path] == digest for path, digest in pulled.items())
 
 
 def without_python(tmp_path: Path) -> tuple[dict, Path]:
@@ -132,35 +130,36 @@ def without_python(tmp_path: Path) -> tuple[dict, Path]:
 
 
 def test_run_cache_shared_between_teammates(shared, sftp, tmp_path):
-    """forgetting's outputs are all cached, so DVC keeps a run-cache entry for it (a stage with a plain
-    `cache: false` output, as evaluate's record or a figure, gets none: README, "Sharing")."""
-    first = clone(shared, sftp, tmp_path / "first")
-    change = ("-S", "select.forgetting.epochs=1")  # the committed tiny params have 2
-    assert ran(sh(first, "dvc", "exp", "run", "--pull", *change, "forgetting")) == {"forgetting"}
+    """prepare's outputs are all cached, so DVC keeps a run-cache entry for it (a stage with a plain
+    `cache: false` output, as evaluate's record or a figure, gets none: README, "Team sharing")."""
+    first = clone(shared, tmp_path / "first")
+    set_params(first, **{"prepare.val_per_class": 1})  # the committed tiny params have 2
+    assert ran(sh(first, "dvc", "repro", "prepare")) == {"prepare"}
     sh(first, "dvc", "push", "--run-cache")
+    assert list((sftp.root / "dvc-cache/runs").rglob("*"))  # the entry went to the server
 
-    second = clone(shared, sftp, tmp_path / "second")
+    second = clone(shared, tmp_path / "second")
     env, marker = without_python(tmp_path)
     # --pull: the run-cache entries and the outputs they name (`dvc pull --run-cache` fetches the entries only)
-    result = subprocess.run(["dvc", "exp", "run", "--pull", *change, "forgetting"], cwd=second, env=env,
+    result = subprocess.run(["dvc", "exp", "run", "--pull", "-S", "prepare.val_per_class=1", "prepare"], cwd=second, env=env,
                             capture_output=True, text=True)
     out = result.stdout + result.stderr
     assert result.returncode == 0 and not marker.exists() and ran(out) == set(), out[-3000:]
-    assert "Stage 'forgetting' is cached - skipping run, checking out outputs" in out
-    events = "data/forgetting/events.parquet"
-    assert (second / events).read_bytes() == (first / events).read_bytes() != (shared / events).read_bytes()
+    assert "Stage 'prepare' is cached - skipping run, checking out outputs" in out
+    prepared = snapshot(second, ("data/prepared",))
+    assert prepared == snapshot(first, ("data/prepared",)) != snapshot(shared, ("data/prepared",))
 
 
-def test_sweep_on_the_queue(shared, sftp, tmp_path):
-    teammate = clone(shared, sftp, tmp_path / "teammate")
+def test_sweep_on_the_queue(shared, tmp_path):
+    teammate = clone(shared, tmp_path / "teammate")
     sh(teammate, "dvc", "pull")
-    for epochs in (1, 3):
-        sh(teammate, "dvc", "exp", "run", "--queue", "-n", f"epochs-{epochs}", "-S", f"evaluate.epochs={epochs}")
+    # a sweep (one experiment per value: sweep-1, sweep-2) of one stage, whose metrics file exp show reads
+    sh(teammate, "dvc", "exp", "run", "--queue", "-n", "sweep", "-S", "evaluate.epochs=1,3", "evaluate_selection@random-1")
     sh(teammate, "dvc", "queue", "start", "-j", "1")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # each finished experiment gets a git ref named after it
         refs = sh(teammate, "git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
-        if {"epochs-1", "epochs-3"} <= {ref.rsplit("/", 1)[-1] for ref in refs} or "refs/exps/celery/failed" in refs:
+        if {"sweep-1", "sweep-2"} <= {ref.rsplit("/", 1)[-1] for ref in refs} or "refs/exps/celery/failed" in refs:
             break
         time.sleep(2)
     status = sh(teammate, "dvc", "queue", "status")
@@ -168,8 +167,8 @@ def test_sweep_on_the_queue(shared, sftp, tmp_path):
     shown = json.loads(sh(teammate, "dvc", "exp", "show", "--json"))
     runs = {rev["name"]: rev["data"] for baseline in shown for exp in baseline.get("experiments") or []
             for rev in exp["revs"]}
-    assert set(runs) == {"epochs-1", "epochs-3"}
-    for name, data in runs.items():
-        assert data["params"]["params.yaml"]["data"]["evaluate"]["epochs"] == int(name.split("-")[1])
+    assert set(runs) == {"sweep-1", "sweep-2"}
+    assert sorted(data["params"]["params.yaml"]["data"]["evaluate"]["epochs"] for data in runs.values()) == [1, 3]
+    for data in runs.values():
         accuracy = data["metrics"]["outputs/metrics/random-ipc1.json"]["data"]["convnet3"]["test_accuracy_mean"]
         assert 0 <= accuracy <= 100
