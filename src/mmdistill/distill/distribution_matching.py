@@ -9,8 +9,10 @@ KEYS is the schema of `distill.distribution` (the family block a method's block 
 from __future__ import annotations
 
 from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Str
+from mmdistill.core.storage import PipelineError
+from mmdistill.distill import distributed
 from mmdistill.distill.engine import Engine, Run
-from mmdistill.distill.losses import MaskedTerm, distribution_gap, weighted_sum
+from mmdistill.distill.losses import MaskedTerm, class_means, distribution_gap, weighted_sum
 from mmdistill.nn.nets import make_net
 
 KEYS = {
@@ -39,15 +41,24 @@ def distribution_matching(run: Run, init: list[int], full_weight: float, masked:
         syn_masks = masks[init].to(device)
         masked_match = masked.match or distribution_gap
     engine = Engine(run, batches.images[init], {"masks": masks} if masked is not None else None)
+    shared = distributed.world()[1] > 1  # torchrun: each process embeds its share of the real batch
+    if shared:
+        if masked is not None or (settings["augment"] and not settings["siamese"]):
+            raise PipelineError(f"distill {run.name} under torchrun: only dm with siamese DSA (or augment false) "
+                                "splits its real batch across processes; run it as one process")
+        distributed.check_divisible(settings["batch_real"], run.where["batch_real"])
+    real_means = distributed.class_means_across_ranks if shared else class_means
 
     def step(it):
         net = engine.compiled(make_net(net_name, channels, classes, size).to(device))
         net.requires_grad_(False)
         idx = batches.sample(engine.gen)
+        if shared:
+            idx = distributed.shard(idx, classes)
         real = batches.images[idx].to(device)
         aug = augment.draw(engine.gen, classes)
         syn = engine.images()
-        terms = [(full_weight, lambda: distribution_gap(net, aug(real), aug(syn), classes))]
+        terms = [(full_weight, lambda: distribution_gap(net, aug(real), aug(syn), classes, real_means))]
         if masked is not None:
             terms.append((masked.weight, lambda: masked_match(
                 net, aug(real * masks[idx].to(device)), aug(syn * syn_masks), classes)))

@@ -46,6 +46,7 @@ from mmdistill.core.storage import (
     save_text,
 )
 from mmdistill.data.datasets import ImageSet, denormalize, resolve_flip
+from mmdistill.distill import distributed
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.augment import from_params as augment_from_params
 from mmdistill.nn.vae import Pixels, latent_space
@@ -269,7 +270,8 @@ class Engine:
         """Run `step` for the remaining iterations -> (the final images on the CPU, the loss history, the
         parameterisation's extra outputs, e.g. the latents)."""
         start = self._load_checkpoint(iterations) if self.resume else 0
-        log = LossLog(distill_log(self.name), start)
+        writes = distributed.writes()  # under torchrun, rank 0 alone writes the curve, grids and checkpoints
+        log = LossLog(distill_log(self.name), start) if writes else None
         # the bar as a context: an error closes it (a newline), so the error's one line stands on its own
         with tqdm(range(start, iterations), desc=self.name, initial=start, total=iterations, mininterval=2) as bar:
             for it in bar:
@@ -279,6 +281,8 @@ class Engine:
                 step(it)
                 self.history.append(float(np.mean(self._losses)))
                 done = it + 1
+                if not writes:
+                    continue
                 if done % self.log_every == 0 or done == iterations:
                     log.log(it, self.history[-1])
                 if done % self.grid_every == 0 and self.show is not None:

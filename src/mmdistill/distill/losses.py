@@ -25,11 +25,12 @@ def class_means(features: torch.Tensor, classes: int) -> torch.Tensor:
     return features.view(classes, -1, features.shape[1]).mean(1)
 
 
-def distribution_gap(net, real: torch.Tensor, syn: torch.Tensor, classes: int) -> torch.Tensor:
+def distribution_gap(net, real: torch.Tensor, syn: torch.Tensor, classes: int, real_means=class_means) -> torch.Tensor:
     """DM: sum over classes of the squared distance between mean real and mean synthetic embeddings
-    (in float32 when the embeddings come out of bf16/fp16 autocast)."""
+    (in float32 when the embeddings come out of bf16/fp16 autocast). `real_means`: how the real class means are
+    taken (distributed.class_means_across_ranks: over every torchrun process's share of the real batch)."""
     with torch.no_grad():
-        real_mean = class_means(net.embed(real).float(), classes)
+        real_mean = real_means(net.embed(real).float(), classes)
     return ((real_mean - class_means(net.embed(syn).float(), classes)) ** 2).sum()
 
 

@@ -29,7 +29,7 @@ from mmdistill.core.paths import LOSS_CURVES, checkpoint, distill_log, distilled
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, check_writable, save_tensors
 from mmdistill.data.datasets import load_split, resolve_flip
-from mmdistill.distill import methods
+from mmdistill.distill import distributed, methods
 from mmdistill.distill.engine import Run, save_grid
 
 SELECTION_PARAMS = {"kcenter": ("kcenter_start", "select.kcenter_start"),  # the select param a selection follows
@@ -65,6 +65,10 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)
+    distributed.start(device)
+    if distributed.world()[1] > 1 and method.family != "distribution":
+        raise PipelineError(f"distill {name} under torchrun: only the distribution family (dm) splits its work "
+                            "across processes; run it as one process")
     run_id = run_name(name, ipc, latent)
     out = distilled_set(run_id)
     check_writable(out, distilled_figure(run_id), *((checkpoint(run_id), LOSS_CURVES / f"{run_id}.tsv",
@@ -79,6 +83,8 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
             "engine": dict(param(params, "distill.engine", dict)) if method.engine else {},
             "latent": dict(param(params, "distill.latent", dict)) if latent else {},
             "device": str(device), "versions": versions()}
+    if not distributed.writes():
+        return out
     save_tensors({"images": images.contiguous(), "labels": train.labels[init],
                   "source_uids": [train.uids[i] for i in init], "mean": train.mean, "std": train.std,
                   "loss": torch.tensor(result.loss, dtype=torch.float32), **result.extra, "info": info}, out)

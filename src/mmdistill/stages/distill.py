@@ -9,11 +9,14 @@ each, listed there with what it does); its settings are `distill.<family>` overl
 (mmdistill.distill.methods.resolve), recorded in the output's `info.settings`. The output format is in
 mmdistill.distill.runs. Optimising methods also write a DVCLive loss curve and periodic grids under
 `outputs/distill/{run}/` and checkpoints `data/checkpoints/{run}.pt` that `--resume` continues from
-(mmdistill.distill.engine); the result is byte-identical to an uninterrupted run.
+(mmdistill.distill.engine); the result is byte-identical to an uninterrupted run. Under
+`torchrun --standalone --nproc_per_node N -m mmdistill.stages.distill --method dm --ipc K`, dm's real batch is split
+across N CPU processes and rank 0 alone writes (mmdistill.distill.distributed).
 """
 from __future__ import annotations
 
 from mmdistill.core.config import load_params
+from mmdistill.distill import distributed
 from mmdistill.distill.runs import distill
 from mmdistill.stages import ArgumentParser, run_stage
 
@@ -28,7 +31,8 @@ def main() -> None:
                         help="optimise latents of the VAE of distill.latent -> {method}-latent-ipc{K}")
     args = parser.parse_args()
     out = distill(args.method, args.ipc, args.latent, load_params(), args.resume)
-    print(f"wrote {out}")
+    if distributed.writes():  # under torchrun: rank 0
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
