@@ -92,6 +92,23 @@ def test_perfect_scores_and_bad_input():
         recall(torch.zeros(3, 2), torch.tensor([0, 1]))
 
 
+def test_identical_caption_strings_are_one_text_class_matching():
+    """Label captions: images 0, 1 are sneakers (both "sneaker"), image 2 a bag. A model that only knows the class
+    scores 100 % (MTT-VL Table 7's class matching); without text ids every shared caption is a tied wrong candidate."""
+    image_of_text, text_id = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1])
+    scores = torch.tensor([[0.9, 0.9, 0.1], [0.8, 0.8, 0.2], [0.1, 0.1, 0.7]])   # columns: captions
+    assert recall(scores, image_of_text, ks=(1,), text_id=text_id) == {"tr_r1": 100.0, "ir_r1": 100.0}
+    assert recall(scores, image_of_text, ks=(1,)) == {"tr_r1": pytest.approx(100 / 3), "ir_r1": pytest.approx(200 / 3)}
+    tr, ir = ranks(torch.tensor([[0.1, 0.1, 0.9], [0.8, 0.8, 0.2], [0.1, 0.1, 0.7]]), image_of_text, text_id)
+    assert tr.tolist() == [2, 1, 1]                 # image 0 prefers the bag caption: its own text is 2nd of 2
+    assert ir.tolist() == [1, 1, 2]                 # "sneaker": image 1 (a sneaker) is first; "bag": image 0 beats 2
+    # random ranking: TR 1 of 2 distinct texts; IR "sneaker" is had by 2 of 3 images, "bag" by 1
+    c = chance_recall(image_of_text, 3, ks=(1,), text_id=text_id)
+    assert c == {"tr_r1": pytest.approx(50.0), "ir_r1": pytest.approx(100 * (2 / 3 + 2 / 3 + 1 / 3) / 3)}
+    with pytest.raises(PipelineError, match="2 text ids for 3 captions"):
+        recall(scores, image_of_text, text_id=torch.tensor([0, 1]))
+
+
 def test_chance_recall_exact_and_matches_random_scores():
     c = chance_recall(torch.tensor([0, 0, 1, 1]), 2, ks=(1,))
     assert c == {"tr_r1": pytest.approx(50.0), "ir_r1": pytest.approx(50.0)}   # 1 - C(2,1)/C(4,1); 1/2

@@ -2,10 +2,11 @@
 
 A pair split, as the pair model and the retrieval code take it:
     {"images": float N x C x H x W (dataset-normalised), "texts": float T x D (caption embeddings),
-     "image_of_text": int64 T (the image each caption belongs to)}
+     "image_of_text": int64 T (the image each caption belongs to),
+     "text_id": int64 T (the same id = the same caption string; evaluation splits, for the retrieval rule)}
 
 data/pair_text/{split}.pt (stage embed_pairs): {"embeddings": float32 T x D, "image_of_text": int64 T,
-"uids": the split's image uids in prepared order, "encoder": name, "dim": D}. Captions are the prepared
+"text_id": int64 T, "uids": the split's image uids in prepared order, "encoder": name, "dim": D}. Captions are the prepared
 `captions` column (all of them, in order), embedded once with `imagetext.text_encoder`.
 """
 from __future__ import annotations
@@ -55,8 +56,11 @@ def load_pairs(split: str, root=PREPARED, text_root=PAIR_TEXT) -> dict:
     if list(text["uids"]) != list(images.uids):
         raise PipelineError(f"{text_root}/{split}.pt was embedded from other images than data/prepared/{split}; "
                             "re-run stage embed_pairs")
+    if "text_id" not in text:
+        raise PipelineError(f"{text_root}/{split}.pt has no text_id (made by an older embed_pairs); re-run stage "
+                            "embed_pairs")
     return {"images": images.normalized(), "texts": text["embeddings"].float(),
-            "image_of_text": text["image_of_text"].long(), "uids": images.uids,
+            "image_of_text": text["image_of_text"].long(), "text_id": text["text_id"].long(), "uids": images.uids,
             "channels": images.images.shape[1], "image_size": images.images.shape[-1],
             "mean": images.mean, "std": images.std}
 
@@ -109,4 +113,5 @@ def subset(pairs: dict, n: int | None, seed: int) -> dict:
     new_index[keep] = torch.arange(n)
     mask = new_index[pairs["image_of_text"]] >= 0
     return {**pairs, "images": pairs["images"][keep], "texts": pairs["texts"][mask],
-            "image_of_text": new_index[pairs["image_of_text"][mask]], "uids": [pairs["uids"][i] for i in keep.tolist()]}
+            "image_of_text": new_index[pairs["image_of_text"][mask]], "uids": [pairs["uids"][i] for i in keep.tolist()],
+            **({"text_id": pairs["text_id"][mask]} if "text_id" in pairs else {})}

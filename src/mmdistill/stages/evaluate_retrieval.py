@@ -58,7 +58,8 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
         device=device)
     metrics = {encoder: {f"{split}_{k}": v for split in ("test", "val") for k, v in summary[split].items()}}
     record = {"pairs": pairs_name, "train_images": len(train["images"]), "train_texts": len(train["texts"]),
-              "recalls": per_repeat, "student_lr": lr, "chance": {s: chance_recall(d["image_of_text"], len(d["images"]))
+              "recalls": per_repeat, "student_lr": lr, "chance": {s: chance_recall(d["image_of_text"], len(d["images"]),
+                                                                          text_id=d["text_id"])
                                                 for s, d in splits.items()},
               "model": params["imagetext"]["model"], "evaluate": params["imagetext"]["evaluate"], "seed": seed,
               "dataset": param(params, "prepare.dataset", str), "versions": versions()}
