@@ -408,6 +408,14 @@ def test_embed_pairs_names_an_image_without_captions(project, monkeypatch):
     assert not Path("data/pair_text").exists()
 
 
+def test_unknown_split_is_named():
+    from mmdistill.data.pairs import load_pairs, read_captions
+    with pytest.raises(PipelineError, match="unknown split 'validation'; valid: train, val, test"):
+        read_captions("validation")
+    with pytest.raises(PipelineError, match="unknown split 'dev'"):
+        load_pairs("dev")
+
+
 @pytest.mark.slow
 def test_dvc_repro_of_the_image_text_chain(project, tmp_path):
     """The image-text stages through `dvc repro` on a tiny Karpathy layout (real MiniLM): exactly their chain runs,
