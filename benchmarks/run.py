@@ -35,6 +35,14 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
                (none = NET.test_accuracy_mean, NET.test_accuracy_std, NET.val_accuracy_mean for each network)
   kind speed:
     measure    the spec of benchmarks/measure_speed.py (rounds, iterations, images, losses, ...)
+  kind retrieval (the image-text track; `set` turns it on: imagetext.stages [on], prepare.dataset ...):
+    rows       [PAIR_SET, or {row: PAIR_SET, set: {...}}]: full | random-N | mttvl-N (distill_pairs, then evaluated)
+               | herding-N | kcenter-N | forgetting-N | pds-N (select_pairs, then evaluated), each evaluated by
+               `python -m mmdistill.stages.evaluate_retrieval --pairs PAIR_SET`; needs [buffer@on] for mttvl
+    metrics    as for accuracy (none = test TR/IR R@1/5/10 means and the R@1 stds of each image encoder)
+  The retrieval tables add the seconds per mttvl iteration (distill_pairs' wall time over its iterations, start-up
+  included) and the seconds per expert epoch that stage buffer measured (data/buffer/record.json, when `needs` ran
+  it).
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -61,10 +70,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
 RESULTS = ROOT / "benchmarks" / "results"
-KINDS = ("accuracy", "speed")
+KINDS = ("accuracy", "speed", "retrieval")
 COMMON_KEYS = {"description", "kind", "set", "needs", "variants", "repeats"}
-KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}}
+KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}, "retrieval": {"rows", "metrics"}}
 DEFAULT_METRICS = ["*.test_accuracy_mean", "*.test_accuracy_std", "*.val_accuracy_mean"]  # per network
+RETRIEVAL_METRICS = [f"*.test_{side}_r{k}_mean" for side in ("tr", "ir") for k in (1, 5, 10)] + \
+    ["*.test_tr_r1_std", "*.test_ir_r1_std"]                                      # per image encoder
+PAIR_SET = re.compile(r"^(full|(random|mttvl|herding|kcenter|forgetting|pds)-([1-9][0-9]*))$")  # as mmdistill.data.pairs
+BUFFER_RECORD = "data/buffer/record.json"  # stage buffer's record (read, never written)
 METRICS_DIR = "outputs/metrics"  # where the evaluate stage writes its metrics files (read, never written)
 
 
@@ -119,14 +132,21 @@ def apply_sets(params: dict, sets: dict, where: str) -> dict:
     return params
 
 
-def parse_row(item, where: str) -> dict:
+def parse_row(item, where: str, kind: str = "accuracy") -> dict:
     sets = {}
     if isinstance(item, dict):
         unknown = set(item) - {"row", "set"}
         if unknown or "row" not in item:
-            raise ConfigError(where, f"a row mapping has keys row (METHOD:IPC) and set, got {sorted(item)}")
+            what = "PAIR_SET" if kind == "retrieval" else "METHOD:IPC"
+            raise ConfigError(where, f"a row mapping has keys row ({what}) and set, got {sorted(item)}")
         sets = check_sets(item.get("set") or {}, where)
         item = item["row"]
+    if kind == "retrieval":
+        match = PAIR_SET.match(str(item))
+        if not match:
+            raise ConfigError(where, f"row {item!r}: expected a pair set: full, random-N, mttvl-N, herding-N, "
+                                     "kcenter-N, forgetting-N or pds-N")
+        return {"pairs": str(item), "kind": match.group(2) or "full", "set": sets, "name": str(item)}
     method, _, ipc = str(item).partition(":")
     if not method or not ipc.isdigit() or int(ipc) < 1:
         raise ConfigError(where, f"row {item!r}: expected METHOD:IPC (or METHOD-latent:IPC), e.g. dm:10")
@@ -168,15 +188,16 @@ def load_config(name: str, params: dict, dvc_stages: set[str]) -> dict:
         if str(stage).partition("@")[0] not in dvc_stages:
             raise ConfigError(where, f"needs {stage!r}: no such stage in dvc.yaml "
                                      f"(stages: {', '.join(sorted(dvc_stages))})")
-    if kind == "accuracy":
+    if kind in ("accuracy", "retrieval"):
         rows = raw.get("rows")
         if not isinstance(rows, list) or not rows:
-            raise ConfigError(where, "rows (a list of METHOD:IPC) is required for kind accuracy")
-        config["rows"] = [parse_row(r, where) for r in rows]
+            raise ConfigError(where, f"rows (a list of {'PAIR_SET' if kind == 'retrieval' else 'METHOD:IPC'}) is "
+                                     f"required for kind {kind}")
+        config["rows"] = [parse_row(r, where, kind) for r in rows]
         config["evaluate"] = raw.get("evaluate", True)
         if not isinstance(config["evaluate"], bool):
             raise ConfigError(where, f"evaluate must be true or false, got {config['evaluate']!r}")
-        config["metrics"] = raw.get("metrics") or DEFAULT_METRICS
+        config["metrics"] = raw.get("metrics") or (RETRIEVAL_METRICS if kind == "retrieval" else DEFAULT_METRICS)
     else:
         if not isinstance(raw.get("measure"), dict):
             raise ConfigError(where, "measure (the spec of benchmarks/measure_speed.py) is required for kind speed")
@@ -189,11 +210,12 @@ def load_config(name: str, params: dict, dvc_stages: set[str]) -> dict:
         spec = spec or {}
         if not isinstance(spec, dict) or set(spec) - {"set", "rows"}:
             raise ConfigError(where, f"variant {vname!r}: expected a mapping with keys set and rows")
-        if "rows" in spec and kind != "accuracy":
-            raise ConfigError(where, f"variant {vname!r}: rows are for kind accuracy")
+        if "rows" in spec and kind == "speed":
+            raise ConfigError(where, f"variant {vname!r}: rows are for kinds accuracy and retrieval")
         variant = {"set": check_sets(spec.get("set") or {}, where), "own_rows": "rows" in spec}
-        if kind == "accuracy":
-            variant["rows"] = [parse_row(r, where) for r in spec["rows"]] if "rows" in spec else config["rows"]
+        if kind != "speed":
+            variant["rows"] = ([parse_row(r, where, kind) for r in spec["rows"]] if "rows" in spec
+                               else config["rows"])
         config["variants"][str(vname)] = variant
     # every params file the run will write passes the project's schema: checked now, not an hour into the run
     candidates = []
@@ -241,6 +263,9 @@ def plan(config: dict, base_params: dict) -> list[dict]:
                                        "--out", "speed-result.json"]})
                 continue
             for row in variant["rows"]:
+                if config["kind"] == "retrieval":
+                    steps += retrieval_steps(row, unit, sets, base_params)
+                    continue
                 cell = {**unit, "row": row["name"], "method": row["method"], "ipc": row["ipc"]}
                 if row["set"]:
                     steps.append({**cell, "step": "params", "set": {**sets, **row["set"]}})
@@ -251,6 +276,25 @@ def plan(config: dict, base_params: dict) -> list[dict]:
                                   "argv": [py, "-m", "mmdistill.stages.evaluate", *args]})
                 if row["set"]:  # the next row starts from the variant's params again
                     steps.append({**cell, "step": "params", "set": sets})
+    return steps
+
+
+def retrieval_steps(row: dict, unit: dict, sets: dict, base_params: dict) -> list[dict]:
+    """A pair set's steps: made (mttvl-N: distill_pairs; a coreset: select_pairs), then evaluate_retrieval."""
+    py, cell = sys.executable, {**unit, "row": row["name"]}
+    steps = [{**cell, "step": "params", "set": {**sets, **row["set"]}}] if row["set"] else []
+    make = {"mttvl": "distill_pairs", "herding": "select_pairs", "kcenter": "select_pairs",
+            "forgetting": "select_pairs", "pds": "select_pairs"}.get(row["kind"])
+    if make:
+        step = {**cell, "step": "distill", "argv": [py, "-m", f"mmdistill.stages.{make}", "--pairs", row["pairs"]]}
+        if row["kind"] == "mttvl":
+            params = apply_sets(base_params, {**sets, **row["set"]}, "retrieval row")
+            step["iterations"] = params["imagetext"]["mttvl"]["iterations"]
+        steps.append(step)
+    steps.append({**cell, "step": "evaluate",
+                  "argv": [py, "-m", "mmdistill.stages.evaluate_retrieval", "--pairs", row["pairs"]]})
+    if row["set"]:
+        steps.append({**cell, "step": "params", "set": sets})
     return steps
 
 
@@ -383,7 +427,7 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
         before = metrics_snapshot(work) if step["step"] == "evaluate" else None
         log_start = log.stat().st_size if log.exists() else 0
         timing = run_command(step, work, env, log)
-        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc") if k in step}
+        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations") if k in step}
         entry |= {"command": display(step["argv"]), **timing}
         if timing["rc"] != 0:
             entry["error"] = log_tail(log, log_start)
@@ -402,6 +446,9 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
                 (entry["metrics_file"], entry["metrics"]), = changed.items()
         elif step["step"] == "measure":
             entry["measurements"] = json.loads((work / "speed-result.json").read_text())
+        elif step["step"] == "needs" and (work / BUFFER_RECORD).exists():
+            buffer = json.loads((work / BUFFER_RECORD).read_text())
+            entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
         print(f"  {timing['wall_s']:.0f} s", flush=True)
         record["steps"].append(entry)
         write()
@@ -445,31 +492,54 @@ def accuracy_tables(config: dict, record: dict) -> list[str]:
     evaluated = [c["evaluate"] for c in cells.values() if "evaluate" in c]
     columns = metric_columns(config, evaluated) if config["evaluate"] else []
     many_variants, many_seeds = len(config["variants"]) > 1, config["repeats"] > 1
-    head = (["variant"] if many_variants else []) + ["method", "IPC"] + (["seed"] if many_seeds else [])
-    head += columns + ["distill s", "evaluate s", "load (1 min) before"]
+    retrieval = config["kind"] == "retrieval"
+    row_head = ["pair set"] if retrieval else ["method", "IPC"]
+
+    def row_values(row: str) -> list[str]:
+        return [row] if retrieval else row.split(":")
+    head = (["variant"] if many_variants else []) + row_head + (["seed"] if many_seeds else [])
+    head += columns + ["make s (distill_pairs / select_pairs)" if retrieval else "distill s", "evaluate s",
+                       "load (1 min) before"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (variant, seed, row), cell in cells.items():
         d, e = cell.get("distill", {}), cell.get("evaluate", {})
         flat = flatten(e.get("metrics", {}))
-        values = ([variant] if many_variants else []) + list(row.split(":")) + ([str(seed)] if many_seeds else [])
+        values = ([variant] if many_variants else []) + row_values(row) + ([str(seed)] if many_seeds else [])
         values += [fmt(flat.get(c)) for c in columns]
-        values += [failed(d) or fmt(d.get("wall_s")), failed(e) or fmt(e.get("wall_s")), fmt(d.get("load_before"))]
+        values += [failed(d) or fmt(d.get("wall_s")), failed(e) or fmt(e.get("wall_s")),
+               fmt(d.get("load_before", e.get("load_before")))]
         lines.append("| " + " | ".join(values) + " |")
     if many_seeds and columns:
         lines += ["", f"Over the {config['repeats']} seeds (mean ± population std):", "",
-                  "| " + " | ".join((["variant"] if many_variants else []) + ["method", "IPC", *columns]) + " |",
-                  "|" + "---|" * ((1 if many_variants else 0) + 2 + len(columns))]
+                  "| " + " | ".join((["variant"] if many_variants else []) + row_head + columns) + " |",
+                  "|" + "---|" * ((1 if many_variants else 0) + len(row_head) + len(columns))]
         groups = {}
         for (variant, seed, row), cell in cells.items():
             flat = flatten(cell.get("evaluate", {}).get("metrics", {}))
             groups.setdefault((variant, row), []).append(flat)
         for (variant, row), flats in groups.items():
-            values = ([variant] if many_variants else []) + list(row.split(":"))
+            values = ([variant] if many_variants else []) + row_values(row)
             for c in columns:
                 xs = [f[c] for f in flats if c in f]
                 values.append(f"{statistics.fmean(xs):.2f} ± {statistics.pstdev(xs):.2f} (n={len(xs)})" if xs else "-")
             lines.append("| " + " | ".join(values) + " |")
     return lines
+
+
+def retrieval_timings(record: dict) -> list[str]:
+    """Seconds per mttvl iteration (distill_pairs' wall over its iterations) and per expert epoch (stage buffer's
+    own measurement), per variant and seed."""
+    lines = ["", "Timings (wall seconds):", "", "| variant | seed | what | s |", "|---|---|---|---|"]
+    for e in record["steps"]:
+        if e["step"] == "needs" and e.get("buffer", {}).get("seconds_per_expert_epoch") is not None:
+            b = e["buffer"]
+            lines.append(f"| {e['variant']} | {e['seed']} | expert epoch (stage buffer: {b['experts']} experts x "
+                         f"{b['expert_epochs']} epochs; the buffer's own measurement) | "
+                         f"{b['seconds_per_expert_epoch']:.2f} |")
+        if e["step"] == "distill" and e.get("iterations") and not e.get("rc"):
+            lines.append(f"| {e['variant']} | {e['seed']} | mttvl iteration ({e['row']}: {e['wall_s']:.1f} s / "
+                         f"{e['iterations']} iterations, start-up included) | {e['wall_s'] / e['iterations']:.2f} |")
+    return lines if len(lines) > 5 else []
 
 
 def failed(entry: dict) -> str:
@@ -547,7 +617,12 @@ def markdown(config: dict, record: dict) -> str:
     if config["kind"] == "speed":
         lines.append(f"- measure: `{json.dumps(config['measure'])}`")
     lines += ["", "## Results", ""]
-    lines += accuracy_tables(config, record) if config["kind"] == "accuracy" else speed_tables(config, record)
+    if config["kind"] == "speed":
+        lines += speed_tables(config, record)
+    else:
+        lines += accuracy_tables(config, record)
+    if config["kind"] == "retrieval":
+        lines += retrieval_timings(record)
     lines += ["", "## Commands", "",
               "Run in a copy of the project; wall and CPU seconds (CPU: user + system of the command and its "
               "children).", "",

@@ -61,6 +61,26 @@ def test_dry_run_lists_the_exact_commands(tmp_path):
     assert shown == expected
 
 
+def test_retrieval_plan_makes_then_evaluates_each_pair_set(tmp_path):
+    config = {"description": "r", "kind": "retrieval", "needs": ["buffer@on"],
+              "set": {"imagetext.stages": ["on"], "imagetext.mttvl.iterations": 7},
+              "rows": ["full", "mttvl-10", {"row": "herding-10", "set": {"embed.batch_size": 8}}]}
+    plan = dry_run(tmp_path, config)
+    shown = [(s["step"], s.get("command") or s["set"].get("embed.batch_size")) for s in plan["steps"]]
+    stage = "python -m mmdistill.stages."
+    assert shown == [("params", None), ("needs", "python -m dvc repro buffer@on"),
+                     ("evaluate", f"{stage}evaluate_retrieval --pairs full"),
+                     ("distill", f"{stage}distill_pairs --pairs mttvl-10"),
+                     ("evaluate", f"{stage}evaluate_retrieval --pairs mttvl-10"),
+                     ("params", 8), ("distill", f"{stage}select_pairs --pairs herding-10"),
+                     ("evaluate", f"{stage}evaluate_retrieval --pairs herding-10"), ("params", None)]
+    assert plan["steps"][3]["iterations"] == 7                    # seconds per mttvl iteration = wall / 7
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**config, "rows": ["kmeans-10"]}, sort_keys=False))
+    out = runner(str(path), "--dry-run", check=False)
+    assert out.returncode != 0 and "row 'kmeans-10': expected a pair set" in out.stderr
+
+
 @pytest.mark.slow
 def test_distill_only_and_speed_plans(tmp_path):
     plan = dry_run(tmp_path, {"description": "d", "kind": "accuracy", "evaluate": False, "rows": ["dm:10"]})
@@ -104,7 +124,7 @@ def test_every_shipped_config_is_valid():
     ({"needs": ["prepar"]}, "needs 'prepar': no such stage in dvc.yaml"),
     ({"rows": ["dm"]}, "row 'dm': expected METHOD:IPC"),
     ({"repeat": 2}, "unknown keys ['repeat']"),
-    ({"kind": "accuracyy"}, "kind must be one of accuracy, speed"),
+    ({"kind": "accuracyy"}, "kind must be one of accuracy, speed, retrieval"),
 ])
 def test_bad_configs_are_refused_before_anything_runs(tmp_path, change, message):
     path = tmp_path / "bad.yaml"

@@ -226,3 +226,64 @@ def test_report_shows_the_listed_benchmark_results_and_names_a_missing_one(repor
     with pytest.raises(PipelineError, match=r"report\.benchmarks.*benchmarks/results/no_such_run\.json"):
         run_stage("report")
     assert (reported / "outputs/report.md").read_bytes() == before
+
+
+# ---- image-text retrieval ------------------------------------------------------------------------------------
+
+def retrieval_run(name: str, base: float, images: int, params: dict | None = None) -> tuple[dict, dict]:
+    """(record, metrics) of one evaluate_retrieval run, in the layout the stage writes (fabricated numbers)."""
+    keys = [f"{s}_r{k}" for s in ("tr", "ir") for k in (1, 5, 10)]
+    metrics = {"convnet3": {f"{split}_{k}_{stat}": (base + i if stat == "mean" else 0.5)
+                            for split in ("test", "val") for i, k in enumerate(keys) for stat in ("mean", "std")}}
+    imagetext = (params or {}).get("imagetext", {})
+    record = {"pairs": name, "train_images": images, "train_texts": images * 5, "dataset": "scenes",
+              "chance": {"test": {k: 0.25 for k in keys}, "val": {k: 0.5 for k in keys}},
+              "model": imagetext.get("model", {"image_encoder": "convnet3"}),
+              "evaluate": imagetext.get("evaluate", {"repeats": 3, "epochs": 30, "lr": 0.1}),
+              "seed": (params or {}).get("seed", 0)}
+    return record, metrics
+
+
+def test_retrieval_table_rows_bounds_and_published_numbers():
+    from mmdistill.report.markdown import retrieval_table
+    runs = [("random-100", *retrieval_run("random-100", 2.0, 100)), ("mttvl-100", *retrieval_run("mttvl-100", 3.0, 100)),
+            ("full", *retrieval_run("full", 40.0, 5000)), ("herding-100", *retrieval_run("herding-100", 1.0, 100))]
+    lines = retrieval_table(runs)
+    assert lines[0] == ("| method | pairs | TR R@1 (%) | TR R@5 (%) | TR R@10 (%) | IR R@1 (%) | IR R@5 (%) | "
+                        "IR R@10 (%) |")
+    assert lines[2] == ("| whole train split, upper bound (5000 images) | — | 40.00 ± 0.50 | 41.00 ± 0.50 | 42.00 ± 0.50 | "
+                        "43.00 ± 0.50 | 44.00 ± 0.50 | 45.00 ± 0.50 |")
+    assert [line.split(" | ")[0] for line in lines[3:6]] == ["| mttvl", "| random", "| herding"]
+    assert lines[6] == "| random ranking, lower bound | — | 0.25 | 0.25 | 0.25 | 0.25 | 0.25 | 0.25 |"
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:7])
+    assert "different data and budget" in lines[8]
+    assert "| mttvl (published) | 100 | 9.9 ± 0.3 | 4.7 ± 0.2 |" in lines
+    assert "| random (published) | 100 | 1.3 | 1.0 |" in lines
+    without_full = retrieval_table(runs[:2])
+    assert "| whole train split, upper bound | — | not run |" in "\n".join(without_full)
+
+
+def test_report_stage_shows_retrieval_when_imagetext_runs_exist(reported):
+    from mmdistill.core.config import load_params
+    from mmdistill.core.storage import PipelineError, save_json
+    from tests.conftest import run_stage, set_params
+    run_stage("report")
+    assert "Image–text retrieval" not in (reported / "outputs/report.md").read_text()   # none listed: no section
+    set_params(reported, **{"imagetext.stages": ["on"], "imagetext.pair_sets": ["full", "random-4"],
+                            "imagetext.distill_sets": ["mttvl-4"], "imagetext.coreset_sets": ["kcenter-4"]})
+    with pytest.raises(PipelineError, match=r"retrieval-full.json is missing: run `dvc repro evaluate_retrieval@full`"):
+        run_stage("report")
+    params = load_params()
+    for name, base, images in (("full", 30.0, 500), ("random-4", 1.0, 4), ("mttvl-4", 2.0, 4), ("kcenter-4", 1.5, 4)):
+        record, metrics = retrieval_run(name, base, images, params)
+        save_json(metrics, f"outputs/metrics/retrieval-{name}.json")
+        save_json(record, f"outputs/evaluate/retrieval-{name}.json")
+    run_stage("report")
+    text = (reported / "outputs/report.md").read_text()
+    assert "## Image–text retrieval" in text and "| random | 4 | 1.00 ± 0.50 |" in text
+    assert "| kcenter | 4 | 1.50 ± 0.50 |" in text and "| whole train split, upper bound (500 images) |" in text
+    assert "| random ranking, lower bound |" in text and "| mttvl (published) | 100 | 9.9 ± 0.3 |" in text
+    assert "| dm | 1 | 70.00 ± 0.50 |" in text                                          # the accuracy table stays
+    set_params(reported, **{"imagetext.evaluate.epochs": 2})
+    with pytest.raises(PipelineError, match=r"run retrieval-full\) was made with evaluate = .*params\.yaml has"):
+        run_stage("report")

@@ -92,6 +92,23 @@ def test_perfect_scores_and_bad_input():
         recall(torch.zeros(3, 2), torch.tensor([0, 1]))
 
 
+def test_identical_caption_strings_are_one_text_class_matching():
+    """Label captions: images 0, 1 are sneakers (both "sneaker"), image 2 a bag. A model that only knows the class
+    scores 100 % (MTT-VL Table 7's class matching); without text ids every shared caption is a tied wrong candidate."""
+    image_of_text, text_id = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1])
+    scores = torch.tensor([[0.9, 0.9, 0.1], [0.8, 0.8, 0.2], [0.1, 0.1, 0.7]])   # columns: captions
+    assert recall(scores, image_of_text, ks=(1,), text_id=text_id) == {"tr_r1": 100.0, "ir_r1": 100.0}
+    assert recall(scores, image_of_text, ks=(1,)) == {"tr_r1": pytest.approx(100 / 3), "ir_r1": pytest.approx(200 / 3)}
+    tr, ir = ranks(torch.tensor([[0.1, 0.1, 0.9], [0.8, 0.8, 0.2], [0.1, 0.1, 0.7]]), image_of_text, text_id)
+    assert tr.tolist() == [2, 1, 1]                 # image 0 prefers the bag caption: its own text is 2nd of 2
+    assert ir.tolist() == [1, 1, 2]                 # "sneaker": image 1 (a sneaker) is first; "bag": image 0 beats 2
+    # random ranking: TR 1 of 2 distinct texts; IR "sneaker" is had by 2 of 3 images, "bag" by 1
+    c = chance_recall(image_of_text, 3, ks=(1,), text_id=text_id)
+    assert c == {"tr_r1": pytest.approx(50.0), "ir_r1": pytest.approx(100 * (2 / 3 + 2 / 3 + 1 / 3) / 3)}
+    with pytest.raises(PipelineError, match="2 text ids for 3 captions"):
+        recall(scores, image_of_text, text_id=torch.tensor([0, 1]))
+
+
 def test_chance_recall_exact_and_matches_random_scores():
     c = chance_recall(torch.tensor([0, 0, 1, 1]), 2, ks=(1,))
     assert c == {"tr_r1": pytest.approx(50.0), "ir_r1": pytest.approx(50.0)}   # 1 - C(2,1)/C(4,1); 1/2
@@ -231,17 +248,21 @@ def test_buffer_saves_every_epoch_and_resumes_to_the_same_bytes(tmp_path):
 def test_pair_set_names_and_subsets():
     assert parse_pair_set("full", 10) == ("full", None) and parse_pair_set("random-4", 10) == ("random", 4)
     assert parse_pair_set("mttvl-10", 10) == ("mttvl", 10)
-    for bad in ("random-0", "random", "kmeans-3", "../x", "mttvl-1/../x"):
+    assert parse_pair_set("pds-3", 10) == ("pds", 3) and parse_pair_set("forgetting-2", 10) == ("forgetting", 2)
+    for bad in ("random-0", "random", "kmeans-3", "../x", "mttvl-1/../x", "herding-01"):
         with pytest.raises(PipelineError, match="expected 'full', 'random-N'"):
             parse_pair_set(bad, 10)
     with pytest.raises(PipelineError, match="11 pairs requested.*10 images"):
         parse_pair_set("random-11", 10)
     from mmdistill.data.pairs import check_set_lists
-    check_set_lists({"imagetext": {"pair_sets": ["full", "random-3"], "distill_sets": ["mttvl-3"]}})
+    check_set_lists({"imagetext": {"pair_sets": ["full", "random-3"], "distill_sets": ["mttvl-3"],
+                                   "coreset_sets": ["kcenter-3"]}})
     with pytest.raises(PipelineError, match="'imagetext.pair_sets' lists 'mttvl-3'.*distill_sets"):
-        check_set_lists({"imagetext": {"pair_sets": ["mttvl-3"], "distill_sets": []}})
+        check_set_lists({"imagetext": {"pair_sets": ["mttvl-3"], "distill_sets": [], "coreset_sets": []}})
     with pytest.raises(PipelineError, match="'imagetext.distill_sets' lists 'full'"):
-        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": ["full"]}})
+        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": ["full"], "coreset_sets": []}})
+    with pytest.raises(PipelineError, match="'imagetext.coreset_sets' lists 'random-2'.*pair_sets takes random"):
+        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": [], "coreset_sets": ["random-2"]}})
     pairs = tiny_pairs(n=6, captions=3)
     sub = subset(pairs, 2, seed=0)
     assert len(sub["images"]) == 2 and sub["image_of_text"].tolist() == [0, 0, 0, 1, 1, 1]
@@ -287,6 +308,7 @@ def test_stages_embed_pairs_buffer_evaluate_retrieval(project, tmp_path, monkeyp
     run_stage("embed_pairs")
     text = load_tensors("data/pair_text/test.pt")
     assert text["embeddings"].shape == (15, 12) and text["image_of_text"].tolist() == sorted([0, 1, 2] * 5)
+    assert text["text_id"].tolist() == list(range(15))                     # every Flickr caption is distinct
     run_stage("buffer")
     assert sorted(p.name for p in Path("data/buffer/expert-000").iterdir()) == [
         "epoch-000.pt", "epoch-001.pt", "epoch-002.pt"]
@@ -386,6 +408,14 @@ def test_embed_pairs_names_an_image_without_captions(project, monkeypatch):
     assert not Path("data/pair_text").exists()
 
 
+def test_unknown_split_is_named():
+    from mmdistill.data.pairs import load_pairs, read_captions
+    with pytest.raises(PipelineError, match="unknown split 'validation'; valid: train, val, test"):
+        read_captions("validation")
+    with pytest.raises(PipelineError, match="unknown split 'dev'"):
+        load_pairs("dev")
+
+
 @pytest.mark.slow
 def test_dvc_repro_of_the_image_text_chain(project, tmp_path):
     """The image-text stages through `dvc repro` on a tiny Karpathy layout (real MiniLM): exactly their chain runs,
@@ -408,3 +438,73 @@ def test_dvc_repro_of_the_image_text_chain(project, tmp_path):
         metrics = json.loads((project / f"outputs/metrics/retrieval-{run}.json").read_text())
         assert set(metrics["convnet3"]) >= {"test_tr_r1_mean", "test_ir_r10_std", "val_tr_r5_mean"}
     assert ran(sh(project, "dvc", "repro", *targets)) == set()
+
+
+# ---- pair coresets as pair sets (MTT-VL §3.2) ----------------------------------------------------------------
+
+def test_forgetting_ranks_learned_pairs_with_fewest_events_first():
+    from mmdistill.selection.forgetting import ForgettingCounter
+    from mmdistill.selection.pair_sets import forgetting_ranking
+    counter = ForgettingCounter(4)
+    # pair 0: learned, forgotten twice; 1: learned once and kept; 2: never learned; 3: learned, forgotten once
+    for correct in ([1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 1], [0, 1, 0, 1]):
+        counter.update(np.arange(4), np.array(correct, bool))
+    assert counter.events.tolist() == [2, 0, 0, 1] and not counter.learned[2]
+    assert forgetting_ranking(counter, ["a", "b", "c", "d"], "fewest").tolist() == [1, 3, 0, 2]
+    assert forgetting_ranking(counter, ["a", "b", "c", "d"], "most").tolist() == [2, 0, 3, 1]
+
+
+def test_pds_nearest_pairs_are_distinct_real_pairs():
+    from mmdistill.selection.pair_sets import pds_nearest_pairs
+    g = np.random.default_rng(0)
+    centres = np.eye(3, 8)
+    image = centres.repeat(5, 0) + 0.05 * g.standard_normal((15, 8))
+    text = image + 0.05 * g.standard_normal((15, 8))
+    image, text = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (image, text))
+    chosen = pds_nearest_pairs(image.astype(np.float32), text.astype(np.float32), 3, 0.2, seed=0)
+    assert sorted(chosen // 5) == [0, 1, 2]                       # one real pair from each of the 3 groups
+    many = pds_nearest_pairs(image.astype(np.float32), text.astype(np.float32), 12, 0.0, seed=0)
+    assert len(set(many.tolist())) == 12                          # a nearest pair already taken is not taken twice
+
+
+def test_stages_select_pairs_and_evaluate_coresets(project, tmp_path, monkeypatch):
+    """Each coreset kind picks N distinct train images; evaluate_retrieval trains on them with all their captions;
+    bad names and sizes are one-line errors naming the set."""
+    from mmdistill.embed import features
+    from tests.test_prepare_text import flickr_layout, karpathy_params
+    monkeypatch.setitem(features.TEXT_ENCODERS, "minilm", lambda params, device: HashEncoder())
+    sets = ["herding-3", "kcenter-3", "forgetting-3", "pds-2"]
+    set_params(project, **karpathy_params(flickr_layout(tmp_path / "flickr")), **{
+        "imagetext.stages": ["on"], "imagetext.coreset_sets": sets, "imagetext.model.dim": 8,
+        "imagetext.buffer.expert_epochs": 2, "imagetext.buffer.batch_size": 4, "embed.input_size": 32,
+        "imagetext.evaluate.repeats": 1, "imagetext.evaluate.epochs": 1, "imagetext.evaluate.batch_size": 4})
+    run_stage("prepare")
+    run_stage("embed_pairs")
+    train_uids = load_split_uids("train")
+    chosen = {}
+    for name in sets:
+        run_stage("select_pairs", "--pairs", name)
+        from mmdistill.core.storage import read_parquet
+        table = read_parquet(f"data/pair_coresets/{name}.parquet")
+        uids = table["uid"].to_pylist()
+        assert len(uids) == len(set(uids)) == int(name.split("-")[1]) and set(uids) <= set(train_uids)
+        assert table["rank"].to_pylist() == list(range(len(uids)))
+        chosen[name] = uids
+    first = list(chosen["forgetting-3"])
+    run_stage("select_pairs", "--pairs", "forgetting-3")                 # seeded: the same choice again
+    assert read_parquet("data/pair_coresets/forgetting-3.parquet")["uid"].to_pylist() == first
+    run_stage("evaluate_retrieval", "--pairs", "herding-3")
+    record = json.loads(Path("outputs/evaluate/retrieval-herding-3.json").read_text())
+    assert record["train_images"] == 3 and record["train_texts"] == 15      # all 5 captions of each
+    with pytest.raises(PipelineError, match="'herding-7': 7 pairs requested, but the train split holds 6"):
+        run_stage("select_pairs", "--pairs", "herding-7")
+    with pytest.raises(PipelineError, match="data/pair_coresets/kcenter-2.parquet is missing"):
+        run_stage("evaluate_retrieval", "--pairs", "kcenter-2")
+    set_params(project, **{"imagetext.pair_sets": ["pds-2"]})
+    with pytest.raises(PipelineError, match="'imagetext.pair_sets' lists 'pds-2'.*imagetext.coreset_sets takes"):
+        run_stage("select_pairs", "--pairs", "pds-2")
+
+
+def load_split_uids(split):
+    from mmdistill.data.datasets import load_split
+    return load_split(split).uids

@@ -217,6 +217,7 @@ def schema() -> dict:
             "stages": List(Str("on")),
             "pair_sets": List(NAME, unique=True),   # full | random-N, checked by mmdistill.data.pairs
             "distill_sets": List(NAME, unique=True),  # mttvl-N, checked by mmdistill.data.pairs
+            "coreset_sets": List(NAME, unique=True),  # herding|kcenter|forgetting|pds-N, checked by mmdistill.data.pairs
             "text_encoder": names(TEXT_ENCODERS),
             "batch_size": COUNT,
             "model": {

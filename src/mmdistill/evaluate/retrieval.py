@@ -10,8 +10,16 @@ greater than OR EQUAL to it, so a wrong candidate tied with the correct one at t
 constant score matrix scores 0, never the luck of a sort order). Other correct captions tied with or above the
 best one do not push it down. Recall is in % of queries.
 
+Identical caption strings (`text_id`, stage embed_pairs: the same id = the same text) are one candidate: TR
+ranks the split's distinct texts, and an image's own texts are the distinct texts among its captions; an IR query
+(one per caption) is a hit when ANY image having that text is in the top K. Where every caption is distinct (Flickr,
+COCO, scenes) this is the rule above; with label captions ("a photo of a sneaker", shared by every sneaker image)
+it is MTT-VL Appendix B's class matching (Table 7: TR R@1 = whether an image is matched with its class's caption),
+where the instance rule would make every identical caption a tied wrong candidate and score 0.
+
 `chance_recall` is the expected recall of a uniformly random ranking (the lower bound of MTT-VL Table 3): TR
-1 - C(T - m, K) / C(T, K) for an image with m of the T captions, averaged over images; IR K / N.
+1 - C(T - m, K) / C(T, K) for an image with m of the T distinct texts, averaged over images; IR
+1 - C(N - r, K) / C(N, K) for a caption that r of the N images have (K / N when r = 1), averaged over captions.
 
 `evaluate_pair_set` trains `repeats` fresh students (seeds seed, seed+1, ...) on a pair set for a fixed budget
 (no early stopping and no choice of any kind: val and test are only scored), then scores val and test.
@@ -23,15 +31,14 @@ import math
 import numpy as np
 import torch
 
-from mmdistill.core.storage import PipelineError
-from mmdistill.evaluate.ranking import ranks
+from mmdistill.evaluate.ranking import ranks, relevance
 
 KS = (1, 5, 10)
 
 
-def recall(scores: torch.Tensor, image_of_text, ks=KS) -> dict:
+def recall(scores: torch.Tensor, image_of_text, ks=KS, text_id=None) -> dict:
     """{tr_r1, tr_r5, tr_r10, ir_r1, ...} in % (rule in the module docstring)."""
-    tr, ir = ranks(scores.float().cpu(), image_of_text)
+    tr, ir = ranks(scores.float().cpu(), image_of_text, text_id)
     out = {}
     for k in ks:
         out[f"tr_r{k}"] = 100.0 * float((tr <= k).float().mean())
@@ -39,15 +46,18 @@ def recall(scores: torch.Tensor, image_of_text, ks=KS) -> dict:
     return out
 
 
-def chance_recall(image_of_text, n_images: int, ks=KS) -> dict:
+def chance_recall(image_of_text, n_images: int, ks=KS, text_id=None) -> dict:
     """Expected recall (%) of a uniformly random ranking, both ways."""
-    counts = np.bincount(np.asarray(image_of_text), minlength=n_images)
-    n_texts = int(counts.sum())
+    _, own, inverse = relevance(image_of_text, n_images, text_id)
+    own_texts = own.sum(dim=1).tolist()                          # m: distinct own texts of each image
+    having = own.sum(dim=0)[inverse].tolist()                    # r: images having each caption's text
+    n_texts = own.shape[1]
     out = {}
     for k in ks:
-        miss = [math.comb(n_texts - m, k) / math.comb(n_texts, k) if k <= n_texts else 0.0 for m in counts]
-        out[f"tr_r{k}"] = 100.0 * (1.0 - float(np.mean(miss)))
-        out[f"ir_r{k}"] = 100.0 * min(k, n_images) / n_images
+        tr_miss = [math.comb(n_texts - m, k) / math.comb(n_texts, k) if k <= n_texts else 0.0 for m in own_texts]
+        ir_miss = [math.comb(n_images - r, k) / math.comb(n_images, k) if k <= n_images else 0.0 for r in having]
+        out[f"tr_r{k}"] = 100.0 * (1.0 - float(np.mean(tr_miss)))
+        out[f"ir_r{k}"] = 100.0 * (1.0 - float(np.mean(ir_miss)))
     return out
 
 
@@ -83,6 +93,6 @@ def evaluate_pair_set(make_model, train: dict, splits: dict, *, repeats: int, se
         model = make_model(seed + r)
         train_pairs(model, train["images"], train["texts"], train["image_of_text"], epochs, device, lr=lr,
                     momentum=momentum, batch_size=batch_size, generator=torch.Generator().manual_seed(seed + r))
-        per_repeat.append({name: recall(similarity(model, s["images"], s["texts"], device), s["image_of_text"])
-                           for name, s in splits.items()})
+        per_repeat.append({name: recall(similarity(model, s["images"], s["texts"], device), s["image_of_text"],
+                                        text_id=s.get("text_id")) for name, s in splits.items()})
     return {name: summarize([p[name] for p in per_repeat]) for name in splits}, per_repeat

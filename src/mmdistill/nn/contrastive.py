@@ -206,10 +206,11 @@ def load_trainable_state(model: nn.Module, state: dict) -> None:
 def train_pairs(model: PairModel, images: torch.Tensor, texts: torch.Tensor, image_of_text: torch.Tensor,
                 epochs: int, device, *, lr: float, momentum: float, batch_size: int,
                 generator: torch.Generator, optimizer: torch.optim.Optimizer | None = None, on_epoch=None,
-                start_epoch: int = 0) -> PairModel:
+                start_epoch: int = 0, on_batch=None) -> PairModel:
     """SGD on the InfoNCE loss. Each epoch visits every image once, in an order drawn from `generator`, paired with
     one of its texts drawn at random (`image_of_text[t]` is the image of text t; every image needs one).
-    `on_epoch(epoch, model, optimizer)` runs after each epoch (1-based), e.g. to save a trajectory point."""
+    `on_epoch(epoch, model, optimizer)` runs after each epoch (1-based), e.g. to save a trajectory point;
+    `on_batch(image_index, image_emb, text_emb)` after each step's forward pass (detached embeddings)."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.SGD(params, lr=lr, momentum=momentum)
@@ -223,7 +224,11 @@ def train_pairs(model: PairModel, images: torch.Tensor, texts: torch.Tensor, ima
             idx = order[start:start + batch_size]
             if len(idx) < 2:  # a contrastive batch needs a negative
                 continue
-            loss = model(images[idx.to(device)], texts[chosen[idx].to(device)])
+            image_emb = model.encode_images(images[idx.to(device)])
+            text_emb = model.encode_texts(texts[chosen[idx].to(device)])
+            loss = info_nce(image_emb, text_emb, model.temperature)
+            if on_batch is not None:
+                on_batch(idx, image_emb.detach(), text_emb.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

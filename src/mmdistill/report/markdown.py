@@ -101,3 +101,53 @@ def benchmark_table(name: str, result: dict) -> list[str]:
         lines.append(f"| {s['variant']} | {s['method']} | {s['ipc']} | {cell(s['metrics'][net])} | "
                      f"{', '.join(f'{k}={v}' for k, v in extra.items()) or '—'} |")
     return lines
+
+
+# ---- image-text retrieval (stage evaluate_retrieval) -------------------------------------------------------------
+
+RETRIEVAL_KEYS = tuple(f"{side}_r{k}" for side in ("tr", "ir") for k in (1, 5, 10))
+# MTT-VL (Wu et al.) Table 1, Flickr30K, NFNet + BERT, 100 pairs, R@1 (%): (TR, IR); distillation mean ± std of 5
+RETRIEVAL_PUBLISHED = {
+    "source": "MTT-VL paper (Wu et al.), Table 1: Flickr30K, NFNet + BERT, 100 pairs, R@1; different data and budget",
+    "pairs": 100,
+    "rows": (("mttvl", "9.9 ± 0.3", "4.7 ± 0.2"), ("random", "1.3", "1.0"), ("herding", "1.1", "0.7"),
+             ("kcenter", "0.6", "0.7"), ("forgetting", "1.2", "0.7")),
+}
+PAIR_SET_ORDER = ("full", "mttvl", "random", "herding", "kcenter", "forgetting", "pds")
+
+
+def pair_set_key(name: str) -> tuple:
+    """Sort key of a pair-set name (full, mttvl-N, random-N, coresets): by kind, then N."""
+    kind, _, n = name.partition("-")
+    return (PAIR_SET_ORDER.index(kind) if kind in PAIR_SET_ORDER else len(PAIR_SET_ORDER), kind,
+            int(n) if n.isdigit() else 0)
+
+
+def retrieval_cell(m: dict, key: str) -> str:
+    return f"{m[f'test_{key}_mean']:.2f} ± {m[f'test_{key}_std']:.2f}"
+
+
+def retrieval_table(runs: list[tuple[str, dict, dict]]) -> list[str]:
+    """runs: (pair-set name, evaluation record, metrics) of stage evaluate_retrieval. One row per pair set and image
+    encoder: test TR/IR R@1/5/10 (mean ± std over the students), the whole train split as the upper bound and the
+    expected recall of a random ranking (the record's `chance`) as the lower bound, then MTT-VL's published
+    Flickr30K rows, labelled as other data and budget."""
+    runs = sorted(runs, key=lambda r: pair_set_key(r[0]))
+    head = "| method | pairs | " + " | ".join(f"{k[:2].upper()} R@{k.split('_r')[1]} (%)" for k in RETRIEVAL_KEYS)
+    lines = [head + " |", "|---" * (2 + len(RETRIEVAL_KEYS)) + "|"]
+    for name, record, metrics in runs:
+        kind = name.partition("-")[0]
+        label = (f"whole train split, upper bound ({record['train_images']} images)" if kind == "full" else kind)
+        pairs = "—" if kind == "full" else str(record["train_images"])
+        for encoder, m in metrics.items():
+            shown = label if len(metrics) == 1 else f"{label} ({encoder})"
+            lines.append(f"| {shown} | {pairs} | " + " | ".join(retrieval_cell(m, k) for k in RETRIEVAL_KEYS) + " |")
+    if not any(name == "full" for name, _, _ in runs):
+        lines.append("| whole train split, upper bound | — | " + " | ".join("not run" for _ in RETRIEVAL_KEYS) + " |")
+    chance = runs[0][1]["chance"]["test"]
+    lines.append("| random ranking, lower bound | — | " + " | ".join(f"{chance[k]:.2f}" for k in RETRIEVAL_KEYS) + " |")
+    pub = RETRIEVAL_PUBLISHED
+    lines += ["", f"Published beside ours ({pub['source']}):", "", "| method | pairs | TR R@1 (%) | IR R@1 (%) |",
+              "|---|---|---|---|"]
+    lines += [f"| {method} (published) | {pub['pairs']} | {tr} | {ir} |" for method, tr, ir in pub["rows"]]
+    return lines

@@ -4,7 +4,8 @@
 
 Every caption of every image of each split (the prepared `captions` column) is embedded with
 `imagetext.text_encoder` (a text encoder of mmdistill.embed.features: minilm offline, open_clip, hf_clip),
-L2-normalised.
+L2-normalised. Each distinct caption string is encoded once (label captions: a few dozen strings for thousands of
+captions) and `text_id` numbers the distinct strings, the retrieval rule's notion of one text.
 Layout: mmdistill.data.pairs. An image without captions is an error naming it.
 """
 from __future__ import annotations
@@ -28,11 +29,15 @@ def embed_pair_texts(params) -> None:
     name, encoder = build_encoder(params, "imagetext.text_encoder", TEXT_ENCODERS, device)
     for split, (uids, caps) in captions.items():
         texts, image_of_text = flatten(caps)
-        vectors = encoder.encode(texts, batch_size)
+        position = {t: i for i, t in enumerate(dict.fromkeys(texts))}   # distinct strings, first-seen order
+        distinct, text_id = list(position), torch.tensor([position[t] for t in texts], dtype=torch.long)
+        vectors = encoder.encode(distinct, batch_size)
         check_finite(vectors, f"{name} embeddings of the {split} captions")
-        save_tensors({"embeddings": torch.from_numpy(vectors).float(), "image_of_text": image_of_text,
-                      "uids": uids, "encoder": name, "dim": int(vectors.shape[1])}, pair_text_path(split))
-        print(f"embed_pairs {split}: {len(texts)} captions of {len(uids)} images -> {pair_text_path(split)}")
+        save_tensors({"embeddings": torch.from_numpy(vectors).float()[text_id], "image_of_text": image_of_text,
+                      "text_id": text_id, "uids": uids, "encoder": name, "dim": int(vectors.shape[1])},
+                     pair_text_path(split))
+        print(f"embed_pairs {split}: {len(texts)} captions ({len(distinct)} distinct) of {len(uids)} images -> "
+              f"{pair_text_path(split)}")
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
     python -m mmdistill.stages.evaluate_retrieval --pairs full        # upper bound: every train pair
     python -m mmdistill.stages.evaluate_retrieval --pairs random-100  # 100 train images (seeded) with their captions
     python -m mmdistill.stages.evaluate_retrieval --pairs mttvl-100   # stage distill_pairs' 100 synthetic pairs
+    python -m mmdistill.stages.evaluate_retrieval --pairs herding-100 # stage select_pairs' 100 train images
+                                                                      # (also kcenter-N, forgetting-N, pds-N)
 
 run = `retrieval-{pairs}`. `imagetext.evaluate.repeats` students (the pair model of `imagetext.model`, seeds seed,
 seed+1, ...) are trained `imagetext.evaluate.epochs` epochs on the pair set only (SGD on InfoNCE; a distilled set
@@ -21,8 +23,17 @@ from __future__ import annotations
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import EVALUATIONS, METRICS
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
-from mmdistill.core.storage import check_writable, save_json
-from mmdistill.data.pairs import check_set_lists, load_distilled_pairs, load_pairs, parse_pair_set, subset
+from mmdistill.core.storage import PipelineError, check_writable, save_json
+from mmdistill.data.pairs import (
+    CORESET_KINDS,
+    check_set_lists,
+    load_distilled_pairs,
+    load_pairs,
+    parse_pair_set,
+    read_coreset,
+    subset,
+    take,
+)
 from mmdistill.evaluate.retrieval import chance_recall, evaluate_pair_set
 from mmdistill.nn.contrastive import build_pair_model
 from mmdistill.stages import ArgumentParser, run_stage
@@ -41,6 +52,12 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
         distilled = load_distilled_pairs(pairs_name)
         lr = distilled.pop("lr")
         train = {**train, **distilled}
+    elif kind in CORESET_KINDS:
+        chosen = read_coreset(pairs_name, list(train["uids"]))
+        if len(chosen) != n:
+            raise PipelineError(f"pair set {pairs_name!r}: its coreset file holds {len(chosen)} images; re-run "
+                                f"stage select_pairs@{pairs_name}")
+        train = take(train, chosen)
     else:
         train = subset(train, n, seed)
     splits = {s: load_pairs(s) for s in ("val", "test")}
@@ -58,7 +75,8 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
         device=device)
     metrics = {encoder: {f"{split}_{k}": v for split in ("test", "val") for k, v in summary[split].items()}}
     record = {"pairs": pairs_name, "train_images": len(train["images"]), "train_texts": len(train["texts"]),
-              "recalls": per_repeat, "student_lr": lr, "chance": {s: chance_recall(d["image_of_text"], len(d["images"]))
+              "recalls": per_repeat, "student_lr": lr, "chance": {s: chance_recall(d["image_of_text"], len(d["images"]),
+                                                                          text_id=d["text_id"])
                                                 for s, d in splits.items()},
               "model": params["imagetext"]["model"], "evaluate": params["imagetext"]["evaluate"], "seed": seed,
               "dataset": param(params, "prepare.dataset", str), "versions": versions()}
@@ -67,7 +85,7 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", required=True, help="full | random-N | mttvl-N")
+    parser.add_argument("--pairs", required=True, help="full | random-N | mttvl-N | herding/kcenter/forgetting/pds-N")
     args = parser.parse_args()
     params = load_params()
     run = f"retrieval-{args.pairs}"

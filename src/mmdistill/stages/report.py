@@ -4,6 +4,9 @@ outputs/plots/accuracy.json, the data of dvc.yaml's accuracy-vs-IPC plot.
 Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{method}-ipcK.json (what
 produced them) for every run of params (runs of `distill.methods.latent` as {method}-latent, with no published
 row) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
+With `imagetext.stages` on, a retrieval section: outputs/{metrics,evaluate}/retrieval-{set}.json of every pair set of
+imagetext.pair_sets, distill_sets and coreset_sets (mmdistill.report.markdown.retrieval_table), refused when made
+with another seed, pair model or evaluation budget.
 Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
 same dataset, method, IPC and network (PUBLISHED in mmdistill.report.markdown), labelled with its
 source; their budgets are the papers', not ours.
@@ -55,7 +58,7 @@ from mmdistill.data.datasets import dataset_info, resolve_flip
 from mmdistill.distill import methods as registry
 from mmdistill.distill.runs import recorded_settings
 from mmdistill.embed.features import feature_metadata
-from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, benchmark_table, table
+from mmdistill.report.markdown import PUBLISHED, accuracy_by_ipc, benchmark_table, retrieval_table, table
 from mmdistill.stages import run_stage
 
 BENCHMARK_RESULTS = Path("benchmarks/results")  # python -m benchmarks.run NAME writes NAME.json; not a stage output
@@ -129,6 +132,26 @@ def remove_stale_runs(current: set[str]) -> list[Path]:
     return removed
 
 
+RETRIEVAL_STAGES = {"pair_sets": "evaluate_retrieval", "distill_sets": "evaluate_distilled_pairs",
+                    "coreset_sets": "evaluate_coreset_pairs"}
+
+
+def retrieval_runs(params: dict) -> list[tuple[str, dict, dict]]:
+    """(pair-set name, record, metrics) of every pair set params.yaml lists (with `imagetext.stages` on), each
+    checked to be made with the current seed, pair model and evaluation budget."""
+    if not params["imagetext"]["stages"]:
+        return []
+    runs = []
+    for key, stage in RETRIEVAL_STAGES.items():
+        for name in params["imagetext"][key]:
+            record, metrics = evaluation(f"retrieval-{name}", f"{stage}@{name}")
+            check_current(f"retrieval-{name}", record, {"seed": param(params, "seed", int),
+                                                        "model": params["imagetext"]["model"],
+                                                        "evaluate": params["imagetext"]["evaluate"]})
+            runs.append((name, record, metrics))
+    return runs
+
+
 def on_off(flag) -> str:
     """A recorded switch as on / off ("unknown" where none was recorded)."""
     return "unknown" if flag is None else "on" if flag else "off"
@@ -190,6 +213,18 @@ def main() -> None:
     ]
     if full:
         lines.append(f"- whole train split: {full['epochs']} epochs, {full['repeats']} repeat(s), same optimiser")
+    retrieval = retrieval_runs(params)
+    if retrieval:
+        first_run = retrieval[0][1]
+        budget_ = first_run["evaluate"]
+        lines += ["", "## Image–text retrieval", "",
+                  f"Dataset {first_run['dataset']}; pair model: image encoder {first_run['model']['image_encoder']} + "
+                  f"frozen {params['imagetext']['text_encoder']} caption features, "
+                  f"{budget_['repeats']} students per pair set trained {budget_['epochs']} epochs (SGD, lr "
+                  f"{budget_['lr']}; an mttvl set at its learned lr), test split, mean ± std over the students. "
+                  "TR: image → text (a hit if any of its captions is in the top K); IR: text → image. Pairs: train "
+                  "images (random and coresets: with all their captions; mttvl: one synthetic caption each).",
+                  "", *retrieval_table(retrieval)]
     settings_of = {}  # the resolved settings each synthetic set was made with, as its evaluation recorded them
     for _, _, record, _ in rows:
         if record["ipc"] is not None:
