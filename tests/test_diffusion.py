@@ -215,3 +215,26 @@ def test_vlcp_writes_a_set_the_evaluate_stage_scores(finetuned):
     run_stage("evaluate", "--method", "vlcp", "--ipc", "2")
     metrics = json.loads((finetuned / "outputs/metrics/vlcp-ipc2.json").read_text())
     assert 0 <= metrics["convnet3"]["test_accuracy_mean"] <= 100
+
+
+@pytest.mark.slow
+def test_a_saved_pipeline_is_fine_tuned_with_lora_fused_into_its_unet(finetuned, saved_pipeline):
+    """diffusion.model = a local folder (the real-weights path, VLCP's finetune block): LoRA adapters are the only
+    trained weights, fused into the attention projections of the saved UNet; VAE and text encoder stay as loaded."""
+    from safetensors.torch import load_file
+    set_params(finetuned, **{"diffusion.model": str(saved_pipeline), "diffusion.finetune.epochs": 1,
+                             "diffusion.finetune.batch_size": 50, "diffusion.finetune.lora_rank": 2,
+                             "diffusion.finetune.lr": 0.01})
+    run_stage("finetune_diffusion", "--method", "vlcp")
+    out = finetuned / "data/diffusion/vlcp"
+    for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert torch.equal(*(torch.cat([t.flatten() for _, t in sorted(load_file(f / part).items())])
+                             for f in (out, saved_pipeline)))
+    before = load_file(saved_pipeline / "unet/diffusion_pytorch_model.safetensors")
+    after = load_file(out / "unet/diffusion_pytorch_model.safetensors")
+    assert sorted(after) == sorted(before)  # fused: no adapter weights left
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(any(f".{m}." in k for m in ("to_q", "to_k", "to_v", "to_out")) for k in changed)
+    record = json.loads((out / "record.json").read_text())
+    assert record["model"] == str(saved_pipeline) and record["settings"]["block"] == "diffusion.finetune"
+    diffusion.load_pipeline(str(out), None, "test")
