@@ -31,25 +31,28 @@ TINY_DIFFUSION = {
 }
 
 
-def tiny_pipeline(folder, text_width: int = 16, cross_attention_dim: int = 16):
-    """A random-weight StableDiffusionImg2ImgPipeline saved to `folder` (16x16 RGB images)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+def tiny_text_encoder(tokenizer, width: int):
     from transformers import CLIPTextConfig, CLIPTextModel
+    return CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id))
+
+
+def tiny_pipeline(folder):
+    """A random-weight StableDiffusionImg2ImgPipeline saved to `folder` (16x16 RGB images, 16-wide text)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
     torch.manual_seed(0)
     tokenizer = diffusion.clip_tokenizer(folder.parent / f"{folder.name}-vocabulary")
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=text_width,
-                                        intermediate_size=2 * text_width, num_hidden_layers=1, num_attention_heads=2,
-                                        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4)
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=4, norm_num_groups=4)
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         latent_channels=4, norm_num_groups=4, sample_size=16)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=DDIMScheduler(steps_offset=1), safety_checker=None,
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=tiny_text_encoder(tokenizer, 16), tokenizer=tokenizer,
+                                          unet=unet, scheduler=DDIMScheduler(steps_offset=1), safety_checker=None,
                                           feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
@@ -78,7 +81,10 @@ def test_loading_checks_the_folder_and_the_component_widths(saved_pipeline, tmp_
         diffusion.load_pipeline(str(broken), None, "param 'diffusion.model'")
     with pytest.raises(PipelineError, match="no pipeline folder at"):
         diffusion.load_pipeline(str(tmp_path / "missing"), None, "param 'diffusion.model'")
-    wide = tiny_pipeline(tmp_path / "wide", text_width=24, cross_attention_dim=16)
+    wide = tmp_path / "wide"  # its text encoder replaced by a 24-wide one
+    shutil.copytree(saved_pipeline, wide)
+    shutil.rmtree(wide / "text_encoder")
+    tiny_text_encoder(pipe.tokenizer, 24).save_pretrained(wide / "text_encoder")
     with pytest.raises(PipelineError, match="cross_attention_dim is 16 but the text encoder's hidden size is 24"):
         diffusion.load_pipeline(str(wide), None, "param 'diffusion.model'")
 
