@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mmdistill.core.config import load_params
-from mmdistill.core.storage import PipelineError, load_tensors
+from mmdistill.core.storage import PipelineError, load_tensors, read_parquet
+from mmdistill.data.datasets import dataset_info, load_split
 from mmdistill.distill import methods as registry
 from mmdistill.nn import diffusion
 from tests.conftest import REPO, run_stage, set_params, working_copy
@@ -198,26 +199,20 @@ def test_vlcp_writes_a_set_the_evaluate_stage_scores(finetuned):
     out = finetuned / "data/distilled/vlcp-ipc2.pt"
     first = out.read_bytes()
     run_stage("distill", "--method", "vlcp", "--ipc", "2")
-    assert out.read_bytes() == first
+    assert out.read_bytes() == first  # same seed, same bytes
     synthetic = load_tensors(out)
     assert synthetic["images"].shape == (20, 1, 28, 28) and torch.isfinite(synthetic["images"]).all()
     assert synthetic["labels"].tolist() == [c for c in range(10) for _ in range(2)]
-    from mmdistill.core.storage import read_parquet
+    assert synthetic["info"]["settings"] == load_params()["distill"]["vlcp"]
     kmeans = read_parquet(finetuned / "data/selections/kmeans-ipc2.parquet", ["label", "cluster", "uid"])
-    assert synthetic["source_uids"] == [u for _, _, u in sorted(zip(*(kmeans[c].to_pylist()
-                                                                      for c in ("label", "cluster", "uid"))))]
-    names = load_params()["distill"]  # the class names of the prepared data
-    from mmdistill.data.datasets import dataset_info
-    class_names = dataset_info()["class_names"]
-    prompts = synthetic["prompts"]
+    inits = [u for _, _, u in sorted(zip(*(kmeans[c].to_pylist() for c in ("label", "cluster", "uid"))))]
+    assert synthetic["source_uids"] == inits  # the real image nearest each centre
+    train = load_split("train")
+    row = {u: i for i, u in enumerate(train.uids)}
+    assert not torch.equal(synthetic["images"], train.normalized()[[row[u] for u in inits]])  # generated, not copied
+    prompts, class_names = synthetic["prompts"], dataset_info()["class_names"]
     assert len(prompts) == 20 and len(set(prompts)) > 1
     assert all(class_names[y].lower() not in p.lower() for p, y in zip(prompts, synthetic["labels"].tolist()))
-    assert synthetic["info"]["settings"] == names["vlcp"]
-    real = load_tensors(out)["images"]  # generated, not the init images copied
-    from mmdistill.data.datasets import load_split
-    train = load_split("train")
-    index = {u: i for i, u in enumerate(train.uids)}
-    assert not torch.equal(real, train.normalized()[[index[u] for u in synthetic["source_uids"]]])
     run_stage("evaluate", "--method", "vlcp", "--ipc", "2")
     metrics = json.loads((finetuned / "outputs/metrics/vlcp-ipc2.json").read_text())
     assert 0 <= metrics["convnet3"]["test_accuracy_mean"] <= 100
