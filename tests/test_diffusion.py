@@ -157,7 +157,7 @@ def test_offline_finetuning_learns_and_writes_a_reloadable_pipeline(finetuned):
     record = json.loads((finetuned / "data/diffusion/vlcp/record.json").read_text())
     metrics = json.loads((finetuned / "outputs/metrics/diffusion/vlcp.json").read_text())
     history = record["history"]
-    assert len(history["train_loss"]) == 2 and len(history["val_loss"]) == 3
+    assert len(history["train_loss"]) == len(history["seconds"]) == 2 and len(history["val_loss"]) == 3
     assert all(map(torch.isfinite, torch.tensor(history["train_loss"] + history["val_loss"])))
     assert metrics["val_loss"] < metrics["val_loss_untrained"]  # at the same fixed noise and timesteps
     assert record["class_name"] == "mask" and record["train_pairs"] == 100

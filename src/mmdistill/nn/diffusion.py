@@ -36,8 +36,9 @@ the same output bytes as an uninterrupted run; both runs load the pipeline from 
 Outputs (one per method of `distill.methods.synthesis`):
   data/diffusion/{method}/              save_pretrained pipeline (model_index.json, unet/, vae/, text_encoder/,
                                         tokenizer/, scheduler/)
-  data/diffusion/{method}/record.json   model, settings, class_name, train pairs, seed, device, versions, and the loss
-                                        of every epoch (train: mean over the epoch; val: the val split at fixed noise)
+  data/diffusion/{method}/record.json   model, settings, class_name, train pairs, seed, device, versions, and per
+                                        epoch the loss (train: mean over the epoch; val: the val split at fixed noise,
+                                        before training first) and the wall seconds of its training steps
   outputs/metrics/diffusion/{method}.json  val_loss_untrained, val_loss, train_loss_last_epoch
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ import json
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -406,7 +408,8 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
     val_seed = seed + 1
     if not saved:
         start, history = 0, {"train_loss": [], "val_loss": [validation_loss(objective, val.images, val_captions,
-                                                                            resolution, batch_size, val_seed)]}
+                                                                            resolution, batch_size, val_seed)],
+                             "seconds": []}
     else:
         ckpt = load_tensors(saved)
         named = dict(trainable)
@@ -424,6 +427,7 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
     with tqdm(total=epochs * steps_per_epoch, initial=start * steps_per_epoch, desc=f"finetune_diffusion {method}",
               unit="batch", mininterval=2) as bar:
         for epoch in range(start, epochs):
+            began = time.perf_counter()
             order = torch.randperm(len(train), generator=gen)
             total = 0.0
             for first in range(0, len(order), batch_size):
@@ -441,6 +445,7 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
                 total += loss.item() * len(idx)
                 bar.update()
             history["train_loss"].append(total / len(train))
+            history["seconds"].append(round(time.perf_counter() - began, 1))
             history["val_loss"].append(validation_loss(objective, val.images, val_captions, resolution, batch_size,
                                                        val_seed))
             _save_checkpoint(work, epoch + 1, trainable, opt, gen, history)
