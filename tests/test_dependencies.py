@@ -120,11 +120,13 @@ def test_default_run_has_no_stage_whose_output_nobody_reads():
               and not any(read(path) for path in cached)]
     assert unread == []
     names = {s.name.split("@")[0] for s in stages}
-    assert not names & {"pretrain", "vae", "caption_head", "annotate_test", "align", "prototypes"}
+    assert not names & {"pretrain", "vae", "caption_head", "annotate_test", "align", "prototypes",
+                        "finetune_diffusion"}
 
 
 @pytest.mark.parametrize("group, stage", [("pool", "pretrain@dsdm"), ("caption_match", "caption_head@caption_match"),
-                                          ("caption_concat", "annotate_test@caption_concat")])
+                                          ("caption_concat", "annotate_test@caption_concat"),
+                                          ("synthesis", "finetune_diffusion@vlcp")])
 def test_enabling_a_method_adds_the_stage_it_needs(tmp_path, group, stage):
     root = dvc_project(tmp_path)
     yaml = YAML()

@@ -33,6 +33,7 @@ from mmdistill.distill.engine import Engine
 from mmdistill.distill.initial import selection_settings
 from mmdistill.nn.nets import make_net
 from tests.conftest import REPO, run_stage, set_params
+from tests.test_diffusion import TINY_DIFFUSION
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,6 +48,7 @@ BUDGET = {
     "distill.engine.checkpoint_every": 2,
     "pretrain.models": 2, "pretrain.epochs": 1,
     "caption_head.epochs": 2, "caption_head.width": 8,
+    **TINY_DIFFUSION,
 }
 # The loss check's settings, by family (None: a method with its own complete block, dsdm). It holds the
 # per-iteration draws fixed (one network, no augmentation): with a fresh network and augmentation every iteration,
@@ -56,7 +58,8 @@ BUDGET = {
 # rises at 0.1), so at lr 0.1 masked_dc's sum stays flat; at 0.03 its full term brings it down.
 LOSS_CHECK = {"distribution": {"iterations": 12}, "gradient": {"iterations": 16, "lr": 0.03}, None: {"iterations": 12}}
 RUN_ITERATIONS = 4  # determinism and resume: the method's own settings; interrupted in iteration 3 (checkpoint at 2)
-STAGES = {"selection": ["selection"], "pool": ["pretrain"], "caption_match": ["caption_head"]}  # by group
+STAGES = {"selection": ["selection"], "pool": ["pretrain"], "caption_match": ["caption_head"],  # by group
+          "synthesis": ["selection", ("finetune_diffusion", "--method", "vlcp")]}
 FAST = {"random", "dm"}  # `make test-fast` keeps one selection and one optimising method; the rest take 5-20 s each
 
 
@@ -90,7 +93,7 @@ def project_for(template, tmp_path, monkeypatch):
                 cwd = os.getcwd()
                 os.chdir(root)
                 try:
-                    run_stage(stage)
+                    run_stage(*((stage,) if isinstance(stage, str) else stage))
                 finally:
                     os.chdir(cwd)
                 template["done"].add(stage)

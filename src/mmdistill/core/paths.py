@@ -19,6 +19,8 @@ PROTOTYPES = Path("data/prototypes")                   # prototypes
 POOL = Path("data/pretrained/pool.pt")                 # pretrain: DSDM's network pool
 VAE_DIR = Path("data/vae")                             # vae --method M: data/vae/M (distill.latent.vae: offline)
 VAE_RECORD_NAME = "record.json"                        # in data/vae/M: what produced the VAE and its metrics
+DIFFUSION_DIR = Path("data/diffusion")                 # finetune_diffusion --method M: data/diffusion/M (pipeline)
+DIFFUSION_RECORD_NAME = "record.json"                  # in data/diffusion/M: what produced it, its training loss
 CAPTION_HEAD = Path("data/caption_head/head.pt")
 CAPTION_HEAD_METRICS = Path("outputs/metrics/caption_head.json")
 CAPTION_HEAD_RECORD = CAPTION_HEAD.parent / "record.json"
@@ -73,3 +75,17 @@ def vae_dir(method: str) -> Path:
 
 def vae_metrics(method: str) -> Path:
     return METRICS / "vae" / f"{method}.json"
+
+
+def diffusion_dir(method: str) -> Path:
+    """The text-to-image pipeline (stage finetune_diffusion --method M) a synthesis method generates with."""
+    return DIFFUSION_DIR / method
+
+
+def diffusion_metrics(method: str) -> Path:
+    return METRICS / "diffusion" / f"{method}.json"
+
+
+def diffusion_checkpoints(method: str) -> Path:
+    """Stage finetune_diffusion's checkpoints (the offline pipeline before training, one file per epoch)."""
+    return CHECKPOINTS / f"diffusion-{method}"

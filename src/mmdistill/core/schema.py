@@ -49,6 +49,7 @@ def schema() -> dict:
     from mmdistill.nn.caption_head import HEADS, TARGETS
     from mmdistill.nn.augment import KEYS as AUGMENT_KEYS
     from mmdistill.nn.contrastive import IMAGE_ENCODERS as PAIR_IMAGE_ENCODERS
+    from mmdistill.nn.diffusion import CLASS_NAMES as DIFFUSION_CLASS_NAMES
     from mmdistill.selection.coresets import FORGETTING_ORDERS, KCENTER_STARTS, PAIR_CORESETS, PDS_FEATURES
     net = net_name()
     return {
@@ -273,6 +274,35 @@ def schema() -> dict:
             "batch_size": COUNT,
             "lr": RATE,
             "kl_weight": Float(low=0),
+        },
+        "diffusion": {
+            "model": NAME,                              # offline | a hub id or local pipeline folder
+            "revision": REVISION,
+            "resolution": Int(low=8),
+            "flip": AUTO_BOOL,                         # auto: the prepared dataset's default
+            "class_name": Str(*DIFFUSION_CLASS_NAMES),
+            "finetune": {
+                "epochs": COUNT,
+                "batch_size": COUNT,
+                "lr": RATE,
+                "weight_decay": Float(low=0),
+                "caption_dropout": Float(low=0, below=1),
+                "lora_rank": Int(low=0),                # 0 = the whole UNet
+            },
+            "offline": {
+                "epochs": COUNT,
+                "batch_size": COUNT,
+                "lr": RATE,
+                "weight_decay": Float(low=0),
+                "caption_dropout": Float(low=0, below=1),
+                "block_out_channels": List(COUNT, min_items=1),
+                "layers_per_block": COUNT,
+                "norm_num_groups": COUNT,               # must divide every block's channels (checked when built)
+                "attention_head_dim": COUNT,
+                "text_width": COUNT,
+                "text_layers": COUNT,
+                "text_heads": COUNT,                    # must divide text_width (checked when built)
+            },
         },
         "pretrain": {
             "net": net,

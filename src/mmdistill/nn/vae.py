@@ -78,35 +78,43 @@ def reconstruction(vae, images: torch.Tensor, device, batch_size: int) -> tuple[
     return torch.cat(errors).mean().item(), torch.cat(means)
 
 
+def fit_vae(params: dict, images: torch.Tensor, device, seed: int) -> tuple:
+    """A VAE of the `vae` params trained on uint8 `images` (N x C x H x W; channels and size are the VAE's) ->
+    (the VAE in eval mode with its scaling_factor set, mean loss of each epoch). Initialised from the global RNG
+    (seed it first); sampling and shuffling from a generator seeded with `seed`."""
+    epochs, batch_size = positive(params, "vae.epochs"), positive(params, "vae.batch_size")
+    kl_weight = param(params, "vae.kl_weight", float)
+    vae = build_vae(params, images.shape[1], images.shape[2]).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    vae.train()
+
+    def batch_loss(idx):
+        x = to_unit(images[idx]).to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        return F.mse_loss(vae.decode(z).sample, x) + kl_weight * posterior.kl().mean() / x[0].numel()
+
+    history = adam_minibatches(vae.parameters(), len(images), batch_loss, epochs=epochs, batch_size=batch_size,
+                               lr=param(params, "vae.lr", float), generator=gen, desc="vae")
+    vae.eval()
+    _, means = reconstruction(vae, images, device, 256)
+    vae.register_to_config(scaling_factor=round(1.0 / means.std().item(), 6))
+    return vae, history
+
+
 def train_vae(params: dict, method: str) -> Path:
     """Train the offline VAE of `method`'s latent runs -> data/vae/{method}."""
     check_writable(vae_dir(method), vae_metrics(method))
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)
-    epochs, batch_size = positive(params, "vae.epochs"), positive(params, "vae.batch_size")
-    kl_weight = param(params, "vae.kl_weight", float)
     train, val = load_split("train"), load_split("val")
-    channels, size = train.images.shape[1], train.images.shape[2]
-    vae = build_vae(params, channels, size).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    vae.train()
-
-    def batch_loss(idx):
-        x = to_unit(train.images[idx]).to(device)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-        return F.mse_loss(vae.decode(z).sample, x) + kl_weight * posterior.kl().mean() / x[0].numel()
-
-    history = adam_minibatches(vae.parameters(), len(train), batch_loss, epochs=epochs, batch_size=batch_size,
-                               lr=param(params, "vae.lr", float), generator=gen, desc="vae")
-    vae.eval()
-    _, train_means = reconstruction(vae, train.images, device, 256)
-    vae.register_to_config(scaling_factor=round(1.0 / train_means.std().item(), 6))
+    vae, history = fit_vae(params, train.images, device, seed)
     mse, _ = reconstruction(vae, val.images, device, 256)
+    _, first = reconstruction(vae, train.images[:1], device, 1)
     with atomic_path(vae_dir(method)) as tmp:
         vae.to("cpu").save_pretrained(tmp)
-        save_json({"scaling_factor": vae.config.scaling_factor, "latent_shape": list(train_means.shape[1:]),
+        save_json({"scaling_factor": vae.config.scaling_factor, "latent_shape": list(first.shape[1:]),
                    "train_images": len(train), "seed": seed, "settings": param(params, "vae", dict),
                    "device": str(device), "versions": versions()}, tmp / VAE_RECORD_NAME)
     save_json({"val_mse": round(mse, 6), "val_psnr": round(10 * math.log10(1 / mse), 3),

@@ -116,6 +116,7 @@ from mmdistill.core.paths import (
     PREPARED,
     PROTOTYPES,
     SELECTION_FIGURES,
+    SELECTIONS,
 )
 from mmdistill.core.storage import (
     PipelineError,
@@ -223,6 +224,47 @@ def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.nd
         best = int(np.argmax(scores))
         out.append((int(members[best]), top, scores[best]))
     return out
+
+
+def text_prototype_inputs() -> dict:
+    """What VLCP's text prototypes are made from: the train image features (uids, labels, vectors), stage select's
+    LOF outliers and the descriptions, by uid."""
+    uids, labels, vectors = train_features("image")
+    lof = read_parquet(SELECTIONS / "lof.parquet", ["uid", "outlier"])
+    descriptions = read_annotations("descriptions", ["uid", "description"])
+    return {"uids": uids, "labels": labels, "vectors": vectors,
+            "outlier": dict(zip(lof["uid"].to_pylist(), lof["outlier"].to_pylist())),
+            "description": dict(zip(descriptions["uid"].to_pylist(), descriptions["description"].to_pylist()))}
+
+
+def text_prototype_rows(inputs: dict, k: int, threshold: float, top_k: int) -> list[dict]:
+    """The text prototype of every (class, cluster) of stage select's kmeans-ipc{k}, class-major, clusters in order:
+    rows of data/prototypes/text-ipc{k} (label, class_name, cluster, uid, description, words, score)."""
+    uids, labels, vectors = inputs["uids"], inputs["labels"], inputs["vectors"]
+    clusters = read_parquet(SELECTIONS / f"kmeans-ipc{k}.parquet", ["label", "class_name", "cluster", "center"])
+    inlier = ~np.array([inputs["outlier"].get(u, True) for u in uids])
+    rows = []
+    for c in sorted(set(clusters["label"].to_pylist())):
+        mine = [i for i, lab in enumerate(clusters["label"].to_pylist()) if lab == c]
+        name = clusters["class_name"][mine[0]].as_py()
+        centres = np.array([clusters["center"][i].as_py() for i in mine], np.float32)[
+            np.argsort([clusters["cluster"][i].as_py() for i in mine])]
+        members = np.flatnonzero((labels == c) & inlier)
+        if centres.shape[1] != vectors.shape[1]:
+            raise PipelineError(f"kmeans-ipc{k} centres are {centres.shape[1]}-d but image features are "
+                                f"{vectors.shape[1]}-d: re-run `dvc repro select`")
+        missing = [u for u in uids[members] if u not in inputs["description"]]
+        if missing:
+            raise PipelineError(f"train image {missing[0]} has no row in data/annotations/descriptions.parquet; "
+                                "re-run `dvc repro describe`")
+        distance = ((vectors[members][:, None] - centres[None]) ** 2).sum(-1)
+        assign = distance.argmin(1)  # k-means' own assignment: each inlier to its nearest centre
+        texts = [inputs["description"][u] for u in uids[members]]
+        chosen = text_prototypes(texts, assign, distance.min(1), k, threshold, top_k)
+        rows += [{"label": c, "class_name": name, "cluster": j, "uid": str(uids[members[i]]),
+                  "description": texts[i], "words": words, "score": score}
+                 for j, (i, words, score) in enumerate(chosen)]
+    return rows
 
 
 FORGETTING_ORDERS = ("fewest", "most")  # select.forgetting_order

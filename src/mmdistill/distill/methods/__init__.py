@@ -49,6 +49,7 @@ REGISTRY = {  # method name -> its module
     "dsdm": "mmdistill.distill.methods.dsdm",
     "caption_match": "mmdistill.distill.methods.caption_match",
     "caption_concat": "mmdistill.distill.methods.caption_concat",
+    "vlcp": "mmdistill.distill.methods.vlcp",
 }
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ GROUPS = {  # distill.methods.<group>; "{method}" stands for the method's name
                              str(paths.FEATURES / "image"), str(paths.SELECTIONS)),
                             (_PREPARED, str(paths.FEATURES / "caption"), str(paths.FEATURES_HELDOUT)),
                             ("annotate_test",)),
+    "synthesis": Group((_PREPARED, str(paths.SELECTIONS), str(paths.FEATURES / "image"),
+                        str(paths.ANNOTATIONS / "descriptions.parquet"), str(paths.diffusion_dir("{method}"))),
+                       (_PREPARED,), ("finetune_diffusion",)),
     # --latent runs of methods of LATENT_GROUPS; data/vae/{method} is read when distill.latent.vae is "offline"
     "latent": Group((_PREPARED, str(paths.vae_dir("{method}"))), (_PREPARED,), ("vae",)),
 }
