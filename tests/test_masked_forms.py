@@ -66,6 +66,7 @@ def first_masked_loss(params: dict, method: str, ipc: int, seed: int = 0) -> tup
     """The loss of iteration 0 of `method` with the full term off (full_weight 0, no augmentation, one matching
     step), and the resolved settings."""
     train = load_split("train")
+    params["distill"]["engine"]["precision"] = "fp32"  # compared with the fp32 replay below (default: bf16 autocast)
     run = method_run(params, method, ipc, train, seed)
     synthetic = registry.get(method).run(run)
     return synthetic.loss[0], run.settings
