@@ -84,9 +84,10 @@ def benchmark_table(name: str, result: dict) -> list[str]:
     config, stamp = result["config"], result["stamp"]
     rows = [s for s in result["steps"] if s["step"] == "evaluate" and s.get("metrics")]
     settings = ", ".join(f"`{k}={v}`" for k, v in config.get("set", {}).items())
+    machine = stamp["machine"]
     lines = [f"### {config['description']}", "",
              f"`python -m benchmarks.run {name}` (benchmarks/results/{name}.md), commit {stamp['commit'][:7]}, "
-             f"{stamp['machine']}, finished {stamp.get('finished') or 'not yet'} (status {result['status']}). "
+             f"{machine['cpu']} ({machine['cores']} cores, GPU: {', '.join(machine['gpus']) or 'none'}), finished {stamp.get('finished') or 'not yet'} (status {result['status']}). "
              f"Over params.yaml: {settings or 'nothing'}.", ""]
     variants = config.get("variants") or {}
     for variant, spec in variants.items():
