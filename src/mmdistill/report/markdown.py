@@ -87,7 +87,9 @@ def benchmark_table(name: str, result: dict) -> list[str]:
     machine = stamp["machine"]
     lines = [f"### {config['description']}", "",
              f"`python -m benchmarks.run {name}` (benchmarks/results/{name}.md), commit {stamp['commit'][:7]}, "
-             f"{machine['cpu']} ({machine['cores']} cores, GPU: {', '.join(machine['gpus']) or 'none'}), finished {stamp.get('finished') or 'not yet'} (status {result['status']}). "
+             f"{machine['cpu']} ({machine['cores']} cores, GPU: {', '.join(machine['gpus']) or 'none'}), "
+             f"{'finished' if result['status'] == 'complete' else 'last written'} {stamp.get('finished') or 'never'} "
+             f"(status {result['status']}). "
              f"Over params.yaml: {settings or 'nothing'}.", ""]
     variants = config.get("variants") or {}
     for variant, spec in variants.items():
