@@ -109,3 +109,21 @@ def test_full_train_split_upper_bound(prepared):
     assert r["method"] == "full" and r["ipc"] is None and r["train_images"] == len(load_split("train"))
     assert r["epochs"] == 2 and r["augment"] is False and len(r["accuracies"]["convnet3"]["test_accuracies"]) == 1
     assert 0 <= m["convnet3"]["test_accuracy_mean"] <= 100
+
+
+def test_precision_is_recorded_deterministic_and_checked(prepared):
+    """evaluate.precision: fp32 by default, the same numbers on a rerun; bf16 autocast one switch away; fp16 needs
+    CUDA and says so, naming the param, before anything is written."""
+    write_synthetic()
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    first = record_of(prepared)
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    assert record_of(prepared)["accuracies"] == first["accuracies"] and first["precision"] == "fp32"
+    set_params(prepared, **{"evaluate.precision": "bf16"})
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    assert record_of(prepared)["precision"] == "bf16"
+    (prepared / "outputs/evaluate/random-ipc1.json").unlink()
+    set_params(prepared, **{"evaluate.precision": "fp16"})
+    with pytest.raises(PipelineError, match=r"param 'evaluate.precision' = fp16 needs a CUDA device"):
+        run_stage("evaluate", "--method", "random", "--ipc", "1")
+    assert not (prepared / "outputs/evaluate/random-ipc1.json").exists()

@@ -1,6 +1,7 @@
-"""Seeds, devices and library versions."""
+"""Seeds, devices, precision and library versions."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 import random
@@ -12,6 +13,7 @@ from mmdistill.core.config import param
 from mmdistill.core.storage import PipelineError
 
 DEVICES = ("auto", "cpu", "cuda")  # param device
+PRECISIONS = ("fp32", "bf16", "fp16")  # params distill.engine.precision, evaluate.precision
 
 
 def keep_freed_memory() -> None:
@@ -49,6 +51,20 @@ def resolve_device(params: dict):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def autocast_of(params: dict, key: str, device):
+    """-> (precision, dtype or None, autocast factory) of the precision param `key` on `device`: `autocast()` is a
+    fresh context that runs its forward passes in that dtype (a no-op context for fp32)."""
+    import torch
+    precision = param(params, key, str, choices=PRECISIONS)
+    if precision == "fp16" and device.type != "cuda":
+        raise PipelineError(f"param '{key}' = fp16 needs a CUDA device (device is {device}); use fp32, or bf16 "
+                            "(CPU autocast)")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is None:
+        return precision, None, contextlib.nullcontext
+    return precision, dtype, lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def versions() -> dict:

@@ -5,6 +5,7 @@ Valid names come from the code's registries (backends, encoders, networks, datas
 them: registering a new backend makes its name valid here.
 """
 from mmdistill.core.config import AUTO_BOOL, BOOL, FREE, Float, Int, List, Str
+from mmdistill.core.runtime import PRECISIONS
 from mmdistill.core.storage import PipelineError
 from mmdistill.distill import methods
 
@@ -319,6 +320,7 @@ def schema() -> dict:
             "epochs": COUNT,
             "lr": RATE,
             "batch_size": COUNT,
+            "precision": Str(*PRECISIONS),
             "augment": BOOL,
             "flip": AUTO_BOOL,                         # auto: the prepared dataset's default
         },

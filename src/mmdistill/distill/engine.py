@@ -24,7 +24,6 @@ the checkpoint; so iteration t draws the same numbers whether or not the run was
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.paths import LOSS_CURVES, checkpoint, distill_log, run_name
+from mmdistill.core.runtime import autocast_of
 from mmdistill.core.storage import (
     PipelineError,
     load_tensors,
@@ -50,9 +50,6 @@ from mmdistill.distill import distributed
 from mmdistill.nn.augment import DifferentiableAugment
 from mmdistill.nn.augment import from_params as augment_from_params
 from mmdistill.nn.vae import Pixels, latent_space
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class RealBatches:
     """Class-balanced batches of normalised real train images, class-major."""
@@ -197,11 +194,7 @@ class Engine:
         self.name, self.device, self.seed, self.resume = run.name, run.device, run.seed, run.resume
         self.show = _show(run.train, run.name)
         params = run.params
-        precision = param(params, "distill.engine.precision", str, choices=tuple(PRECISIONS))
-        self.dtype = PRECISIONS[precision]
-        if precision == "fp16" and self.device.type != "cuda":
-            raise PipelineError(f"param 'distill.engine.precision' = {precision} needs a CUDA device "
-                                f"(device is {self.device}); use fp32, or bf16 (CPU autocast)")
+        precision, self.dtype, self.autocast = autocast_of(params, "distill.engine.precision", self.device)
         self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int)
         self.log_every = positive(params, "distill.engine.log_every", int)
         self.grid_every = positive(params, "distill.engine.grid_every", int)
@@ -225,11 +218,6 @@ class Engine:
         self._losses: list[float] = []
         self.iteration = 0
         self.lr_key = run.where.get("lr", "lr")
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def compiled(self, net):
         """`net` itself, or with `distill.engine.compile` naming a backend, a module whose `embed` runs `net.embed`

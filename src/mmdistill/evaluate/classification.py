@@ -12,7 +12,7 @@ from torch import nn
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.paths import FEATURES_HELDOUT, distilled_set, run_name
-from mmdistill.core.runtime import resolve_device, seed_everything, versions
+from mmdistill.core.runtime import autocast_of, resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize, resolve_flip
 from mmdistill.nn.augment import from_params as augment_from_params
@@ -61,6 +61,7 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
     device = resolve_device(params)
     lr = param(params, "evaluate.lr", float)
     batch_size = positive(params, "evaluate.batch_size")
+    precision, _, autocast = autocast_of(params, "evaluate.precision", device)
     flip = resolve_flip(param(params, "evaluate.flip"), "evaluate.flip")
     augment = augment_from_params(params, flip) if augment else None
     channels, size = images.shape[1], images.shape[2]
@@ -76,9 +77,10 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
             if captions is not None:
                 net = CaptionConcat(net, train_c.shape[1], len(test.class_names))
             train_classifier(net, images, labels, epochs, device, lr=lr, batch_size=batch_size, augment=augment,
-                             seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}", captions=train_c)
-            val_acc.append(100 * accuracy(net, val_x, val.labels, device, captions=val_c))
-            test_acc.append(100 * accuracy(net, test_x, test.labels, device, captions=test_c))
+                             seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}", captions=train_c,
+                             autocast=autocast)
+            val_acc.append(100 * accuracy(net, val_x, val.labels, device, captions=val_c, autocast=autocast))
+            test_acc.append(100 * accuracy(net, test_x, test.labels, device, captions=test_c, autocast=autocast))
         metrics[name] = {
             "test_accuracy_mean": round(float(np.mean(test_acc)), 2),
             "test_accuracy_std": round(float(np.std(test_acc)), 2),
@@ -88,7 +90,8 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
         accuracies[name] = {"test_accuracies": [round(a, 2) for a in test_acc],
                             "val_accuracies": [round(a, 2) for a in val_acc]}
     record = {"net": names[0], "nets": names, "accuracies": accuracies, "train_images": int(len(labels)),
-              "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "augment": augment is not None,
+              "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "precision": precision,
+              "augment": augment is not None,
               "flip": augment is not None and flip,
               "dsa": dict(param(params, "dsa")) if augment is not None else None, "seed": seed, "versions": versions()}
     return metrics, record

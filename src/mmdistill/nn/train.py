@@ -53,13 +53,15 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
 
 @torch.no_grad()
 def accuracy(net, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int = 256,
-             captions: torch.Tensor | None = None) -> float:
-    """Top-1 accuracy; `images` are already normalised float tensors; `captions` as in train_classifier."""
+             captions: torch.Tensor | None = None, autocast=contextlib.nullcontext) -> float:
+    """Top-1 accuracy; `images` are already normalised float tensors; `captions` and `autocast` as in
+    train_classifier."""
     net.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
         x = images[start:start + batch_size].to(device)
-        logits = net(x) if captions is None else net(x, captions[start:start + batch_size].to(device))
+        with autocast():
+            logits = net(x) if captions is None else net(x, captions[start:start + batch_size].to(device))
         correct += (logits.argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
     net.train()
     return correct / max(len(labels), 1)

@@ -30,6 +30,7 @@ from typing import Callable
 
 from mmdistill.core import paths
 from mmdistill.core.config import Int, List, Spec, Str, param, validate
+from mmdistill.core.runtime import PRECISIONS
 from mmdistill.core.storage import PipelineError
 
 REGISTRY = {  # method name -> its module
@@ -263,7 +264,7 @@ def schema() -> dict:
         "vae_subfolder": Str(),
     }
     section["engine"] = {
-        "precision": Str("fp32", "bf16", "fp16"),
+        "precision": Str(*PRECISIONS),
         "checkpoint_every": Int(low=1),
         "log_every": Int(low=1),
         "grid_every": Int(low=1),
