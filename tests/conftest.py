@@ -66,6 +66,7 @@ def tiny_params(source: Path) -> dict:
     params["distill"]["gradient"].update(iterations=2, batch_real=4, outer_loop=2, inner_loop=1)
     params["distill"]["masked_dm"]["iterations"] = 2  # its own CPU budget (10) overrides the family's
     params["evaluate"].update(epochs=2, repeats=2)
+    params["imagetext"].update(stages=[], pair_sets=[], distill_sets=[])  # the image-text tests turn them on
     return params
 
 

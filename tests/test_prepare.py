@@ -200,6 +200,7 @@ def fashion_copy(fashion_dir, dest) -> Path:
 
 
 def test_fashion_mnist_uids_unchanged(project):
+    set_params(project, **{"prepare.dataset": "fashion_mnist"})
     run_stage("prepare")
     assert read_parquet("data/prepared/test")["uid"].to_pylist()[:2] == ["fashion_mnist-test-00000",
                                                                          "fashion_mnist-test-00001"]

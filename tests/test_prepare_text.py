@@ -170,12 +170,14 @@ def test_karpathy_unreadable_json(project, tmp_path):
 # ---- fashion_mnist_captions -----------------------------------------------------------------------------------
 
 def test_fashion_mnist_keeps_empty_captions(project):
+    set_params(project, **{"prepare.dataset": "fashion_mnist"})
     run_stage("prepare")
     assert all(c == [] for c in tables()["train"]["captions"].to_pylist())
     assert "captions_per_image" not in dataset_info() and "synthetic" not in dataset_info()
 
 
 def test_fashion_mnist_single_label_caption(project):
+    set_params(project, **{"prepare.dataset": "fashion_mnist"})
     run_stage("prepare")
     plain = tables()
     set_params(project, **{"prepare.dataset": "fashion_mnist_captions", "prepare.fashion_mnist_captions.captions": 1})

@@ -402,6 +402,7 @@ def test_distill_step_reaches_pixels_texts_and_alpha(tmp_path):
 def test_embed_pairs_names_an_image_without_captions(project, monkeypatch):
     from mmdistill.embed import features
     monkeypatch.setitem(features.TEXT_ENCODERS, "minilm", lambda params, device: HashEncoder())
+    set_params(project, **{"prepare.dataset": "fashion_mnist"})
     run_stage("prepare")                                   # plain Fashion-MNIST: no captions
     with pytest.raises(PipelineError, match=r"image \S+ has no captions.*image-text dataset"):
         run_stage("embed_pairs")
