@@ -2,6 +2,7 @@
 
     python -m benchmarks.run NAME [--dry-run] [--json] [--keep] [--workdir DIR] [--cache DIR] [--out-dir DIR]
     python -m benchmarks.run --list
+    python -m benchmarks.run --check [NAME]      # validate and plan every configuration (or NAME), run nothing
 
 NAME is benchmarks/configs/NAME.yaml (or a path to a YAML file of the same form). The runner
   1. copies the project (the files git tracks or would track, as they are in the working tree) into a
@@ -161,8 +162,9 @@ def check_sets(sets, where: str) -> dict:
     return sets
 
 
-def load_config(name: str, params: dict, dvc_stages: set[str]) -> dict:
-    """The validated configuration: every key known, every param key in params.yaml, every stage in dvc.yaml."""
+def load_config(name: str, params: dict, dvc_stages: set[str], deferred: list | None = None) -> dict:
+    """The validated configuration: every key known, every param key in params.yaml, every stage in dvc.yaml.
+    With `deferred`, the schema check of its params files is appended there (for one check_params of many)."""
     path = config_path(name)
     where = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     raw = yaml.safe_load(path.read_text()) or {}
@@ -222,19 +224,33 @@ def load_config(name: str, params: dict, dvc_stages: set[str]) -> dict:
     for variant in config["variants"].values():
         base = apply_sets(apply_sets(params, config["set"], where), variant["set"], where)
         candidates += [base] + [apply_sets(base, row["set"], where) for row in variant.get("rows", [])]
-    check_params(candidates, where)
+    if deferred is None:
+        check_params([(where, candidates)])
+    else:
+        deferred.append((where, candidates))
     return config
 
 
-def check_params(candidates: list[dict], where: str) -> None:
-    """Validate params files with the project's schema, in one subprocess (this runner imports nothing from
-    mmdistill); the first error is the config's."""
-    code = ("import sys, yaml; from mmdistill.core.config import validate; from mmdistill.core.schema import schema; "
-            "s = schema(); [validate(p, s) for p in yaml.safe_load(sys.stdin)]")
-    result = subprocess.run([sys.executable, "-c", code], input=yaml.safe_dump(candidates), text=True,
-                            capture_output=True, cwd=ROOT)
+CHECK_PARAMS = """
+import sys, yaml
+from mmdistill.core.config import validate
+from mmdistill.core.schema import schema
+s = schema()
+for i, files in enumerate(yaml.safe_load(sys.stdin)):
+    print(i, flush=True)
+    for p in files:
+        validate(p, s)
+"""
+
+
+def check_params(groups: list[tuple[str, list[dict]]]) -> None:
+    """Validate groups of params files (where, files) with the project's schema, in one subprocess (this runner
+    imports nothing from mmdistill); the first error is named by its group's `where`."""
+    result = subprocess.run([sys.executable, "-c", CHECK_PARAMS], input=yaml.safe_dump([g for _, g in groups]),
+                            text=True, capture_output=True, cwd=ROOT)
     if result.returncode:
-        raise ConfigError(where, result.stderr.strip().splitlines()[-1].removeprefix(
+        failed = int(result.stdout.split()[-1]) if result.stdout.split() else 0
+        raise ConfigError(groups[failed][0], result.stderr.strip().splitlines()[-1].removeprefix(
             "mmdistill.core.storage.PipelineError: "))
 
 
@@ -655,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", nargs="?", help="a config of benchmarks/configs/ (or a path to a .yaml)")
     parser.add_argument("--list", action="store_true", help="list the configurations")
+    parser.add_argument("--check", action="store_true",
+                        help="validate every configuration (or NAME) and plan it, in one process; run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the stamp and the commands; run nothing")
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     parser.add_argument("--workdir", type=Path, help="where to make the project copy (default: a new temp dir)")
@@ -666,10 +684,19 @@ def main(argv: list[str] | None = None) -> int:
         for name in known_configs():
             print(f"{name}: {read_yaml(CONFIGS / f'{name}.yaml').get('description', '')}")
         return 0
-    if not args.name:
-        parser.error("NAME is required (or --list)")
     base_params = read_yaml(ROOT / "params.yaml")
     dvc_stages = set((read_yaml(ROOT / "dvc.yaml") or {}).get("stages", {}))
+    if args.check:
+        deferred, planned = [], {}
+        for name in [args.name] if args.name else known_configs():
+            steps = plan(load_config(name, base_params, dvc_stages, deferred), base_params)
+            planned[name] = sum(1 for s in steps if "argv" in s)
+        check_params(deferred)
+        for name, commands in planned.items():
+            print(f"{name}: valid, {commands} commands")
+        return 0
+    if not args.name:
+        parser.error("NAME is required (or --list, --check)")
     config = load_config(args.name, base_params, dvc_stages)
     steps = plan(config, base_params)
     record = {"config": {k: v for k, v in config.items()}, "stamp": stamp(argv), "status": "not started",
