@@ -24,14 +24,17 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
   kind         accuracy | speed (required)
   set          {dotted.param: value} laid over params.yaml; every key must already exist in params.yaml
   needs        [stage]: DVC stages of dvc.yaml reproduced (with their upstream) before the rows
-  variants     {name: {set: {...}, rows: [...]}}: each runs everything again with its sets on top of `set`
-               (and its own rows instead of `rows` when given); none = one variant, `base`
+  variants     {name: {set: {...}, rows: [...], processes: N}}: each runs everything again with its sets on top
+               of `set` (and its own rows instead of `rows` when given); none = one variant, `base`. `processes`
+               N > 1 (kind accuracy): its distill commands run under `torchrun --standalone --nproc_per_node N`
   repeats      N >= 1: everything runs with seed = params.yaml's seed + 0, ..., N - 1 (none = 1)
   kind accuracy:
     rows       [METHOD:IPC, or {row: METHOD:IPC, set: {...}}]: distill, then evaluate (METHOD-latent: the latent
                run, --latent); a row's sets apply
                to its own commands only (after `needs` ran)
-    evaluate   false = distill only (a timing row); none = true
+    evaluate   false = distill only (a timing row: the table adds the iterations the run logged, from its loss
+               curve, and wall s / iteration, start-up included; and where the same row and process count ran
+               at two iteration counts, the marginal s / iteration = the wall difference / the iterations')
     metrics    fnmatch patterns over the dotted numeric keys of the metrics file, shown as columns
                (none = NET.test_accuracy_mean, NET.test_accuracy_std, NET.val_accuracy_mean for each network)
   kind speed:
@@ -210,11 +213,17 @@ def load_config(name: str, params: dict, dvc_stages: set[str], deferred: list | 
     config["variants"] = {}
     for vname, spec in variants.items():
         spec = spec or {}
-        if not isinstance(spec, dict) or set(spec) - {"set", "rows"}:
-            raise ConfigError(where, f"variant {vname!r}: expected a mapping with keys set and rows")
+        if not isinstance(spec, dict) or set(spec) - {"set", "rows", "processes"}:
+            raise ConfigError(where, f"variant {vname!r}: expected a mapping with keys set, rows and processes")
         if "rows" in spec and kind == "speed":
             raise ConfigError(where, f"variant {vname!r}: rows are for kinds accuracy and retrieval")
-        variant = {"set": check_sets(spec.get("set") or {}, where), "own_rows": "rows" in spec}
+        processes = spec.get("processes", 1)
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ConfigError(where, f"variant {vname!r}: processes must be an integer >= 1, got {processes!r}")
+        if processes > 1 and kind != "accuracy":
+            raise ConfigError(where, f"variant {vname!r}: processes (torchrun) are for kind accuracy")
+        variant = {"set": check_sets(spec.get("set") or {}, where), "own_rows": "rows" in spec,
+                   "processes": processes}
         if kind != "speed":
             variant["rows"] = ([parse_row(r, where, kind) for r in spec["rows"]] if "rows" in spec
                                else config["rows"])
@@ -257,8 +266,9 @@ def check_params(groups: list[tuple[str, list[dict]]]) -> None:
 # -------------------------------------------------------------------------------------------- the plan
 
 def display(argv: list[str]) -> str:
-    """A command as it is shown and recorded: this interpreter is `python`."""
-    return shlex.join(["python" if a == sys.executable else a for a in argv])
+    """A command as it is shown and recorded: this interpreter is `python`, its torchrun `torchrun`."""
+    names = {sys.executable: "python", str(Path(sys.executable).parent / "torchrun"): "torchrun"}
+    return shlex.join([names.get(a, a) for a in argv])
 
 
 def plan(config: dict, base_params: dict) -> list[dict]:
@@ -286,7 +296,10 @@ def plan(config: dict, base_params: dict) -> list[dict]:
                 if row["set"]:
                     steps.append({**cell, "step": "params", "set": {**sets, **row["set"]}})
                 args = ["--method", row["method"], "--ipc", str(row["ipc"])] + (["--latent"] if row["latent"] else [])
-                steps.append({**cell, "step": "distill", "argv": [py, "-m", "mmdistill.stages.distill", *args]})
+                launcher = [py] if variant["processes"] == 1 else [
+                    str(Path(py).parent / "torchrun"), "--standalone", "--nproc_per_node", str(variant["processes"])]
+                steps.append({**cell, "step": "distill", "processes": variant["processes"],
+                              "argv": [*launcher, "-m", "mmdistill.stages.distill", *args]})
                 if config["evaluate"]:
                     steps.append({**cell, "step": "evaluate",
                                   "argv": [py, "-m", "mmdistill.stages.evaluate", *args]})
@@ -419,6 +432,13 @@ def run_command(step: dict, work: Path, env: dict, log: Path) -> dict:
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
+def logged_iterations(work: Path, step: dict) -> int | None:
+    """The iterations a distill run logged: the rows of its loss curve (log_every 1), None for a method with none."""
+    name = f"{step['method']}{'-latent' if '--latent' in step['argv'] else ''}-ipc{step['ipc']}"
+    curve = work / "outputs" / "plots" / "loss" / f"{name}.tsv"
+    return len(curve.read_text().splitlines()) - 1 if curve.exists() else None
+
+
 def log_tail(log: Path, start: int, lines: int = 15) -> str:
     """The last `lines` lines the command wrote (the log from byte `start` on)."""
     with log.open("rb") as f:
@@ -443,7 +463,8 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
         before = metrics_snapshot(work) if step["step"] == "evaluate" else None
         log_start = log.stat().st_size if log.exists() else 0
         timing = run_command(step, work, env, log)
-        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations") if k in step}
+        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations", "processes")
+                 if k in step}
         entry |= {"command": display(step["argv"]), **timing}
         if timing["rc"] != 0:
             entry["error"] = log_tail(log, log_start)
@@ -462,6 +483,8 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
                 (entry["metrics_file"], entry["metrics"]), = changed.items()
         elif step["step"] == "measure":
             entry["measurements"] = json.loads((work / "speed-result.json").read_text())
+        elif step["step"] == "distill" and not config["evaluate"] and config["kind"] == "accuracy":
+            entry["iterations"] = logged_iterations(work, step)
         elif step["step"] == "needs" and (work / BUFFER_RECORD).exists():
             buffer = json.loads((work / BUFFER_RECORD).read_text())
             entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
@@ -514,8 +537,11 @@ def accuracy_tables(config: dict, record: dict) -> list[str]:
     def row_values(row: str) -> list[str]:
         return [row] if retrieval else row.split(":")
     head = (["variant"] if many_variants else []) + row_head + (["seed"] if many_seeds else [])
+    timing = config["kind"] == "accuracy" and not config["evaluate"]
     head += columns + ["make s (distill_pairs / select_pairs)" if retrieval else "distill s", "evaluate s",
                        "load (1 min) before"]
+    if timing:
+        head += ["processes", "iterations", "s / iteration (start-up included)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (variant, seed, row), cell in cells.items():
         d, e = cell.get("distill", {}), cell.get("evaluate", {})
@@ -524,7 +550,13 @@ def accuracy_tables(config: dict, record: dict) -> list[str]:
         values += [fmt(flat.get(c)) for c in columns]
         values += [failed(d) or fmt(d.get("wall_s")), failed(e) or fmt(e.get("wall_s")),
                fmt(d.get("load_before", e.get("load_before")))]
+        if timing:
+            its = d.get("iterations")
+            values += [fmt(d.get("processes", 1)), fmt(its),
+                       fmt(d["wall_s"] / its) if its and not d.get("rc") else "-"]
         lines.append("| " + " | ".join(values) + " |")
+    if timing:
+        lines += marginal_iterations(steps)
     if many_seeds and columns:
         lines += ["", f"Over the {config['repeats']} seeds (mean ± population std):", "",
                   "| " + " | ".join((["variant"] if many_variants else []) + row_head + columns) + " |",
@@ -540,6 +572,31 @@ def accuracy_tables(config: dict, record: dict) -> list[str]:
                 values.append(f"{statistics.fmean(xs):.2f} ± {statistics.pstdev(xs):.2f} (n={len(xs)})" if xs else "-")
             lines.append("| " + " | ".join(values) + " |")
     return lines
+
+
+def marginal_iterations(steps: list[dict]) -> list[str]:
+    """Per row, process count and seed run at two or more iteration counts: (wall of the longest - wall of the
+    shortest) / (their iterations' difference), the seconds of one iteration without the start-up."""
+    runs = {}
+    for e in steps:
+        if e["step"] == "distill" and not e.get("rc") and e.get("iterations"):
+            runs.setdefault((e["row"], e.get("processes", 1), e["seed"]), []).append(e)
+    lines = []
+    for (row, processes, seed), group in runs.items():
+        short, long = min(group, key=lambda e: e["iterations"]), max(group, key=lambda e: e["iterations"])
+        extra = long["iterations"] - short["iterations"]
+        if extra > 0:
+            lines.append(f"| {row} | {processes} | {seed} | {short['iterations']} / {long['iterations']} | "
+                         f"{short['wall_s']:.1f} / {long['wall_s']:.1f} | "
+                         f"{(long['wall_s'] - short['wall_s']) / extra:.2f} | "
+                         f"{(long['cpu_s'] - short['cpu_s']) / extra:.2f} | "
+                         f"{short['load_before']:.2f} / {long['load_before']:.2f} |")
+    if not lines:
+        return []
+    return ["", "Marginal seconds per iteration (start-up cancelled: the difference of two runs' wall (CPU) seconds "
+            "over the difference of their iterations; CPU = user + system of every process of the run):", "",
+            "| row | processes | seed | iterations | wall s | wall s / iteration | CPU s / iteration | "
+            "load (1 min) before |", "|---|---|---|---|---|---|---|---|", *lines]
 
 
 def retrieval_timings(record: dict) -> list[str]:
@@ -626,7 +683,9 @@ def markdown(config: dict, record: dict) -> str:
         for name, variant in config["variants"].items():
             sets = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in variant["set"].items()) or "no change"
             rows = f" (rows {', '.join(r['name'] for r in variant['rows'])})" if variant["own_rows"] else ""
-            lines.append(f"  - {name}: {sets}{rows}")
+            processes = variant.get("processes", 1)
+            torchrun = f"; distill under torchrun, {processes} processes" if processes > 1 else ""
+            lines.append(f"  - {name}: {sets}{rows}{torchrun}")
     row_sets = {r["name"]: r["set"] for v in config["variants"].values() for r in v.get("rows", []) if r["set"]}
     for name, sets in row_sets.items():
         lines.append(f"- row {name}: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sets.items()))

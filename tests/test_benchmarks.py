@@ -93,6 +93,19 @@ def test_distill_only_and_speed_plans(tmp_path):
     assert measure["spec"] == spec
 
 
+def test_a_variant_with_processes_distils_under_torchrun(tmp_path):
+    config = {"description": "t", "kind": "accuracy", "evaluate": False, "rows": ["dsa:10"],
+              "variants": {"one": {}, "two": {"processes": 2}}}
+    plan = dry_run(tmp_path, config)
+    assert [(s["variant"], s["command"]) for s in plan["steps"] if s["step"] == "distill"] == [
+        ("one", "python -m mmdistill.stages.distill --method dsa --ipc 10"),
+        ("two", "torchrun --standalone --nproc_per_node 2 -m mmdistill.stages.distill --method dsa --ipc 10")]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**config, "variants": {"two": {"processes": 0}}}, sort_keys=False))
+    out = runner(str(path), "--dry-run", check=False)
+    assert out.returncode != 0 and "variant 'two': processes must be an integer >= 1, got 0" in out.stderr
+
+
 def test_stamp(tmp_path):
     plan = dry_run(tmp_path, CONFIG)
     stamp = plan["stamp"]

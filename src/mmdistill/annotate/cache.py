@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from tqdm import tqdm
 from mmdistill.core.config import param, positive
 from mmdistill.core.hub import import_object
 from mmdistill.core.paths import ANNOTATIONS, PREPARED
+from mmdistill.core.ray_actors import run_on_actors
 from mmdistill.core.storage import (
     PipelineError,
     check_writable,
@@ -197,30 +196,6 @@ class ShardWorker:
             write_parquet(table, self.directory / f"shard-{digest(keys)[:16]}.parquet")
         return skipped
 
-    def __call__(self, batch: dict) -> dict:  # Ray Data map_batches: one shard per row of the batch
-        skipped = [self.run(pickle.loads(blob)) for blob in batch["records"]]
-        return {"shard": batch["shard"], "skipped": [json.dumps(s) for s in skipped]}
-
-
-def run_ray(params: dict, shards: list[list[dict]], worker_args: tuple) -> list[str]:
-    import ray
-    address = param(params, "annotate.ray.address", str) or None
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}},
-                 **({} if address else {"num_cpus": positive(params, "annotate.ray.actors")
-                                        * param(params, "annotate.ray.cpus_per_actor", (int, float))}))
-    items = [{"shard": i, "records": pickle.dumps(recs)} for i, recs in enumerate(shards)]
-    ds = ray.data.from_items(items).map_batches(
-        ShardWorker, fn_constructor_args=worker_args, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=positive(params, "annotate.ray.actors")),
-        num_cpus=param(params, "annotate.ray.cpus_per_actor", (int, float)),
-        num_gpus=param(params, "annotate.ray.gpus_per_actor", (int, float)))
-    skipped = []
-    for row in sorted(ds.take_all(), key=lambda r: r["shard"]):
-        skipped += json.loads(row["skipped"])
-    return skipped
-
 
 def annotate_incrementally(params: dict, stage: str, registry_path: str, schema: pa.Schema,
                            records: list[dict], target: AnnotationTarget = PIPELINE
@@ -251,7 +226,8 @@ def annotate_incrementally(params: dict, stage: str, registry_path: str, schema:
     if shards:
         worker_args = (params, stage, registry_path, schema, str(directory.resolve()))
         if engine == "ray":
-            skipped = run_ray(params, shards, worker_args)
+            skipped = [uid for shard in run_on_actors(params, "annotate.ray", ShardWorker, worker_args, shards)
+                       for uid in shard]
         else:
             worker = ShardWorker(*worker_args)
             for shard in tqdm(shards, desc=f"{stage} ({name})", mininterval=2):

@@ -43,6 +43,7 @@ def schema() -> dict:
     from mmdistill.annotate.descriptions import DESCRIBERS
     from mmdistill.annotate.grounding import GROUNDERS, SAM_IMPLEMENTATIONS
     from mmdistill.annotate.tags import TAGGERS
+    from mmdistill.core.ray_actors import ray_keys
     from mmdistill.core.runtime import DEVICES
     from mmdistill.data.sources import CHANNELS, DATASETS, RESIZE_MODES
     from mmdistill.data.synthetic import GRID, LABEL_TEMPLATES
@@ -149,14 +150,11 @@ def schema() -> dict:
             "shard_size": COUNT,
             "on_error": Str(*ON_ERROR),
             "cache_dir": NAME,
-            "ray": {
-                "address": Str(),                       # "" = a local Ray instance
-                "actors": COUNT,
-                "cpus_per_actor": Float(above=0),
-                "gpus_per_actor": Float(low=0),
-            },
+            "ray": ray_keys(),                          # address "" = a local Ray instance
         },
         "embed": {
+            "engine": Str(*ENGINES),
+            "ray": ray_keys(),
             "image_encoder": names(IMAGE_ENCODERS),
             "text_encoder": names(TEXT_ENCODERS),
             "open_clip": {

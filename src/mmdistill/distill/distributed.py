@@ -1,11 +1,17 @@
-"""Data-parallel distillation under torchrun: `torchrun --nproc_per_node N -m mmdistill.stages.distill --method dm
---ipc K` (gloo, CPU).
+"""Data-parallel distillation under torchrun: `torchrun --nproc_per_node N -m mmdistill.stages.distill --method M
+--ipc K` (gloo, CPU), M in the distribution family (dm) or the gradient family (dsa, dc).
 
-Every rank holds the same synthetic set, draws the same real batch, network and augmentation (the engine's seeds),
-and embeds only its share of each class's real images (images rank, rank + N, ... of the class's `batch_real`).
-The per-class sums of those real embeddings are all-reduced, so each rank computes the same class means, the same
-loss and the same update as one process, up to float summation order. Rank 0 alone writes (the distilled set, its
-figure, loss curve, grids and checkpoints). Without torchrun (WORLD_SIZE unset or 1) nothing here changes a run.
+Every rank holds the same synthetic set and draws the same real batch, network and augmentation (the engine's
+seeds); the ranks split the work and all-reduce so that each takes the same update as one process, up to float
+summation order:
+- dm (distribution_matching): each rank embeds its share of each class's real images (images rank, rank + N, ...
+  of the class's `batch_real`); the per-class sums of the real embeddings are all-reduced into the class means.
+- dsa, dc (gradient_matching): the classes are split (classes rank, rank + N, ...); each rank computes the
+  gradient distance of its classes only, and the pixel gradients (each synthetic image's comes from its own class
+  alone) and the loss are all-reduced. The network training between matching steps (DC's inner loop) is repeated
+  on every rank.
+Rank 0 alone writes (the distilled set, its figure, loss curve, grids and checkpoints). Without torchrun
+(WORLD_SIZE unset or 1) nothing here changes a run.
 """
 from __future__ import annotations
 
@@ -50,6 +56,28 @@ def class_means_across_ranks(features: torch.Tensor, classes: int) -> torch.Tens
     sums = per_class.sum(1)
     dist.all_reduce(sums)
     return sums / (per_class.shape[1] * world()[1])
+
+
+def own_classes(classes: int) -> list[int]:
+    """The classes this rank matches (gradient family): rank, rank + N, ... (all of them without torchrun)."""
+    rank, size = world()
+    if classes < size:
+        raise PipelineError(f"{classes} classes do not split into the {size} torchrun processes: use at most "
+                            f"{classes} processes")
+    return list(range(rank, classes, size))
+
+
+def own_blocks(x: torch.Tensor, classes: int) -> torch.Tensor:
+    """The blocks of own_classes(classes) of the class-major `x` (equal blocks per class), still class-major."""
+    rank, size = world()
+    return x.view(classes, -1, *x.shape[1:])[rank::size].reshape(-1, *x.shape[1:])
+
+
+def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes, in place (itself without torchrun)."""
+    if world()[1] > 1:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def check_divisible(batch_real: int, where: str) -> None:

@@ -237,20 +237,23 @@ class Engine:
                 return self.parameterisation.decode(self.syn).detach()
         return self.parameterisation.decode(self.syn)
 
-    def update(self, loss: torch.Tensor) -> None:
-        """One optimiser step of the synthetic set on `loss`."""
-        value = loss.item()
+    def update(self, loss: torch.Tensor, shared: bool = False) -> None:
+        """One optimiser step of the synthetic set on `loss`. `shared`: under torchrun, `loss` is this process's
+        share of a sum over processes (gradient matching's classes), so the loss and the gradient of the synthetic
+        set are summed over the processes before the step."""
+        value = (distributed.sum_across_ranks(loss.detach().float().clone()) if shared else loss).item()
         if not math.isfinite(value):  # a diverged run (lr too large) or NaN in an input: stop, write nothing more
             raise PipelineError(f"distill {self.name}: the loss is {value} at iteration {self.iteration}; the run is "
                                 f"stopped (diverged: lower param '{self.lr_key}', or an input holds NaN) and its "
                                 "set is not written")
         self.opt.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if shared:
+            distributed.sum_across_ranks(self.syn.grad)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            loss.backward()
             self.opt.step()
         self._losses.append(value)
 

@@ -16,6 +16,7 @@ import torch
 
 from mmdistill.core.config import AUTO_BOOL, BOOL, Float, Int, Spec, Str
 from mmdistill.core.storage import PipelineError
+from mmdistill.distill import distributed
 from mmdistill.distill.engine import Engine, Run
 from mmdistill.distill.losses import CLASS_GRADIENTS, MaskedTerm, gradient_match, weighted_sum
 from mmdistill.nn.nets import make_net
@@ -77,6 +78,14 @@ def gradient_matching(run: Run, init: list[int], full_weight: float, masked: Mas
     engine.refuse_compile("gradient matching differentiates through network gradients (double backward), "
                           "which torch.compile does not support")
     syn_labels = torch.arange(classes, device=device).repeat_interleave(run.ipc)
+    shared = distributed.world()[1] > 1  # torchrun: each process matches its share of the classes
+    if shared and (masked is not None or extra_terms):
+        raise PipelineError(f"distill {run.name} under torchrun: only dsa and dc (no masked or caption term) split "
+                            "their classes across processes; run it as one process")
+    own = distributed.own_classes(classes)
+
+    def matched(batch):  # this process's class blocks of the augmented class-major `batch`
+        return distributed.own_blocks(batch, classes) if shared else batch
 
     def step(it):
         net = make_net(net_name, channels, classes, size).to(device)
@@ -85,14 +94,15 @@ def gradient_matching(run: Run, init: list[int], full_weight: float, masked: Mas
             real = batches.images[idx].to(device)
             aug = augment.draw(engine.gen, classes)
             syn = engine.images()
-            terms = [(full_weight, lambda: gradient_match(net, aug(real), aug(syn), classes, how))]
+            terms = [(full_weight, lambda: gradient_match(net, matched(aug(real)), matched(aug(syn)), len(own), how,
+                                                          labels=own))]
             if masked is not None:
                 terms.append((masked.weight, lambda: masked_match(
                     net, aug(real * masks[idx].to(device)), aug(syn * syn_masks), classes)))
             terms += [(weight, lambda term=term: term(syn)) for weight, term in extra_terms]
             with engine.autocast():
                 loss = weighted_sum(terms, device)
-            engine.update(loss)
+            engine.update(loss, shared)
             if outer == outer_loop - 1:
                 break
             # DC's network update: plain SGD on the synthetic set, shuffled and augmented from engine.gen

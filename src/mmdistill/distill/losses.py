@@ -70,13 +70,15 @@ def caption_gap(syn_features: torch.Tensor, real_means: torch.Tensor, classes: i
 CLASS_GRADIENTS = ("loop", "vmap")
 
 
-def class_gradients(net, images: torch.Tensor, classes: int, how: str = "loop",
-                    create_graph: bool = True) -> dict[str, torch.Tensor]:
+def class_gradients(net, images: torch.Tensor, classes: int, how: str = "loop", create_graph: bool = True,
+                    labels: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Per class, the gradient of the mean cross-entropy of that class's images w.r.t. each parameter
     (a dict of [classes, *param.shape]); differentiable w.r.t. `images` if `create_graph`.
-    `how`: "loop" (a backward pass per class) or "vmap" (torch.func over classes)."""
+    `how`: "loop" (a backward pass per class) or "vmap" (torch.func over classes). `labels`: the class of each of
+    the `classes` blocks (default 0, 1, ...; a torchrun process's own classes, distributed.own_classes)."""
     x = images.view(classes, -1, *images.shape[1:])
-    y = torch.arange(classes, device=images.device).view(classes, 1).expand(classes, x.shape[1])
+    y = torch.tensor(labels) if labels is not None else torch.arange(classes)
+    y = y.to(images.device).view(classes, 1).expand(classes, x.shape[1])
     if how == "loop":
         names, params = zip(*net.named_parameters())
         per_class = [torch.autograd.grad(F.cross_entropy(net(xc), yc), params, create_graph=create_graph)
@@ -120,13 +122,13 @@ GRADIENT_DISTANCES = {"cosine": layerwise_distance, "l2": squared_distance}
 
 
 def gradient_match(net, real: torch.Tensor, syn: torch.Tensor, classes: int, how: str = "loop",
-                   distance: str = "cosine") -> torch.Tensor:
-    """DC: the distance between the per-class gradients of real and synthetic images (`how`: see
+                   distance: str = "cosine", labels: list[int] | None = None) -> torch.Tensor:
+    """DC: the distance between the per-class gradients of real and synthetic images (`how`, `labels`: see
     class_gradients); `distance` "cosine" is DC's layer-wise distance, "l2" the squared L2 distance."""
     if distance not in GRADIENT_DISTANCES:
         raise PipelineError(f"unknown gradient distance {distance!r}; valid: {', '.join(GRADIENT_DISTANCES)}")
-    real_grads = {k: v.detach() for k, v in class_gradients(net, real, classes, how, create_graph=False).items()}
-    return GRADIENT_DISTANCES[distance](real_grads, class_gradients(net, syn, classes, how))
+    real_grads = {k: v.detach() for k, v in class_gradients(net, real, classes, how, False, labels).items()}
+    return GRADIENT_DISTANCES[distance](real_grads, class_gradients(net, syn, classes, how, True, labels))
 
 
 def covariance(features: torch.Tensor, classes: int) -> torch.Tensor:

@@ -66,9 +66,9 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
     seed_everything(seed)
     device = resolve_device(params)
     distributed.start(device)
-    if distributed.world()[1] > 1 and method.family != "distribution":
-        raise PipelineError(f"distill {name} under torchrun: only the distribution family (dm) splits its work "
-                            "across processes; run it as one process")
+    if distributed.world()[1] > 1 and method.family not in ("distribution", "gradient"):
+        raise PipelineError(f"distill {name} under torchrun: only the distribution (dm) and gradient (dsa, dc) "
+                            "families split their work across processes; run it as one process")
     run_id = run_name(name, ipc, latent)
     out = distilled_set(run_id)
     check_writable(out, distilled_figure(run_id), *((checkpoint(run_id), LOSS_CURVES / f"{run_id}.tsv",

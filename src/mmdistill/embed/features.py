@@ -1,6 +1,9 @@
 """Features of images, masked instances, captions and descriptions.
 
-The stage, its outputs and their schema: mmdistill.stages.embed.
+The stage, its outputs and their schema: mmdistill.stages.embed. `embed.engine`: local (one encoder in the stage's
+process) | ray (EncoderWorker on the Ray Data actors of `embed.ray`, mmdistill.core.ray_actors, over batches of
+`embed.batch_size` images or distinct texts; the same batches as the local engine, so the same features, see
+encode_jobs).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdistill.annotate.cache import (
+    ENGINES,
     PIPELINE,
     AnnotationTarget,
     annotation_backend,
@@ -20,6 +24,8 @@ from mmdistill.annotate.cache import (
 )
 from mmdistill.core.config import param, positive
 from mmdistill.core.paths import FEATURES
+from mmdistill.core.ray_actors import run_on_actors
+from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import (
     PipelineError,
     atomic_path,
@@ -232,10 +238,63 @@ def encode_images(encoder, images: torch.Tensor, batch_size: int, desc: str) -> 
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-def embed_images(params, device, batch_size, rows_per_shard) -> str:
+class EncoderWorker:
+    """The encoder of param `key` (embed.image_encoder or embed.text_encoder) on the device of param `device`,
+    loaded once. `run((what, inputs, desc))` -> (vectors, encoder name, its settings) of uint8 images (`what`
+    "images", in batches of embed.batch_size) or texts ("texts", each distinct text once). The local engine runs
+    one in the stage's process, the Ray engine one per actor."""
+
+    def __init__(self, params: dict, key: str):
+        registry = IMAGE_ENCODERS if key == "embed.image_encoder" else TEXT_ENCODERS
+        self.name, self.encoder = build_encoder(params, key, registry, resolve_device(params))
+        self.batch_size = positive(params, "embed.batch_size")
+
+    def run(self, job: tuple) -> tuple[np.ndarray, str, dict]:
+        what, inputs, desc = job
+        if what == "images":
+            vectors = encode_images(self.encoder, inputs, self.batch_size, desc)
+        else:
+            vectors = self.encoder.encode(inputs, self.batch_size)
+        return vectors, self.name, self.encoder.settings
+
+
+def encode_jobs(params: dict, key: str, jobs: list[tuple]) -> tuple[list[np.ndarray], str, dict]:
+    """Each job (what, inputs, desc) of EncoderWorker.run encoded by the encoder of param `key` -> (the vectors of
+    each job, encoder name, its settings), on the engine of `embed.engine`. Ray: a job is cut into batches of
+    embed.batch_size (texts: of its distinct texts, sorted, as the encoders batch them), one actor call each, so
+    an actor encodes the very batches the local engine does: the same images give the same bytes with the same
+    thread count; all-MiniLM-L6-v2 regroups a batch by length itself, so its text vectors agree to float rounding."""
+    engine = param(params, "embed.engine", str, choices=ENGINES)
+    if engine == "local":
+        worker = EncoderWorker(params, key)
+        return [worker.run(job)[0] for job in jobs], worker.name, worker.encoder.settings
+    batch_size = positive(params, "embed.batch_size")
+    pieces, plan = [], []
+    for what, inputs, desc in jobs:
+        distinct = sorted(set(inputs)) if what == "texts" else inputs
+        starts = range(0, len(distinct), batch_size)
+        # a tensor slice is cloned: pickling a view would send its whole storage to every actor
+        pieces += [(what, distinct[i:i + batch_size].clone() if what == "images" else distinct[i:i + batch_size],
+                    desc) for i in starts]
+        plan.append((what, inputs, distinct, len(starts)))
+    if not pieces:
+        raise PipelineError(f"embed.engine ray: nothing to encode with param '{key}'")
+    results = run_on_actors(params, "embed.ray", EncoderWorker, (params, key), pieces)
+    out, done = [], 0
+    for what, inputs, distinct, count in plan:
+        parts = [vectors for vectors, _, _ in results[done:done + count]]
+        done += count
+        vectors = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+        if what == "texts":
+            row = {text: i for i, text in enumerate(distinct)}
+            vectors = vectors[[row[text] for text in inputs]]
+        out.append(vectors.astype(np.float32))
+    _, name, settings = results[0]
+    return out, name, settings
+
+
+def embed_images(params, batch_size, rows_per_shard) -> str:
     check_writable(FEATURES / "image", FEATURES / "instance")
-    name, encoder = build_encoder(params, "embed.image_encoder", IMAGE_ENCODERS, device)
-    embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label", "image"))
     # images the annotation stages skipped as corrupt (annotate.on_error: skip) are left out here too
     skipped = sorted(annotation_backend("instances").get("skipped_uids", []))
@@ -246,20 +305,20 @@ def embed_images(params, device, batch_size, rows_per_shard) -> str:
         print(f"embed: leaving out {len(skipped)} image(s) the annotation stages skipped: {', '.join(skipped)}")
     uids, labels = table["uid"].to_pylist(), table["label"].to_pylist()
     images = torch.from_numpy(decode_images(table["image"].to_pylist(), uids, channels=3))
-    write_features("image", {"uid": uids, "label": labels},
-                   encode_images(encoder, images, batch_size, "embed images"), name, embed_settings, rows_per_shard,
-                   extra=extra)
-
     inst = read_annotations("instances", ["uid", "instance_id", "mask"])
     position = {u: i for i, u in enumerate(uids)}
     inst_uids = inst["uid"].to_pylist()
     masks = np.stack([decode_image(b, f"mask of {u}", "L") > 0 for u, b in zip(inst_uids, inst["mask"].to_pylist())]) \
         if inst_uids else np.zeros((0,) + tuple(images.shape[2:]), bool)
     masked = images[[position[u] for u in inst_uids]] * torch.from_numpy(masks)[:, None]
+    (image_vectors, instance_vectors), name, settings = encode_jobs(
+        params, "embed.image_encoder", [("images", images, "embed images"), ("images", masked, "embed instances")])
+    embed_settings = {"batch_size": batch_size} | settings
+    write_features("image", {"uid": uids, "label": labels}, image_vectors, name, embed_settings, rows_per_shard,
+                   extra=extra)
     write_features("instance", {"uid": inst_uids, "label": [labels[position[u]] for u in inst_uids],
                                 "instance_id": inst["instance_id"].to_pylist()},
-                   encode_images(encoder, masked, batch_size, "embed instances"), name, embed_settings,
-                   rows_per_shard, extra=extra)
+                   instance_vectors, name, embed_settings, rows_per_shard, extra=extra)
     return f"{len(uids)} images and {len(inst_uids)} instances with {name}"
 
 
@@ -268,24 +327,32 @@ def embed_captions(encoder, name: str, embed_settings: dict, label_of: dict, bat
     """Encode `target`'s captions.parquet into `root`/caption; returns the caption uids."""
     check_writable(Path(root) / "caption")
     caps = read_annotations("captions", ["uid", "instance_id", "caption"], target)
+    write_captions(caps, encoder.encode(caps["caption"].to_pylist(), batch_size), name, embed_settings, label_of,
+                   rows_per_shard, root)
+    return caps["uid"].to_pylist()
+
+
+def write_captions(caps: pa.Table, vectors: np.ndarray, name: str, embed_settings: dict, label_of: dict,
+                   rows_per_shard: int, root=FEATURES) -> None:
     cap_uids = caps["uid"].to_pylist()
     write_features("caption", {"uid": cap_uids, "label": [label_of[u] for u in cap_uids],
                                "instance_id": caps["instance_id"].to_pylist()},
-                   encoder.encode(caps["caption"].to_pylist(), batch_size), name, embed_settings, rows_per_shard,
-                   root=root)
-    return cap_uids
+                   vectors, name, embed_settings, rows_per_shard, root=root)
 
 
-def embed_texts(params, device, batch_size, rows_per_shard) -> str:
+def embed_texts(params, batch_size, rows_per_shard) -> str:
     check_writable(FEATURES / "caption", FEATURES / "description")
-    name, encoder = build_encoder(params, "embed.text_encoder", TEXT_ENCODERS, device)
-    embed_settings = {"batch_size": batch_size} | encoder.settings
     table = load_annotation_input(("uid", "label"))
     label_of = dict(zip(table["uid"].to_pylist(), table["label"].to_pylist()))
-    cap_uids = embed_captions(encoder, name, embed_settings, label_of, batch_size, rows_per_shard)
+    caps = read_annotations("captions", ["uid", "instance_id", "caption"])
     desc = read_annotations("descriptions", ["uid", "description"])
+    (caption_vectors, description_vectors), name, settings = encode_jobs(
+        params, "embed.text_encoder", [("texts", caps["caption"].to_pylist(), "embed captions"),
+                                       ("texts", desc["description"].to_pylist(), "embed descriptions")])
+    embed_settings = {"batch_size": batch_size} | settings
+    write_captions(caps, caption_vectors, name, embed_settings, label_of, rows_per_shard)
+    cap_uids = caps["uid"].to_pylist()
     desc_uids = desc["uid"].to_pylist()
     write_features("description", {"uid": desc_uids, "label": [label_of[u] for u in desc_uids]},
-                   encoder.encode(desc["description"].to_pylist(), batch_size), name, embed_settings,
-                   rows_per_shard)
+                   description_vectors, name, embed_settings, rows_per_shard)
     return f"{len(cap_uids)} captions and {len(desc_uids)} descriptions with {name}"

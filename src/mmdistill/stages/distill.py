@@ -10,8 +10,8 @@ each, listed there with what it does); its settings are `distill.<family>` overl
 mmdistill.distill.runs. Optimising methods also write a DVCLive loss curve and periodic grids under
 `outputs/distill/{run}/` and checkpoints `data/checkpoints/{run}.pt` that `--resume` continues from
 (mmdistill.distill.engine); the result is byte-identical to an uninterrupted run. Under
-`torchrun --standalone --nproc_per_node N -m mmdistill.stages.distill --method dm --ipc K`, dm's real batch is split
-across N CPU processes and rank 0 alone writes (mmdistill.distill.distributed).
+`torchrun --standalone --nproc_per_node N -m mmdistill.stages.distill --method M --ipc K`, dm's real batch (dsa's and
+dc's classes) is split across N CPU processes and rank 0 alone writes (mmdistill.distill.distributed).
 """
 from __future__ import annotations
 

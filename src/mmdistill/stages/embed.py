@@ -29,6 +29,9 @@ Encoders (`embed.image_encoder`, `embed.text_encoder`):
                       cache, or a folder saved with save_pretrained)
 Set both encoders to the same CLIP to get one joint space. Weights that cannot be found are an error,
 never random weights.
+
+`embed.engine: ray` encodes on Ray Data actors (`embed.ray`: address, actors, cpus_per_actor, gpus_per_actor, as
+`annotate.ray`) instead of in this process, with the same features (mmdistill.embed.features.encode_jobs).
 """
 from __future__ import annotations
 
@@ -43,11 +46,11 @@ def main() -> None:
     parser.add_argument("--modality", required=True, choices=("image", "text"))
     args = parser.parse_args()
     params = load_params()
-    device = resolve_device(params)
+    resolve_device(params)  # a bad device is an error before anything loads
     batch_size = positive(params, "embed.batch_size")
     rows_per_shard = positive(params, "embed.rows_per_shard")
     run = embed_images if args.modality == "image" else embed_texts
-    print("embedded " + run(params, device, batch_size, rows_per_shard))
+    print("embedded " + run(params, batch_size, rows_per_shard))
 
 
 if __name__ == "__main__":
