@@ -78,6 +78,7 @@ RETRIEVAL_METRICS = [f"*.test_{side}_r{k}_mean" for side in ("tr", "ir") for k i
     ["*.test_tr_r1_std", "*.test_ir_r1_std"]                                      # per image encoder
 PAIR_SET = re.compile(r"^(full|(random|mttvl|herding|kcenter|forgetting|pds)-([1-9][0-9]*))$")  # as mmdistill.data.pairs
 BUFFER_RECORD = "data/buffer/record.json"  # stage buffer's record (read, never written)
+DIFFUSION_RECORDS = "data/diffusion/*/record.json"  # stage finetune_diffusion's records (read, never written)
 METRICS_DIR = "outputs/metrics"  # where the evaluate stage writes its metrics files (read, never written)
 
 
@@ -446,9 +447,15 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
                 (entry["metrics_file"], entry["metrics"]), = changed.items()
         elif step["step"] == "measure":
             entry["measurements"] = json.loads((work / "speed-result.json").read_text())
-        elif step["step"] == "needs" and (work / BUFFER_RECORD).exists():
-            buffer = json.loads((work / BUFFER_RECORD).read_text())
-            entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
+        elif step["step"] == "needs":
+            if (work / BUFFER_RECORD).exists():
+                buffer = json.loads((work / BUFFER_RECORD).read_text())
+                entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
+            diffusion = {path.parent.name: json.loads(path.read_text()) for path in sorted(work.glob(DIFFUSION_RECORDS))}
+            if diffusion:
+                entry["diffusion"] = {m: {"epoch_seconds": r["history"]["seconds"], "train_pairs": r["train_pairs"],
+                                          "resolution": r["resolution"], "classes": r.get("classes")}
+                                      for m, r in diffusion.items()}
         print(f"  {timing['wall_s']:.0f} s", flush=True)
         record["steps"].append(entry)
         write()
@@ -542,6 +549,36 @@ def retrieval_timings(record: dict) -> list[str]:
     return lines if len(lines) > 5 else []
 
 
+def diffusion_timings(record: dict) -> list[str]:
+    """Seconds per fine-tuning epoch (stage finetune_diffusion's own measurement of its training steps) and per
+    generated image (the synthesis method's distill command over the images it made, start-up and pipeline load
+    included; between two IPCs of one method, the difference over the extra images: start-up cancels)."""
+    lines = ["", "Diffusion timings (wall seconds):", "", "| variant | seed | what | s |", "|---|---|---|---|"]
+    classes = {}
+    for e in record["steps"]:
+        for method, d in e.get("diffusion", {}).items():
+            classes[(e["variant"], e["seed"], method)] = d.get("classes")
+            epochs = d["epoch_seconds"]
+            if epochs:
+                lines.append(f"| {e['variant']} | {e['seed']} | fine-tuning epoch (finetune_diffusion@{method}: "
+                             f"{d['train_pairs']} pairs at {d['resolution']} px, epochs {', '.join(f'{x:.0f}' for x in epochs)} s) | "
+                             f"{statistics.fmean(epochs):.1f} |")
+    rows = {}
+    for e in record["steps"]:
+        n = classes.get((e["variant"], e["seed"], e.get("method")))
+        if e["step"] == "distill" and n and not e.get("rc"):
+            rows.setdefault((e["variant"], e["seed"], e["method"]), []).append((e["ipc"] * n, e["wall_s"]))
+    for (variant, seed, method), runs in rows.items():
+        for images, wall in runs:
+            lines.append(f"| {variant} | {seed} | generated image ({method}, {images} images in {wall:.1f} s, start-up "
+                         f"included) | {wall / images:.2f} |")
+        (few, wall_few), (many, wall_many) = min(runs), max(runs)
+        if many > few:
+            lines.append(f"| {variant} | {seed} | generated image ({method}: ({wall_many:.1f} - {wall_few:.1f}) s / "
+                         f"({many} - {few}) images) | {(wall_many - wall_few) / (many - few):.2f} |")
+    return lines if len(lines) > 5 else []
+
+
 def failed(entry: dict) -> str:
     return f"failed (exit {entry['rc']})" if entry and entry.get("rc") else ""
 
@@ -623,6 +660,7 @@ def markdown(config: dict, record: dict) -> str:
         lines += accuracy_tables(config, record)
     if config["kind"] == "retrieval":
         lines += retrieval_timings(record)
+    lines += diffusion_timings(record)
     lines += ["", "## Commands", "",
               "Run in a copy of the project; wall and CPU seconds (CPU: user + system of the command and its "
               "children).", "",

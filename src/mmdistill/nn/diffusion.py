@@ -36,9 +36,9 @@ the same output bytes as an uninterrupted run; both runs load the pipeline from 
 Outputs (one per method of `distill.methods.synthesis`):
   data/diffusion/{method}/              save_pretrained pipeline (model_index.json, unet/, vae/, text_encoder/,
                                         tokenizer/, scheduler/)
-  data/diffusion/{method}/record.json   model, settings, class_name, train pairs, seed, device, versions, and per
-                                        epoch the loss (train: mean over the epoch; val: the val split at fixed noise,
-                                        before training first) and the wall seconds of its training steps
+  data/diffusion/{method}/record.json   model, settings, class_name, train pairs, classes, seed, device, versions,
+                                        and per epoch the loss (train: mean over the epoch; val: the val split at
+                                        fixed noise, before training first) and the wall seconds of its training steps
   outputs/metrics/diffusion/{method}.json  val_loss_untrained, val_loss, train_loss_last_epoch
 """
 from __future__ import annotations
@@ -456,8 +456,9 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
     with atomic_path(out) as tmp:
         pipe.to("cpu").save_pretrained(tmp)
         save_json({"model": settings["model"], "settings": settings, "class_name": class_name,
-                   "train_pairs": len(train), "resolution": resolution, "seed": seed, "device": str(device),
-                   "history": history, "versions": versions()}, tmp / DIFFUSION_RECORD_NAME)
+                   "train_pairs": len(train), "classes": len(train.class_names), "resolution": resolution,
+                   "seed": seed, "device": str(device), "history": history, "versions": versions()},
+                  tmp / DIFFUSION_RECORD_NAME)
     save_json({"val_loss_untrained": round(history["val_loss"][0], 6), "val_loss": round(history["val_loss"][-1], 6),
                "train_loss_last_epoch": round(history["train_loss"][-1], 6)}, metrics_path)
     shutil.rmtree(work)
