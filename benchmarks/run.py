@@ -37,7 +37,8 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
     measure    the spec of benchmarks/measure_speed.py (rounds, iterations, images, losses, ...)
   kind retrieval (the image-text track; `set` turns it on: imagetext.stages [on], prepare.dataset ...):
     rows       [PAIR_SET, or {row: PAIR_SET, set: {...}}]: full | random-N | mttvl-N (distill_pairs, then evaluated)
-               | herding-N | kcenter-N | forgetting-N | pds-N (select_pairs, then evaluated), each evaluated by
+               | herding-N | kcenter-N | forgetting-N | pds-N (select_pairs, then evaluated) | pds_unclip-N
+               (synthesize_pairs; needs [unclip_decoder@on]), each evaluated by
                `python -m mmdistill.stages.evaluate_retrieval --pairs PAIR_SET`; needs [buffer@on] for mttvl
     metrics    as for accuracy (none = test TR/IR R@1/5/10 means and the R@1 stds of each image encoder)
   The retrieval tables add the seconds per mttvl iteration (distill_pairs' wall time over its iterations, start-up
@@ -76,7 +77,8 @@ KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}, 
 DEFAULT_METRICS = ["*.test_accuracy_mean", "*.test_accuracy_std", "*.val_accuracy_mean"]  # per network
 RETRIEVAL_METRICS = [f"*.test_{side}_r{k}_mean" for side in ("tr", "ir") for k in (1, 5, 10)] + \
     ["*.test_tr_r1_std", "*.test_ir_r1_std"]                                      # per image encoder
-PAIR_SET = re.compile(r"^(full|(random|mttvl|herding|kcenter|forgetting|pds)-([1-9][0-9]*))$")  # as mmdistill.data.pairs
+PAIR_SET = re.compile(  # as mmdistill.data.pairs
+    r"^(full|(random|mttvl|herding|kcenter|forgetting|pds|pds_unclip)-([1-9][0-9]*))$")
 BUFFER_RECORD = "data/buffer/record.json"  # stage buffer's record (read, never written)
 DIFFUSION_RECORDS = "data/diffusion/*/record.json"  # stage finetune_diffusion's records (read, never written)
 METRICS_DIR = "outputs/metrics"  # where the evaluate stage writes its metrics files (read, never written)
@@ -285,9 +287,11 @@ def retrieval_steps(row: dict, unit: dict, sets: dict, base_params: dict) -> lis
     py, cell = sys.executable, {**unit, "row": row["name"]}
     steps = [{**cell, "step": "params", "set": {**sets, **row["set"]}}] if row["set"] else []
     make = {"mttvl": "distill_pairs", "herding": "select_pairs", "kcenter": "select_pairs",
-            "forgetting": "select_pairs", "pds": "select_pairs"}.get(row["kind"])
+            "forgetting": "select_pairs", "pds": "select_pairs", "pds_unclip": "synthesize_pairs"}.get(row["kind"])
     if make:
         step = {**cell, "step": "distill", "argv": [py, "-m", f"mmdistill.stages.{make}", "--pairs", row["pairs"]]}
+        if row["kind"] == "pds_unclip":  # generated images (the decoder is stage unclip_decoder's pds_unclip)
+            step |= {"method": "pds_unclip", "images": int(row["pairs"].rpartition("-")[2])}
         if row["kind"] == "mttvl":
             params = apply_sets(base_params, {**sets, **row["set"]}, "retrieval row")
             step["iterations"] = params["imagetext"]["mttvl"]["iterations"]
@@ -428,7 +432,8 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
         before = metrics_snapshot(work) if step["step"] == "evaluate" else None
         log_start = log.stat().st_size if log.exists() else 0
         timing = run_command(step, work, env, log)
-        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations") if k in step}
+        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations", "images")
+                 if k in step}
         entry |= {"command": display(step["argv"]), **timing}
         if timing["rc"] != 0:
             entry["error"] = log_tail(log, log_start)
@@ -451,7 +456,8 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
             if (work / BUFFER_RECORD).exists():
                 buffer = json.loads((work / BUFFER_RECORD).read_text())
                 entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
-            diffusion = {path.parent.name: json.loads(path.read_text()) for path in sorted(work.glob(DIFFUSION_RECORDS))}
+            diffusion = {path.parent.name: json.loads(path.read_text())
+                         for path in sorted(work.glob(DIFFUSION_RECORDS))}
             if diffusion:
                 entry["diffusion"] = {m: {"epoch_seconds": r["history"]["seconds"], "train_pairs": r["train_pairs"],
                                           "resolution": r["resolution"], "classes": r.get("classes")}
@@ -560,14 +566,15 @@ def diffusion_timings(record: dict) -> list[str]:
             classes[(e["variant"], e["seed"], method)] = d.get("classes")
             epochs = d["epoch_seconds"]
             if epochs:
-                lines.append(f"| {e['variant']} | {e['seed']} | fine-tuning epoch (finetune_diffusion@{method}: "
-                             f"{d['train_pairs']} pairs at {d['resolution']} px, epochs {', '.join(f'{x:.0f}' for x in epochs)} s) | "
-                             f"{statistics.fmean(epochs):.1f} |")
+                each = ", ".join(f"{x:.0f}" for x in epochs)
+                lines.append(f"| {e['variant']} | {e['seed']} | fine-tuning epoch ({method}: {d['train_pairs']} pairs "
+                             f"at {d['resolution']} px; epochs {each} s) | {statistics.fmean(epochs):.1f} |")
     rows = {}
     for e in record["steps"]:
-        n = classes.get((e["variant"], e["seed"], e.get("method")))
-        if e["step"] == "distill" and n and not e.get("rc"):
-            rows.setdefault((e["variant"], e["seed"], e["method"]), []).append((e["ipc"] * n, e["wall_s"]))
+        key = (e["variant"], e["seed"], e.get("method"))
+        if e["step"] == "distill" and key in classes and not e.get("rc"):
+            images = e.get("images") or e["ipc"] * classes[key]
+            rows.setdefault(key, []).append((images, e["wall_s"]))
     for (variant, seed, method), runs in rows.items():
         for images, wall in runs:
             lines.append(f"| {variant} | {seed} | generated image ({method}, {images} images in {wall:.1f} s, start-up "
