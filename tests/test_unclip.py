@@ -173,6 +173,7 @@ def test_pds_unclip_stages_train_resume_generate_and_evaluate(project, tmp_path,
     first = path.read_bytes()
     run_stage("synthesize_pairs", "--pairs", "pds_unclip-2")
     assert path.read_bytes() == first                                       # same seed, same bytes
+    assert Path("outputs/figures/distilled/pds_unclip-2.png").stat().st_size > 0
     made = load_tensors(path)
     assert made["images"].shape == (2, 3, 16, 16) and torch.isfinite(made["images"]).all()
     assert made["texts"].shape == (2, 12) and torch.allclose(made["texts"].norm(dim=1), torch.ones(2))

@@ -22,7 +22,8 @@ synthesize_pairs then, per set:
 
 Output data/distilled_pairs/pds_unclip-N.pt: {images: float N x C x H x W (dataset-normalised), texts: float N x D,
 prompts, shared (pairs behind each prototype; 0 = a pairless match), settings, decoder digest}; no learned
-learning rate (the students train at `imagetext.evaluate.lr`).
+learning rate (the students train at `imagetext.evaluate.lr`). Figure outputs/figures/distilled/pds_unclip-N.png:
+generated images beside the train image nearest each image prototype, with the prompt.
 
 Not built: a pretrained Stable unCLIP decoder (`imagetext.pds_unclip.decoder` other than offline): its prototypes
 would have to be means in its own CLIP image space, with a CLIP text encoder aligned with it.
@@ -37,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from mmdistill.core.config import param, positive
-from mmdistill.core.paths import DIFFUSION_RECORD_NAME, diffusion_dir
-from mmdistill.core.storage import PipelineError, load_tensors, save_tensors
+from mmdistill.core.paths import DIFFUSION_RECORD_NAME, diffusion_dir, distilled_figure
+from mmdistill.core.storage import PipelineError, load_tensors, save_figure, save_tensors
 from mmdistill.data.datasets import load_split, normalize
 from mmdistill.data.pairs import distilled_pairs_path, flatten, load_pairs, parse_pair_set, read_captions
 from mmdistill.selection.coresets import PDS_CONDITIONS, PDS_TEXT_FEATURES
@@ -134,4 +135,31 @@ def synthesize_pairs(name: str, params: dict, device) -> dict:
            "shared": torch.as_tensor(pds["shared"]), "settings": how, "prune_ratio": prune_ratio, "seed": seed,
            "decoder": {"folder": str(folder), "digest": digest, "model": record["model"]}}
     save_tensors(out, distilled_pairs_path(name))
+    nearest_image = np.argmax(pds["image"] @ saved["image"].numpy().T, axis=1)
+    save_pairs_figure(pixels, split.images[torch.as_tensor(nearest_image)], prompts, distilled_figure(name),
+                      f"{name}: generated (left) beside the train image nearest its image prototype, with its prompt")
     return out
+
+
+def save_pairs_figure(generated: torch.Tensor, nearest: torch.Tensor, prompts: list[str], path, title: str,
+                      shown: int = 12) -> None:
+    """The first `shown` generated images (uint8) beside their prototypes' nearest real images and prompts."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = min(shown, len(generated))
+    fig, axes = plt.subplots(rows, 2, figsize=(5.5, 1.3 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        for c, img in enumerate((generated[r], nearest[r])):
+            pixels = img.permute(1, 2, 0).numpy()
+            axes[r, c].imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 1].set_ylabel("\n".join(textwrap.wrap(prompts[r], 28)[:3]), rotation=0, ha="left", va="center",
+                              fontsize=6, labelpad=4)
+        axes[r, 1].yaxis.set_label_position("right")
+    fig.suptitle(title, fontsize=7)
+    save_figure(fig, path)
+    plt.close(fig)
