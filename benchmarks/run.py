@@ -41,7 +41,8 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
     measure    the spec of benchmarks/measure_speed.py (rounds, iterations, images, losses, ...)
   kind retrieval (the image-text track; `set` turns it on: imagetext.stages [on], prepare.dataset ...):
     rows       [PAIR_SET, or {row: PAIR_SET, set: {...}}]: full | random-N | mttvl-N (distill_pairs, then evaluated)
-               | herding-N | kcenter-N | forgetting-N | pds-N (select_pairs, then evaluated), each evaluated by
+               | herding-N | kcenter-N | forgetting-N | pds-N (select_pairs, then evaluated) | pds_unclip-N
+               (synthesize_pairs; needs [unclip_decoder@on]), each evaluated by
                `python -m mmdistill.stages.evaluate_retrieval --pairs PAIR_SET`; needs [buffer@on] for mttvl
     metrics    as for accuracy (none = test TR/IR R@1/5/10 means and the R@1 stds of each image encoder)
   The retrieval tables add the seconds per mttvl iteration (distill_pairs' wall time over its iterations, start-up
@@ -80,8 +81,10 @@ KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}, 
 DEFAULT_METRICS = ["*.test_accuracy_mean", "*.test_accuracy_std", "*.val_accuracy_mean"]  # per network
 RETRIEVAL_METRICS = [f"*.test_{side}_r{k}_mean" for side in ("tr", "ir") for k in (1, 5, 10)] + \
     ["*.test_tr_r1_std", "*.test_ir_r1_std"]                                      # per image encoder
-PAIR_SET = re.compile(r"^(full|(random|mttvl|herding|kcenter|forgetting|pds)-([1-9][0-9]*))$")  # as mmdistill.data.pairs
+PAIR_SET = re.compile(  # as mmdistill.data.pairs
+    r"^(full|(random|mttvl|herding|kcenter|forgetting|pds|pds_unclip)-([1-9][0-9]*))$")
 BUFFER_RECORD = "data/buffer/record.json"  # stage buffer's record (read, never written)
+DIFFUSION_RECORDS = "data/diffusion/*/record.json"  # stage finetune_diffusion's records (read, never written)
 METRICS_DIR = "outputs/metrics"  # where the evaluate stage writes its metrics files (read, never written)
 
 
@@ -313,9 +316,11 @@ def retrieval_steps(row: dict, unit: dict, sets: dict, base_params: dict) -> lis
     py, cell = sys.executable, {**unit, "row": row["name"]}
     steps = [{**cell, "step": "params", "set": {**sets, **row["set"]}}] if row["set"] else []
     make = {"mttvl": "distill_pairs", "herding": "select_pairs", "kcenter": "select_pairs",
-            "forgetting": "select_pairs", "pds": "select_pairs"}.get(row["kind"])
+            "forgetting": "select_pairs", "pds": "select_pairs", "pds_unclip": "synthesize_pairs"}.get(row["kind"])
     if make:
         step = {**cell, "step": "distill", "argv": [py, "-m", f"mmdistill.stages.{make}", "--pairs", row["pairs"]]}
+        if row["kind"] == "pds_unclip":  # generated images (the decoder is stage unclip_decoder's pds_unclip)
+            step |= {"method": "pds_unclip", "images": int(row["pairs"].rpartition("-")[2])}
         if row["kind"] == "mttvl":
             params = apply_sets(base_params, {**sets, **row["set"]}, "retrieval row")
             step["iterations"] = params["imagetext"]["mttvl"]["iterations"]
@@ -463,7 +468,8 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
         before = metrics_snapshot(work) if step["step"] == "evaluate" else None
         log_start = log.stat().st_size if log.exists() else 0
         timing = run_command(step, work, env, log)
-        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations", "processes")
+        entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations", "processes",
+                                      "images")
                  if k in step}
         entry |= {"command": display(step["argv"]), **timing}
         if timing["rc"] != 0:
@@ -485,9 +491,16 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
             entry["measurements"] = json.loads((work / "speed-result.json").read_text())
         elif step["step"] == "distill" and not config["evaluate"] and config["kind"] == "accuracy":
             entry["iterations"] = logged_iterations(work, step)
-        elif step["step"] == "needs" and (work / BUFFER_RECORD).exists():
-            buffer = json.loads((work / BUFFER_RECORD).read_text())
-            entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
+        elif step["step"] == "needs":
+            if (work / BUFFER_RECORD).exists():
+                buffer = json.loads((work / BUFFER_RECORD).read_text())
+                entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
+            diffusion = {path.parent.name: json.loads(path.read_text())
+                         for path in sorted(work.glob(DIFFUSION_RECORDS))}
+            if diffusion:
+                entry["diffusion"] = {m: {"epoch_seconds": r["history"]["seconds"], "train_pairs": r["train_pairs"],
+                                          "resolution": r["resolution"], "classes": r.get("classes")}
+                                      for m, r in diffusion.items()}
         print(f"  {timing['wall_s']:.0f} s", flush=True)
         record["steps"].append(entry)
         write()
@@ -615,6 +628,37 @@ def retrieval_timings(record: dict) -> list[str]:
     return lines if len(lines) > 5 else []
 
 
+def diffusion_timings(record: dict) -> list[str]:
+    """Seconds per fine-tuning epoch (stage finetune_diffusion's own measurement of its training steps) and per
+    generated image (the synthesis method's distill command over the images it made, start-up and pipeline load
+    included; between two IPCs of one method, the difference over the extra images: start-up cancels)."""
+    lines = ["", "Diffusion timings (wall seconds):", "", "| variant | seed | what | s |", "|---|---|---|---|"]
+    classes = {}
+    for e in record["steps"]:
+        for method, d in e.get("diffusion", {}).items():
+            classes[(e["variant"], e["seed"], method)] = d.get("classes")
+            epochs = d["epoch_seconds"]
+            if epochs:
+                each = ", ".join(f"{x:.0f}" for x in epochs)
+                lines.append(f"| {e['variant']} | {e['seed']} | fine-tuning epoch ({method}: {d['train_pairs']} pairs "
+                             f"at {d['resolution']} px; epochs {each} s) | {statistics.fmean(epochs):.1f} |")
+    rows = {}
+    for e in record["steps"]:
+        key = (e["variant"], e["seed"], e.get("method"))
+        if e["step"] == "distill" and key in classes and not e.get("rc"):
+            images = e.get("images") or e["ipc"] * classes[key]
+            rows.setdefault(key, []).append((images, e["wall_s"]))
+    for (variant, seed, method), runs in rows.items():
+        for images, wall in runs:
+            lines.append(f"| {variant} | {seed} | generated image ({method}, {images} images in {wall:.1f} s, start-up "
+                         f"included) | {wall / images:.2f} |")
+        (few, wall_few), (many, wall_many) = min(runs), max(runs)
+        if many > few:
+            lines.append(f"| {variant} | {seed} | generated image ({method}: ({wall_many:.1f} - {wall_few:.1f}) s / "
+                         f"({many} - {few}) images) | {(wall_many - wall_few) / (many - few):.2f} |")
+    return lines if len(lines) > 5 else []
+
+
 def failed(entry: dict) -> str:
     return f"failed (exit {entry['rc']})" if entry and entry.get("rc") else ""
 
@@ -698,6 +742,7 @@ def markdown(config: dict, record: dict) -> str:
         lines += accuracy_tables(config, record)
     if config["kind"] == "retrieval":
         lines += retrieval_timings(record)
+    lines += diffusion_timings(record)
     lines += ["", "## Commands", "",
               "Run in a copy of the project; wall and CPU seconds (CPU: user + system of the command and its "
               "children).", "",

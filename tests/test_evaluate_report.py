@@ -287,3 +287,19 @@ def test_report_stage_shows_retrieval_when_imagetext_runs_exist(reported):
     set_params(reported, **{"imagetext.evaluate.epochs": 2})
     with pytest.raises(PipelineError, match=r"run retrieval-full\) was made with evaluate = .*params\.yaml has"):
         run_stage("report")
+
+
+def test_a_benchmark_with_vlcp_rows_shows_vlcp_published_numbers_labelled_by_dataset():
+    from mmdistill.report.markdown import benchmark_table
+    m = {"convnet3": {"test_accuracy_mean": 70.0, "test_accuracy_std": 1.0}}
+    result = {"status": "complete", "config": {"description": "vlcp test", "set": {}, "rows": []},
+              "stamp": {"commit": "abcdef0123", "finished": "now", "machine": {"cpu": "cpu", "cores": 2, "gpus": []}},
+              "steps": [{"step": "evaluate", "variant": "base", "row": f"{method}:10", "method": method, "ipc": 10,
+                         "metrics": m} for method in ("random", "kmeans", "vlcp")]}
+    text = "\n".join(benchmark_table("vlcp", result))
+    assert "| base | vlcp | 10 | 70.00 ± 1.00 |" in text and "VLCP supplement" in text
+    assert "| dataset | protocol | IPC | network | random (%) | vlcp (%) |" in text      # kmeans: none published
+    assert "| ImageNet-100, 256 px | Minimax evaluation | 10 | ConvNet-6 | 17.0 ± 0.3 | 22.3 ± 0.2 |" in text
+    assert "| Tiny-ImageNet, 64 px | RDED evaluation (soft labels) | 50 | ResNet-18 (modified) | — | 55.5 ± 0.6 |" in text
+    result["steps"] = result["steps"][:2]
+    assert "VLCP" not in "\n".join(benchmark_table("vlcp", result))       # no vlcp row, no published table

@@ -256,13 +256,18 @@ def test_pair_set_names_and_subsets():
         parse_pair_set("random-11", 10)
     from mmdistill.data.pairs import check_set_lists
     check_set_lists({"imagetext": {"pair_sets": ["full", "random-3"], "distill_sets": ["mttvl-3"],
-                                   "coreset_sets": ["kcenter-3"]}})
+                                   "coreset_sets": ["kcenter-3"], "synthesis_sets": ["pds_unclip-2"],
+                                   "unclip": ["on"]}})
+    assert parse_pair_set("pds_unclip-2", 10) == ("pds_unclip", 2)
     with pytest.raises(PipelineError, match="'imagetext.pair_sets' lists 'mttvl-3'.*distill_sets"):
-        check_set_lists({"imagetext": {"pair_sets": ["mttvl-3"], "distill_sets": [], "coreset_sets": []}})
+        check_set_lists({"imagetext": {"pair_sets": ["mttvl-3"], "distill_sets": [], "coreset_sets": [],
+                                       "synthesis_sets": [], "unclip": []}})
     with pytest.raises(PipelineError, match="'imagetext.distill_sets' lists 'full'"):
-        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": ["full"], "coreset_sets": []}})
+        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": ["full"], "coreset_sets": [],
+                                       "synthesis_sets": [], "unclip": []}})
     with pytest.raises(PipelineError, match="'imagetext.coreset_sets' lists 'random-2'.*pair_sets takes random"):
-        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": [], "coreset_sets": ["random-2"]}})
+        check_set_lists({"imagetext": {"pair_sets": [], "distill_sets": [], "coreset_sets": ["random-2"],
+                                       "synthesis_sets": [], "unclip": []}})
     pairs = tiny_pairs(n=6, captions=3)
     sub = subset(pairs, 2, seed=0)
     assert len(sub["images"]) == 2 and sub["image_of_text"].tolist() == [0, 0, 0, 1, 1, 1]

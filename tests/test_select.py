@@ -174,6 +174,11 @@ def test_pds_prunes_and_checks_shapes():
     y[:10] = -x[:10]  # the ten worst-aligned pairs
     out = select.pds_prototypes(x, y, 4, prune_ratio=0.1, seed=0)
     assert len(out["kept"]) == 90 and not set(range(10)) & set(out["kept"].tolist())
+    for m, (image_rows, text_rows) in enumerate(zip(out["image_members"], out["text_members"])):
+        assert set(image_rows.tolist()) <= set(out["kept"].tolist())        # the rows each prototype averages
+        assert out["shared"][m] == len(image_rows) == len(text_rows) > 0    # no pairless match here
+        assert np.allclose(out["image"][m], x[image_rows].mean(0), atol=1e-5)
+        assert np.allclose(out["text"][m], y[text_rows].mean(0), atol=1e-5)
     with pytest.raises(PipelineError, match="one space"):
         select.pds_prototypes(x, y[:, :4], 4)
     with pytest.raises(PipelineError, match="row-aligned"):

@@ -52,7 +52,14 @@ def schema() -> dict:
     from mmdistill.nn.augment import KEYS as AUGMENT_KEYS
     from mmdistill.nn.contrastive import IMAGE_ENCODERS as PAIR_IMAGE_ENCODERS
     from mmdistill.nn.diffusion import CLASS_NAMES as DIFFUSION_CLASS_NAMES
-    from mmdistill.selection.coresets import FORGETTING_ORDERS, KCENTER_STARTS, PAIR_CORESETS, PDS_FEATURES
+    from mmdistill.selection.coresets import (
+        FORGETTING_ORDERS,
+        KCENTER_STARTS,
+        PAIR_CORESETS,
+        PDS_CONDITIONS,
+        PDS_FEATURES,
+        PDS_TEXT_FEATURES,
+    )
     net = net_name()
     return {
         "seed": Int(low=0),
@@ -218,6 +225,17 @@ def schema() -> dict:
             "pair_sets": List(NAME, unique=True),   # full | random-N, checked by mmdistill.data.pairs
             "distill_sets": List(NAME, unique=True),  # mttvl-N, checked by mmdistill.data.pairs
             "coreset_sets": List(NAME, unique=True),  # herding|kcenter|forgetting|pds-N, checked by mmdistill.data.pairs
+            "synthesis_sets": List(NAME, unique=True),  # pds_unclip-N, checked by mmdistill.data.pairs
+            "unclip": List(Str("on")),
+            "pds_unclip": {
+                "decoder": NAME,                        # offline (a pretrained one is refused when used)
+                "guidance_scale": Float(low=1),
+                "steps": COUNT,
+                "noise_level": Int(low=0),              # below the decoder's noising steps (checked when used)
+                "batch_size": COUNT,
+                "text": Str(*PDS_TEXT_FEATURES),
+                "condition": Str(*PDS_CONDITIONS),
+            },
             "text_encoder": names(TEXT_ENCODERS),
             "batch_size": COUNT,
             "model": {

@@ -36,9 +36,9 @@ the same output bytes as an uninterrupted run; both runs load the pipeline from 
 Outputs (one per method of `distill.methods.synthesis`):
   data/diffusion/{method}/              save_pretrained pipeline (model_index.json, unet/, vae/, text_encoder/,
                                         tokenizer/, scheduler/)
-  data/diffusion/{method}/record.json   model, settings, class_name, train pairs, seed, device, versions, and per
-                                        epoch the loss (train: mean over the epoch; val: the val split at fixed noise,
-                                        before training first) and the wall seconds of its training steps
+  data/diffusion/{method}/record.json   model, settings, class_name, train pairs, classes, seed, device, versions,
+                                        and per epoch the loss (train: mean over the epoch; val: the val split at
+                                        fixed noise, before training first) and the wall seconds of its training steps
   outputs/metrics/diffusion/{method}.json  val_loss_untrained, val_loss, train_loss_last_epoch
 """
 from __future__ import annotations
@@ -50,7 +50,9 @@ import math
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -228,9 +230,21 @@ def clip_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
-def build_offline(params: dict, train_images: torch.Tensor, device, seed: int, folder: Path):
+@dataclass(frozen=True)
+class Conditioning:
+    """How a pipeline conditioned on image embeddings besides text (an unCLIP decoder: mmdistill.nn.unclip
+    .unclip_conditioning) is loaded, assembled from the offline components, and given its embeddings in training."""
+    load: Callable        # (source, revision, key, embed_dim) -> pipeline
+    assemble: Callable    # (vae, text_encoder, tokenizer, unet, scheduler, train embeddings) -> pipeline
+    condition: Callable   # (pipeline, embeddings, generator, dropped) -> the UNet's class input
+
+
+def build_offline(params: dict, train_images: torch.Tensor, device, seed: int, folder: Path,
+                  image_embeds: torch.Tensor | None = None, conditioning: Conditioning | None = None):
     """The offline pipeline before UNet training, saved to `folder`: VAE trained on `train_images` (uint8 RGB at the
-    resolution), CLIP tokenizer, random frozen CLIPTextModel, random UNet, DDIM scheduler."""
+    resolution), CLIP tokenizer, random frozen CLIPTextModel, random UNet, DDIM scheduler. With `conditioning` and
+    `image_embeds` (N x D, the train images' embeddings) the UNet also takes the noised image embedding and its
+    noise level (class_embed_type "projection", 2 D inputs): an unCLIP decoder."""
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -260,12 +274,17 @@ def build_offline(params: dict, train_images: torch.Tensor, device, seed: int, f
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=width, attention_head_dim=positive(params, f"{block}.attention_head_dim"),
-        norm_num_groups=groups)
+        norm_num_groups=groups,
+        **({} if conditioning is None else {"class_embed_type": "projection",
+                                            "projection_class_embeddings_input_dim": 2 * image_embeds.shape[1]}))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae.to("cpu"), text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
+    if conditioning is None:
+        pipe = StableDiffusionImg2ImgPipeline(vae=vae.to("cpu"), text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                              scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False)
+    else:
+        pipe = conditioning.assemble(vae.to("cpu"), text, tokenizer, unet, scheduler, image_embeds)
     with atomic_path(folder / "base") as tmp:
         pipe.save_pretrained(tmp)
     shutil.rmtree(folder / "clip_vocabulary")
@@ -273,11 +292,12 @@ def build_offline(params: dict, train_images: torch.Tensor, device, seed: int, f
 
 # ---- fine-tuning -----------------------------------------------------------------------------------------------
 
-def training_settings(params: dict) -> dict:
-    """The `diffusion` settings that apply: the shared keys plus the `finetune` or `offline` block."""
-    model = param(params, "diffusion.model", str)
-    block = "offline" if model == OFFLINE else "finetune"
+def training_settings(params: dict, model: str | None = None) -> dict:
+    """The `diffusion` settings that apply: the shared keys plus the `finetune` or `offline` block (`model`: instead
+    of `diffusion.model`)."""
     settings = {k: param(params, f"diffusion.{k}") for k in ("model", "revision", "resolution", "flip", "class_name")}
+    model = settings["model"] = model or settings["model"]
+    block = "offline" if model == OFFLINE else "finetune"
     settings.update(param(params, f"diffusion.{block}", dict))
     settings["block"] = f"diffusion.{block}"
     if model == OFFLINE:
@@ -299,8 +319,8 @@ def _trainable(unet, settings: dict) -> list:
 class Denoising:
     """The training objective on a batch: noise-prediction (or velocity) MSE of the UNet on VAE latents."""
 
-    def __init__(self, pipe, device):
-        self.pipe, self.device = pipe, device
+    def __init__(self, pipe, device, conditioning: Conditioning | None = None):
+        self.pipe, self.device, self.conditioning = pipe, device, conditioning
         self.scheduler = pipe.scheduler
         self.prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction not in ("epsilon", "v_prediction"):
@@ -315,17 +335,23 @@ class Denoising:
         return tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
                    return_tensors="pt").input_ids
 
-    def loss(self, pixels: torch.Tensor, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """`pixels` in [-1, 1] at the resolution, `ids` their tokens; every draw from `gen`."""
+    def loss(self, pixels: torch.Tensor, ids: torch.Tensor, gen: torch.Generator, embeds: torch.Tensor | None = None,
+             dropped: torch.Tensor | None = None) -> torch.Tensor:
+        """`pixels` in [-1, 1] at the resolution, `ids` their tokens; every draw from `gen`. An unCLIP decoder also
+        takes the images' embeddings `embeds` (Conditioning.condition: noised at a random level), zero where
+        `dropped` (the unconditional input classifier-free guidance contrasts with)."""
         with torch.no_grad():
             latents = self.pipe.vae.encode(pixels.to(self.device)).latent_dist.sample(generator=gen)
             latents = (latents - self.shift) * self.scale
             states = self.pipe.text_encoder(ids.to(self.device))[0]
+            labels = None
+            if self.conditioning is not None:
+                labels = self.conditioning.condition(self.pipe, embeds, gen, dropped).to(self.device)
         noise = torch.randn(latents.shape, generator=gen).to(self.device)
         t = torch.randint(0, self.steps, (len(latents),), generator=gen).to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(latents, noise, t)
-        return F.mse_loss(self.pipe.unet(noisy, t, states).sample.float(), target.float())
+        return F.mse_loss(self.pipe.unet(noisy, t, states, class_labels=labels).sample.float(), target.float())
 
 
 def _batch_pixels(images: torch.Tensor, idx, resolution: int, channels: int, flip: bool,
@@ -337,20 +363,32 @@ def _batch_pixels(images: torch.Tensor, idx, resolution: int, channels: int, fli
     return x
 
 
+@dataclass
+class TrainingPairs:
+    """What a pipeline is trained on: one row per (image, caption) pair (an image with several captions repeats)."""
+    images: torch.Tensor                 # uint8 N x C x H x W
+    captions: list[str]
+    embeds: torch.Tensor | None = None   # N x D image embeddings an unCLIP decoder is conditioned on
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
 @torch.no_grad()
-def validation_loss(objective: Denoising, images: torch.Tensor, captions: list[str], resolution: int,
-                    batch_size: int, seed: int) -> float:
-    """Mean denoising loss over `images` with their captions at fixed draws (a generator seeded `seed`)."""
+def validation_loss(objective: Denoising, pairs: TrainingPairs, resolution: int, batch_size: int, seed: int) -> float:
+    """Mean denoising loss over `pairs` at fixed draws (a generator seeded `seed`)."""
     objective.pipe.unet.eval()
     gen = torch.Generator().manual_seed(seed)
     channels = objective.pipe.vae.config.in_channels
     total = 0.0
-    for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)))
-        x = _batch_pixels(images, idx, resolution, channels, False, None)
-        total += objective.loss(x, objective.tokens([captions[i] for i in idx.tolist()]), gen).item() * len(idx)
+    for start in range(0, len(pairs), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(pairs)))
+        x = _batch_pixels(pairs.images, idx, resolution, channels, False, None)
+        embeds = None if pairs.embeds is None else pairs.embeds[idx]
+        total += objective.loss(x, objective.tokens([pairs.captions[i] for i in idx.tolist()]), gen,
+                                embeds).item() * len(idx)
     objective.pipe.unet.train()
-    return total / len(images)
+    return total / len(pairs)
 
 
 def _descriptions(split_uids: list[str]) -> list[str]:
@@ -365,24 +403,39 @@ def _descriptions(split_uids: list[str]) -> list[str]:
 
 
 def finetune(params: dict, method: str, resume: bool) -> Path:
-    """Fine-tune (or, offline, build and train) the pipeline of synthesis method `method` -> data/diffusion/{method}."""
+    """Fine-tune (or, offline, build and train) the img2img pipeline of synthesis method `method` on the train split's
+    (image, description) pairs -> data/diffusion/{method}."""
+    class_name = param(params, "diffusion.class_name", str, choices=CLASS_NAMES)
+    train, val = load_split("train"), load_split("val")
+    captions = captions_for(_descriptions(train.uids), train.labels, train.class_names, class_name)
+    val_captions = captions_for(_descriptions(val.uids), val.labels, val.class_names, class_name)
+    return train_pipeline(params, method, resume, TrainingPairs(train.images, captions),
+                          TrainingPairs(val.images, val_captions), json.dumps([train.uids, captions]),
+                          {"class_name": class_name, "classes": len(train.class_names)})
+
+
+def train_pipeline(params: dict, method: str, resume: bool, train: TrainingPairs, val: TrainingPairs, data_id: str,
+                   record: dict, files: dict | None = None, model: str | None = None,
+                   conditioning: Conditioning | None = None) -> Path:
+    """Train the pipeline of `method` on `train` (`val`: the validation loss) -> data/diffusion/{method}: an img2img
+    pipeline, or with `conditioning` an unCLIP decoder on the pairs' image embeddings (offline: built here;
+    `diffusion.model`: loaded and fine-tuned). `data_id` identifies the data for --resume; `record` is added to record.json; `files`
+    ({name: tensors}) are saved beside the pipeline; `model` replaces `diffusion.model`."""
     out, metrics_path, work = diffusion_dir(method), diffusion_metrics(method), diffusion_checkpoints(method)
     check_writable(out, metrics_path, work / "x")
-    settings = training_settings(params)
+    settings = training_settings(params, model)
     seed = param(params, "seed", int)
     seed_everything(seed)
     device = resolve_device(params)
     resolution = positive(params, "diffusion.resolution")
-    class_name = param(params, "diffusion.class_name", str, choices=CLASS_NAMES)
     block = settings["block"]
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     dropout = settings["caption_dropout"]
     flip = resolve_flip(settings["flip"], "diffusion.flip")
-    train, val = load_split("train"), load_split("val")
-    captions = captions_for(_descriptions(train.uids), train.labels, train.class_names, class_name)
-    val_captions = captions_for(_descriptions(val.uids), val.labels, val.class_names, class_name)
+    if (conditioning is None) != (train.embeds is None):
+        raise PipelineError(f"finetune_diffusion {method}: image embeddings go with an embedding-conditioned pipeline")
     fingerprint = {"method": method, "seed": seed, "settings": settings,
-                   "data": hashlib.sha256(json.dumps([train.uids, captions]).encode()).hexdigest()}
+                   "data": hashlib.sha256(data_id.encode()).hexdigest()}
 
     saved = _last_checkpoint(work, fingerprint) if resume else False
     if saved is False:  # a fresh start
@@ -394,22 +447,24 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
     if source == OFFLINE:
         if not (work / "base").exists():
             rgb = to_pipeline(train.images.float() / 255, resolution, 3)
-            build_offline(params, (rgb * 255).round().to(torch.uint8), device, seed, work)
+            build_offline(params, (rgb * 255).round().to(torch.uint8), device, seed, work, train.embeds, conditioning)
         source, revision = str(work / "base"), None
-    pipe = load_pipeline(source, revision, "param 'diffusion.model'")
+    if conditioning is None:
+        pipe = load_pipeline(source, revision, "param 'diffusion.model'")
+    else:
+        pipe = conditioning.load(source, revision, "param 'diffusion.model'", train.embeds.shape[1])
     pipe.vae.to(device).eval().requires_grad_(False)
     pipe.text_encoder.to(device).eval().requires_grad_(False)
     unet = pipe.unet.to(device).train()
     trainable = _trainable(unet, settings)
     opt = torch.optim.AdamW([p for _, p in trainable], lr=settings["lr"], weight_decay=settings["weight_decay"])
-    objective = Denoising(pipe, device)
+    objective = Denoising(pipe, device, conditioning)
     channels = pipe.vae.config.in_channels
     gen = torch.Generator().manual_seed(seed)
     val_seed = seed + 1
     if not saved:
-        start, history = 0, {"train_loss": [], "val_loss": [validation_loss(objective, val.images, val_captions,
-                                                                            resolution, batch_size, val_seed)],
-                             "seconds": []}
+        start, history = 0, {"train_loss": [], "val_loss": [validation_loss(objective, val, resolution, batch_size,
+                                                                            val_seed)], "seconds": []}
     else:
         ckpt = load_tensors(saved)
         named = dict(trainable)
@@ -422,7 +477,7 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
         print(f"--resume: continuing after epoch {start} from {saved}")
 
     empty = objective.tokens([""])[0]
-    ids = objective.tokens(captions)
+    ids = objective.tokens(train.captions)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     with tqdm(total=epochs * steps_per_epoch, initial=start * steps_per_epoch, desc=f"finetune_diffusion {method}",
               unit="batch", mininterval=2) as bar:
@@ -435,7 +490,7 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
                 x = _batch_pixels(train.images, idx, resolution, channels, flip, gen)
                 dropped = torch.rand(len(idx), generator=gen) < dropout
                 batch_ids = torch.where(dropped.view(-1, 1), empty.view(1, -1), ids[idx])
-                loss = objective.loss(x, batch_ids, gen)
+                loss = objective.loss(x, batch_ids, gen, None if train.embeds is None else train.embeds[idx], dropped)
                 if not torch.isfinite(loss):
                     raise PipelineError(f"finetune_diffusion {method}: the loss is {loss.item()} in epoch {epoch + 1}; "
                                         f"lower '{block}.lr'")
@@ -446,8 +501,7 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
                 bar.update()
             history["train_loss"].append(total / len(train))
             history["seconds"].append(round(time.perf_counter() - began, 1))
-            history["val_loss"].append(validation_loss(objective, val.images, val_captions, resolution, batch_size,
-                                                       val_seed))
+            history["val_loss"].append(validation_loss(objective, val, resolution, batch_size, val_seed))
             _save_checkpoint(work, epoch + 1, trainable, opt, gen, history)
 
     if settings.get("lora_rank", 0):
@@ -455,9 +509,11 @@ def finetune(params: dict, method: str, resume: bool) -> Path:
         unet.unload_lora()
     with atomic_path(out) as tmp:
         pipe.to("cpu").save_pretrained(tmp)
-        save_json({"model": settings["model"], "settings": settings, "class_name": class_name,
-                   "train_pairs": len(train), "resolution": resolution, "seed": seed, "device": str(device),
-                   "history": history, "versions": versions()}, tmp / DIFFUSION_RECORD_NAME)
+        for name, tensors in (files or {}).items():
+            save_tensors(tensors, tmp / name)
+        save_json({"model": settings["model"], "settings": settings, **record, "train_pairs": len(train),
+                   "resolution": resolution, "seed": seed, "device": str(device), "history": history,
+                   "versions": versions()}, tmp / DIFFUSION_RECORD_NAME)
     save_json({"val_loss_untrained": round(history["val_loss"][0], 6), "val_loss": round(history["val_loss"][-1], 6),
                "train_loss_last_epoch": round(history["train_loss"][-1], 6)}, metrics_path)
     shutil.rmtree(work)

@@ -79,6 +79,44 @@ def accuracy_by_ipc(runs: list[tuple[str, dict, dict]]) -> dict[str, list[dict]]
     return {name: sorted(rows, key=lambda row: row["ipc"]) for name, rows in series.items()}
 
 
+# Published numbers shown under a benchmark section whose rows include the method: (dataset, protocol, IPC, network,
+# {method: "accuracy (%)"}); other data, resolution and evaluation than ours, so labelled by dataset, never compared
+# in one column.
+_VLCP = "VLCP supplement (Zou et al.), Tables 2-3"
+BENCHMARK_PUBLISHED = {
+    "vlcp": {"source": _VLCP, "rows": [
+        *[("ImageNet-100, 256 px", "Minimax evaluation", ipc, net, {"random": r, "herding": h, "vlcp": v})
+          for ipc, net, r, h, v in (
+              (10, "ConvNet-6", "17.0 ± 0.3", "17.2 ± 0.3", "22.3 ± 0.2"),
+              (10, "ResNetAP-10", "19.1 ± 0.4", "19.8 ± 0.3", "24.5 ± 0.1"),
+              (10, "ResNet-18", "17.5 ± 0.5", "16.1 ± 0.2", "23.3 ± 0.5"),
+              (20, "ConvNet-6", "24.8 ± 0.2", "24.3 ± 0.4", "29.3 ± 0.6"),
+              (20, "ResNetAP-10", "26.7 ± 0.5", "27.6 ± 0.1", "32.3 ± 0.6"),
+              (20, "ResNet-18", "25.5 ± 0.3", "24.7 ± 0.1", "31.5 ± 1.1"))],
+        ("Tiny-ImageNet, 64 px", "RDED evaluation (soft labels)", 10, "ResNet-18 (modified)", {"vlcp": "42.6 ± 0.2"}),
+        ("Tiny-ImageNet, 64 px", "RDED evaluation (soft labels)", 50, "ResNet-18 (modified)", {"vlcp": "55.5 ± 0.6"}),
+    ]},
+}
+
+
+def published_beside(methods: list[str]) -> list[str]:
+    """The BENCHMARK_PUBLISHED tables of the methods a benchmark section shows, one per source."""
+    lines = []
+    for method in dict.fromkeys(methods):
+        entry = BENCHMARK_PUBLISHED.get(method)
+        if entry is None:
+            continue
+        shown = [m for m in dict.fromkeys(m for *_, values in entry["rows"] for m in values) if m in methods or
+                 m == method]
+        lines += ["", f"Published beside ours ({entry['source']}; other datasets, resolutions and evaluation "
+                      "protocols than this benchmark's, so read them by dataset, not against our column):", "",
+                  "| dataset | protocol | IPC | network | " + " | ".join(f"{m} (%)" for m in shown) + " |",
+                  "|---" * (4 + len(shown)) + "|"]
+        lines += [f"| {dataset} | {protocol} | {ipc} | {net} | " + " | ".join(values.get(m, "—") for m in shown) + " |"
+                  for dataset, protocol, ipc, net, values in entry["rows"]]
+    return lines
+
+
 def benchmark_table(name: str, result: dict) -> list[str]:
     """A generated accuracy benchmark result (benchmarks/results/NAME.json, python -m benchmarks.run NAME) as a
     section: its title, stamp and settings, then variant x method x IPC with the default net's test accuracy."""
@@ -104,7 +142,7 @@ def benchmark_table(name: str, result: dict) -> list[str]:
         extra = row_sets.get((s["variant"], s["row"]), row_sets.get((None, s["row"]), {}))
         lines.append(f"| {s['variant']} | {s['method']} | {s['ipc']} | {cell(s['metrics'][net])} | "
                      f"{', '.join(f'{k}={v}' for k, v in extra.items()) or '—'} |")
-    return lines
+    return lines + published_beside([s["method"] for s in rows])
 
 
 # ---- image-text retrieval (stage evaluate_retrieval) -------------------------------------------------------------
@@ -117,7 +155,7 @@ RETRIEVAL_PUBLISHED = {
     "rows": (("mttvl", "9.9 ± 0.3", "4.7 ± 0.2"), ("random", "1.3", "1.0"), ("herding", "1.1", "0.7"),
              ("kcenter", "0.6", "0.7"), ("forgetting", "1.2", "0.7")),
 }
-PAIR_SET_ORDER = ("full", "mttvl", "random", "herding", "kcenter", "forgetting", "pds")
+PAIR_SET_ORDER = ("full", "mttvl", "random", "herding", "kcenter", "forgetting", "pds", "pds_unclip")
 
 
 def pair_set_key(name: str) -> tuple:

@@ -196,6 +196,8 @@ def k_center(features: np.ndarray, k: int, start: str, rng: np.random.Generator 
 
 
 PDS_FEATURES = ("aligned", "embed")  # select.pds.features: the space PDS clusters in
+PDS_TEXT_FEATURES = ("prototype", "caption")  # imagetext.pds_unclip.text (mmdistill.distill.pair_synthesis)
+PDS_CONDITIONS = ("both", "image")            # imagetext.pds_unclip.condition
 
 
 def text_prototypes(descriptions: list[str], assign: np.ndarray, distance: np.ndarray, k: int, threshold: float,
@@ -309,8 +311,9 @@ def pds_prototypes(image: np.ndarray, text: np.ndarray, clusters: int, prune_rat
 
     image, text: row-aligned L2-normalised embeddings of N image-text pairs in one joint space.
     Returns image/text prototypes (clusters x d), the matched (image cluster, text cluster) pairs,
-    the number of shared pairs of each match, the kept pair indices and, for each text prototype,
-    the index of the nearest real text.
+    the number of shared pairs of each match, the kept pair indices, for each text prototype the index
+    of the nearest real text, and the rows each prototype averages (image_members, text_members: the
+    shared pairs; a pairless match, its own image / text cluster).
     """
     if image.ndim != 2 or text.ndim != 2 or image.shape[1] != text.shape[1]:
         raise PipelineError(f"PDS needs image and text features in one space: got dims {image.shape} and "
@@ -338,14 +341,20 @@ def pds_prototypes(image: np.ndarray, text: np.ndarray, clusters: int, prune_rat
     np.add.at(shared, (img_labels, txt_labels), 1)
     rows, cols = linear_sum_assignment(-shared)
     img_protos, txt_protos = img_centres[rows].copy(), txt_centres[cols].copy()
+    image_members, text_members = [], []
     for m, (i, j) in enumerate(zip(rows, cols)):
         members = (img_labels == i) & (txt_labels == j)
         if members.any():
             img_protos[m], txt_protos[m] = img[members].mean(0), txt[members].mean(0)
+            image_members.append(keep[members])
+            text_members.append(keep[members])
+        else:
+            image_members.append(keep[img_labels == i])
+            text_members.append(keep[txt_labels == j])
     nearest_text = np.argmax(txt_protos @ text.T, axis=1)
     return {"image": img_protos.astype(np.float32), "text": txt_protos.astype(np.float32),
             "matches": np.stack([rows, cols], 1), "shared": shared[rows, cols], "kept": keep,
-            "nearest_text": nearest_text}
+            "nearest_text": nearest_text, "image_members": image_members, "text_members": text_members}
 
 
 def selection_figures(uids, labels, vectors, inlier, kmeans_rows: list, class_names: list, k: int,

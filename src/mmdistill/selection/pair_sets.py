@@ -116,11 +116,17 @@ def select_pair_coreset(name: str, pairs: dict, images_uint8: torch.Tensor, para
         ranked = forgetting_ranking(counter, list(pairs["uids"]), order)[:n]
         return ranked, {"order": order, "never_learned": int((~counter.learned).sum()), **trained}
     prune_ratio = param(params, "select.pds.prune_ratio", float)
-    model = train_reference_model(pairs, params, device)
+    joint = joint_embeddings(train_reference_model(pairs, params, device), pairs, device)
+    return pds_nearest_pairs(joint["image"].numpy(), joint["text"].numpy(), n, prune_ratio, seed), {
+        "prune_ratio": prune_ratio, **trained}
+
+
+@torch.no_grad()
+def joint_embeddings(model, pairs: dict, device) -> dict:
+    """The pair model's joint space: `image` (each image), `text` (each image's mean caption) and `captions` (each
+    caption), all L2-normalised."""
     model.eval()
-    with torch.no_grad():
-        image = torch.cat([model.encode_images(pairs["images"][s:s + 512].to(device)).cpu()
-                           for s in range(0, len(pairs["images"]), 512)])
-        text = model.encode_texts(mean_caption(pairs["texts"], pairs["image_of_text"], len(image)).to(device)).cpu()
-    return pds_nearest_pairs(image.numpy(), text.numpy(), n, prune_ratio, seed), {"prune_ratio": prune_ratio,
-                                                                                   **trained}
+    image = torch.cat([model.encode_images(pairs["images"][s:s + 512].to(device)).cpu()
+                       for s in range(0, len(pairs["images"]), 512)])
+    text = model.encode_texts(mean_caption(pairs["texts"], pairs["image_of_text"], len(image)).to(device)).cpu()
+    return {"image": image, "text": text, "captions": model.encode_texts(pairs["texts"].to(device)).cpu()}

@@ -5,10 +5,12 @@
     python -m mmdistill.stages.evaluate_retrieval --pairs mttvl-100   # stage distill_pairs' 100 synthetic pairs
     python -m mmdistill.stages.evaluate_retrieval --pairs herding-100 # stage select_pairs' 100 train images
                                                                       # (also kcenter-N, forgetting-N, pds-N)
+    python -m mmdistill.stages.evaluate_retrieval --pairs pds_unclip-100  # stage synthesize_pairs' 100 pairs
 
 run = `retrieval-{pairs}`. `imagetext.evaluate.repeats` students (the pair model of `imagetext.model`, seeds seed,
 seed+1, ...) are trained `imagetext.evaluate.epochs` epochs on the pair set only (SGD on InfoNCE; a distilled set
-is trained at its learned learning rate alpha, as MTT-VL, instead of `imagetext.evaluate.lr`), then scored on
+is trained at its learned learning rate alpha, as MTT-VL, instead of `imagetext.evaluate.lr`; a generated set at
+`imagetext.evaluate.lr`), then scored on
 val and test with recall@1/5/10 both ways (rule: mmdistill.evaluate.retrieval). The budget is fixed: no early
 stopping, no choice on val or test.
 
@@ -26,6 +28,7 @@ from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, check_writable, save_json
 from mmdistill.data.pairs import (
     CORESET_KINDS,
+    SYNTHESIS_KINDS,
     check_set_lists,
     load_distilled_pairs,
     load_pairs,
@@ -48,9 +51,10 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
     train = load_pairs("train")
     kind, n = parse_pair_set(pairs_name, len(train["images"]))
     lr = param(params, "imagetext.evaluate.lr", float)
-    if kind == "mttvl":
+    if kind in ("mttvl", *SYNTHESIS_KINDS):
         distilled = load_distilled_pairs(pairs_name)
-        lr = distilled.pop("lr")
+        learned = distilled.pop("lr")
+        lr = lr if learned is None else learned
         train = {**train, **distilled}
     elif kind in CORESET_KINDS:
         chosen = read_coreset(pairs_name, list(train["uids"]))
@@ -85,7 +89,7 @@ def evaluate_retrieval(pairs_name: str, params: dict) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", required=True, help="full | random-N | mttvl-N | herding/kcenter/forgetting/pds-N")
+    parser.add_argument("--pairs", required=True, help="full | random-N | mttvl-N | herding/kcenter/forgetting/pds-N | pds_unclip-N")
     args = parser.parse_args()
     params = load_params()
     run = f"retrieval-{args.pairs}"

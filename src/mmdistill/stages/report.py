@@ -5,8 +5,8 @@ Reads outputs/metrics/{method}-ipcK.json (accuracies) and outputs/evaluate/{meth
 produced them) for every run of params (runs of `distill.methods.latent` as {method}-latent, with no published
 row) and, when present, outputs/{metrics,evaluate}/full.json (the whole-train-split upper bound).
 With `imagetext.stages` on, a retrieval section: outputs/{metrics,evaluate}/retrieval-{set}.json of every pair set of
-imagetext.pair_sets, distill_sets and coreset_sets (mmdistill.report.markdown.retrieval_table), refused when made
-with another seed, pair model or evaluation budget.
+imagetext.pair_sets, distill_sets, coreset_sets and synthesis_sets (mmdistill.report.markdown.retrieval_table),
+refused when made with another seed, pair model or evaluation budget.
 Beside our default-net numbers it prints the papers' published accuracy where a row exists for the
 same dataset, method, IPC and network (PUBLISHED in mmdistill.report.markdown), labelled with its
 source; their budgets are the papers', not ours.
@@ -133,7 +133,7 @@ def remove_stale_runs(current: set[str]) -> list[Path]:
 
 
 RETRIEVAL_STAGES = {"pair_sets": "evaluate_retrieval", "distill_sets": "evaluate_distilled_pairs",
-                    "coreset_sets": "evaluate_coreset_pairs"}
+                    "coreset_sets": "evaluate_coreset_pairs", "synthesis_sets": "evaluate_synthesis_pairs"}
 
 
 def retrieval_runs(params: dict) -> list[tuple[str, dict, dict]]:
