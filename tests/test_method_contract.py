@@ -151,10 +151,10 @@ def check_contract(name: str, root: Path, monkeypatch) -> None:
     out.unlink()
     update = Engine.update
 
-    def interrupting_update(engine, loss):
+    def interrupting_update(engine, loss, *args, **kwargs):
         if len(engine.history) == 2:
             raise Interrupted
-        update(engine, loss)
+        update(engine, loss, *args, **kwargs)
 
     with monkeypatch.context() as patch, pytest.raises(Interrupted):
         patch.setattr(Engine, "update", interrupting_update)
