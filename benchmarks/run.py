@@ -44,10 +44,13 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
                | herding-N | kcenter-N | forgetting-N | pds-N (select_pairs, then evaluated) | pds_unclip-N
                (synthesize_pairs; needs [unclip_decoder@on]), each evaluated by
                `python -m mmdistill.stages.evaluate_retrieval --pairs PAIR_SET`; needs [buffer@on] for mttvl
+    evaluate   false = make the sets only (a timing run: no evaluate_retrieval); none = true
     metrics    as for accuracy (none = test TR/IR R@1/5/10 means and the R@1 stds of each image encoder)
   The retrieval tables add the seconds per mttvl iteration (distill_pairs' wall time over its iterations, start-up
   included) and the seconds per expert epoch that stage buffer measured (data/buffer/record.json, when `needs` ran
-  it).
+  it). Where the same mttvl row ran at two or more iteration counts with otherwise equal imagetext.mttvl settings
+  (variants that change only imagetext.mttvl.iterations), a second table fits wall = start-up + iterations x s per
+  iteration (least squares): the loop's own cost, start-up (interpreter, imports, loading the buffer) apart.
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ CONFIGS = ROOT / "benchmarks" / "configs"
 RESULTS = ROOT / "benchmarks" / "results"
 KINDS = ("accuracy", "speed", "retrieval")
 COMMON_KEYS = {"description", "kind", "set", "needs", "variants", "repeats"}
-KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}, "retrieval": {"rows", "metrics"}}
+KIND_KEYS = {"accuracy": {"rows", "evaluate", "metrics"}, "speed": {"measure"}, "retrieval": {"rows", "evaluate", "metrics"}}
 DEFAULT_METRICS = ["*.test_accuracy_mean", "*.test_accuracy_std", "*.val_accuracy_mean"]  # per network
 RETRIEVAL_METRICS = [f"*.test_{side}_r{k}_mean" for side in ("tr", "ir") for k in (1, 5, 10)] + \
     ["*.test_tr_r1_std", "*.test_ir_r1_std"]                                      # per image encoder
@@ -293,7 +296,7 @@ def plan(config: dict, base_params: dict) -> list[dict]:
                 continue
             for row in variant["rows"]:
                 if config["kind"] == "retrieval":
-                    steps += retrieval_steps(row, unit, sets, base_params)
+                    steps += retrieval_steps(row, unit, sets, base_params, config["evaluate"])
                     continue
                 cell = {**unit, "row": row["name"], "method": row["method"], "ipc": row["ipc"]}
                 if row["set"]:
@@ -311,8 +314,9 @@ def plan(config: dict, base_params: dict) -> list[dict]:
     return steps
 
 
-def retrieval_steps(row: dict, unit: dict, sets: dict, base_params: dict) -> list[dict]:
-    """A pair set's steps: made (mttvl-N: distill_pairs; a coreset: select_pairs), then evaluate_retrieval."""
+def retrieval_steps(row: dict, unit: dict, sets: dict, base_params: dict, evaluate: bool = True) -> list[dict]:
+    """A pair set's steps: made (mttvl-N: distill_pairs; a coreset: select_pairs), then evaluate_retrieval (unless
+    `evaluate` is false)."""
     py, cell = sys.executable, {**unit, "row": row["name"]}
     steps = [{**cell, "step": "params", "set": {**sets, **row["set"]}}] if row["set"] else []
     make = {"mttvl": "distill_pairs", "herding": "select_pairs", "kcenter": "select_pairs",
@@ -323,10 +327,14 @@ def retrieval_steps(row: dict, unit: dict, sets: dict, base_params: dict) -> lis
             step |= {"method": "pds_unclip", "images": int(row["pairs"].rpartition("-")[2])}
         if row["kind"] == "mttvl":
             params = apply_sets(base_params, {**sets, **row["set"]}, "retrieval row")
-            step["iterations"] = params["imagetext"]["mttvl"]["iterations"]
+            mttvl = params["imagetext"]["mttvl"]
+            step["iterations"] = mttvl["iterations"]
+            # what the per-iteration fit groups by: every mttvl setting but the iteration count
+            step["mttvl"] = {k: v for k, v in mttvl.items() if k not in ("iterations", "checkpoint_every")}
         steps.append(step)
-    steps.append({**cell, "step": "evaluate",
-                  "argv": [py, "-m", "mmdistill.stages.evaluate_retrieval", "--pairs", row["pairs"]]})
+    if evaluate:
+        steps.append({**cell, "step": "evaluate",
+                      "argv": [py, "-m", "mmdistill.stages.evaluate_retrieval", "--pairs", row["pairs"]]})
     if row["set"]:
         steps.append({**cell, "step": "params", "set": sets})
     return steps
@@ -469,7 +477,7 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
         log_start = log.stat().st_size if log.exists() else 0
         timing = run_command(step, work, env, log)
         entry = {k: step[k] for k in ("variant", "seed", "step", "row", "method", "ipc", "iterations", "processes",
-                                      "images")
+                                      "images", "mttvl")
                  if k in step}
         entry |= {"command": display(step["argv"]), **timing}
         if timing["rc"] != 0:
@@ -625,7 +633,42 @@ def retrieval_timings(record: dict) -> list[str]:
         if e["step"] == "distill" and e.get("iterations") and not e.get("rc"):
             lines.append(f"| {e['variant']} | {e['seed']} | mttvl iteration ({e['row']}: {e['wall_s']:.1f} s / "
                          f"{e['iterations']} iterations, start-up included) | {e['wall_s'] / e['iterations']:.2f} |")
-    return lines if len(lines) > 5 else []
+    lines = lines if len(lines) > 5 else []
+    return lines + mttvl_iteration_fit(record)
+
+
+def mttvl_iteration_fit(record: dict) -> list[str]:
+    """Per mttvl row, seed and settings run at two or more iteration counts: the least-squares lines
+    wall = start-up + iterations x (s per iteration), and the same for CPU seconds (less sensitive to load)."""
+    groups = {}
+    for e in record["steps"]:
+        if e["step"] == "distill" and e.get("mttvl") and not e.get("rc"):
+            key = (e["row"], e["seed"], json.dumps(e["mttvl"], sort_keys=True))
+            groups.setdefault(key, []).append(e)
+
+    def fit(xs, ys):
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        return slope, my - slope * mx
+    lines = []
+    for (row, seed, settings), entries in groups.items():
+        xs = [e["iterations"] for e in entries]
+        if len(set(xs)) < 2:
+            continue
+        wall, wall0 = fit(xs, [e["wall_s"] for e in entries])
+        cpu, cpu0 = fit(xs, [e["cpu_s"] for e in entries])
+        mttvl = json.loads(settings)
+        load = statistics.fmean(e["load_before"] for e in entries)
+        lines.append(f"| {row} | {seed} | {mttvl['syn_steps']} | {mttvl['batch_syn']} | "
+                     f"{', '.join(str(x) for x in xs)} | {wall:.2f} | {wall0:.1f} | {cpu:.2f} | {cpu0:.1f} | "
+                     f"{load:.2f} |")
+    if not lines:
+        return []
+    return ["", "mttvl seconds per iteration, start-up apart (least squares over the runs of a row at different "
+            "iteration counts, other settings equal; batch_syn is capped at the row's N):", "",
+            "| row | seed | syn_steps | batch_syn | iterations run | wall s per iteration | wall start-up s | "
+            "CPU s per iteration | CPU start-up s | mean load (1 min) before |",
+            "|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def diffusion_timings(record: dict) -> list[str]:

@@ -81,6 +81,21 @@ def test_retrieval_plan_makes_then_evaluates_each_pair_set(tmp_path):
     assert out.returncode != 0 and "row 'kmeans-10': expected a pair set" in out.stderr
 
 
+def test_retrieval_timing_plan_makes_the_sets_only(tmp_path):
+    """evaluate: false (kind retrieval): distill_pairs / select_pairs without evaluate_retrieval; each mttvl step
+    carries its mttvl settings without the iteration count, the key the per-iteration fit groups runs by."""
+    config = {"description": "t", "kind": "retrieval", "evaluate": False, "set": {"imagetext.stages": ["on"]},
+              "variants": {"it1": {"set": {"imagetext.mttvl.iterations": 1}},
+                           "it4": {"set": {"imagetext.mttvl.iterations": 4}}},
+              "rows": ["mttvl-10", "herding-10"]}
+    steps = [s for s in dry_run(tmp_path, config)["steps"] if s["step"] != "params"]
+    assert [(s["variant"], s["command"].split()[2]) for s in steps] == [
+        (v, f"mmdistill.stages.{stage}") for v in ("it1", "it4") for stage in ("distill_pairs", "select_pairs")]
+    mttvl = [s for s in steps if "distill_pairs" in s["command"]]
+    assert [s["iterations"] for s in mttvl] == [1, 4] and mttvl[0]["mttvl"] == mttvl[1]["mttvl"]
+    assert "iterations" not in mttvl[0]["mttvl"] and mttvl[0]["mttvl"]["syn_steps"] > 0
+
+
 @pytest.mark.slow
 def test_distill_only_and_speed_plans(tmp_path):
     plan = dry_run(tmp_path, {"description": "d", "kind": "accuracy", "evaluate": False, "rows": ["dm:10"]})

@@ -103,6 +103,10 @@ def save_current_run(name: str, record: dict, metrics: dict) -> None:
 
 @pytest.fixture
 def reported(project):
+    return make_reported(project)
+
+
+def make_reported(project):
     """A prepared project whose params enable dm and random at IPC 1, with current evaluation records."""
     from mmdistill.core.storage import write_parquet
     from tests.conftest import run_stage, set_params
@@ -261,6 +265,48 @@ def test_retrieval_table_rows_bounds_and_published_numbers():
     assert "| random (published) | 100 | 1.3 | 1.0 |" in lines
     without_full = retrieval_table(runs[:2])
     assert "| whole train split, upper bound | — | not run |" in "\n".join(without_full)
+
+
+def test_label_caption_table_beside_mtt_vl_table_7():
+    """mttvl-N at N / classes images per class and the whole train split beside Table 7's CIFAR-10 rows of that
+    size; published sizes we did not run and our sizes with no published row both show; coresets are not Table 7."""
+    from mmdistill.report.markdown import label_caption_table
+    runs = [("full", *retrieval_run("full", 80.0, 2000)), ("mttvl-100", *retrieval_run("mttvl-100", 30.0, 100)),
+            ("mttvl-20", *retrieval_run("mttvl-20", 20.0, 20)), ("herding-100", *retrieval_run("herding-100", 5.0, 100)),
+            ("mttvl-15", *retrieval_run("mttvl-15", 9.0, 15))]
+    lines = label_caption_table(runs, classes=10, captions=1)
+    assert "TR R@1 (%), single caption |" in lines[0] and all(line.count("|") == 7 for line in lines[:7])
+    assert lines[2:8] == [
+        "| 1 | not run | — | 27.4 ± 1.0 | 22.3 ± 1.0 | 46.3 ± 0.8 |",
+        "| 2 | mttvl-20 | 20.00 ± 0.50 | — | — | — |",
+        "| 10 | mttvl-100 | 30.00 ± 0.50 | 35.9 ± 0.7 | 33.2 ± 0.5 | 65.3 ± 0.7 |",
+        "| 50 | not run | — | 66.8 ± 1.1 | 62.0 ± 0.8 | 71.6 ± 0.2 |",
+        "| whole train split | full | 80.00 ± 0.50 | 79.6 ± 0.6 | 80.3 ± 0.4 | 84.8 ± 0.1 |", ""]
+    assert "CIFAR-10" in lines[-1] and "a different dataset" in lines[-1]
+    assert "5 captions |" in label_caption_table(runs, classes=10, captions=5)[0]
+
+
+@pytest.mark.slow  # prepare of fashion_mnist_captions and the whole report (~9 s on shared cores)
+def test_report_stage_puts_label_captions_beside_table_7(project):
+    """On fashion_mnist_captions the retrieval section gains the Table 7 comparison; on other data it does not."""
+    from mmdistill.core.config import load_params
+    from mmdistill.core.storage import save_json
+    from tests.conftest import run_stage, set_params
+    set_params(project, **{"prepare.dataset": "fashion_mnist_captions", "prepare.fashion_mnist_captions.captions": 1})
+    make_reported(project)
+    set_params(project, **{"imagetext.stages": ["on"], "imagetext.pair_sets": ["full"],
+                           "imagetext.distill_sets": ["mttvl-10"]})
+    params = load_params()
+    for name, base, images in (("full", 80.0, 120), ("mttvl-10", 30.0, 10)):
+        record, metrics = retrieval_run(name, base, images, params)
+        record["dataset"] = "fashion_mnist_captions"
+        save_json(metrics, f"outputs/metrics/retrieval-{name}.json")
+        save_json(record, f"outputs/evaluate/retrieval-{name}.json")
+    run_stage("report")
+    text = (project / "outputs/report.md").read_text()
+    assert "### Label captions beside MTT-VL Table 7 (CIFAR-10)" in text and "(1 per image)" in text
+    assert "| 1 | mttvl-10 | 30.00 ± 0.50 | 27.4 ± 1.0 | 22.3 ± 1.0 | 46.3 ± 0.8 |" in text
+    assert "| whole train split | full | 80.00 ± 0.50 | 79.6 ± 0.6 |" in text
 
 
 def test_report_stage_shows_retrieval_when_imagetext_runs_exist(reported):

@@ -424,23 +424,25 @@ def test_unknown_split_is_named():
 
 @pytest.mark.slow
 def test_dvc_repro_of_the_image_text_chain(project, tmp_path):
-    """The image-text stages through `dvc repro` on a tiny Karpathy layout (real MiniLM): exactly their chain runs,
-    and a second repro runs nothing."""
+    """The image-text stages through `dvc repro` on a tiny Karpathy layout (real MiniLM): exactly their chain runs
+    (prepare, embed_pairs, buffer, then a random set, an mttvl set and a coreset, each made and evaluated), and a
+    second repro runs nothing."""
     from tests.test_pipeline import ran, sh
     from tests.test_prepare_text import flickr_layout, karpathy_params
     set_params(project, **karpathy_params(flickr_layout(tmp_path / "flickr")), **{
         "imagetext.stages": ["on"], "imagetext.pair_sets": ["random-3"], "imagetext.distill_sets": ["mttvl-3"],
-        "imagetext.model.dim": 8, "imagetext.buffer.experts": 1, "imagetext.buffer.expert_epochs": 2,
+        "imagetext.coreset_sets": ["forgetting-3"], "imagetext.model.dim": 8, "imagetext.buffer.experts": 1, "imagetext.buffer.expert_epochs": 2,
         "imagetext.buffer.batch_size": 4, "imagetext.evaluate.repeats": 1, "imagetext.evaluate.epochs": 1,
         "imagetext.evaluate.batch_size": 4, "imagetext.mttvl.iterations": 2, "imagetext.mttvl.expert_epochs": 1,
         "imagetext.mttvl.max_start_epoch": 1, "imagetext.mttvl.syn_steps": 1})
     (project / ".gitignore").write_text("/data/\n__pycache__/\n")
     sh(project, "git", "init", "-q")
     sh(project, "dvc", "init", "-q")
-    targets = ("evaluate_retrieval@random-3", "evaluate_distilled_pairs@mttvl-3")
+    targets = ("evaluate_retrieval@random-3", "evaluate_distilled_pairs@mttvl-3", "evaluate_coreset_pairs@forgetting-3")
     out = sh(project, "dvc", "repro", *targets)
-    assert ran(out) == {"prepare", "embed_pairs@on", "buffer@on", "distill_pairs@mttvl-3", *targets}
-    for run in ("random-3", "mttvl-3"):
+    assert ran(out) == {"prepare", "embed_pairs@on", "buffer@on", "distill_pairs@mttvl-3", "select_pairs@forgetting-3",
+                        *targets}
+    for run in ("random-3", "mttvl-3", "forgetting-3"):
         metrics = json.loads((project / f"outputs/metrics/retrieval-{run}.json").read_text())
         assert set(metrics["convnet3"]) >= {"test_tr_r1_mean", "test_ir_r10_std", "val_tr_r5_mean"}
     assert ran(sh(project, "dvc", "repro", *targets)) == set()
