@@ -213,3 +213,16 @@ def test_dvc_repro_of_the_synthesis_chain(project, tmp_path):
     metrics = json.loads((project / "outputs/metrics/retrieval-pds_unclip-2.json").read_text())
     assert np.isfinite(metrics["convnet3"]["test_tr_r1_mean"])
     assert ran(sh(project, "dvc", "repro", target)) == set()
+
+
+def test_a_prototype_without_caption_members_is_an_error_not_a_nan_row():
+    """Found by `benchmarks.run pds_unclip` on label captions (10 distinct texts, 10 prototypes): an empty text
+    cluster made its caption feature the mean of nothing, NaN, which only the evaluation's reader caught."""
+    from mmdistill.distill.pair_synthesis import prototype_captions
+    captions = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    features = prototype_captions(captions, [[0, 1], [2], [3, 4, 5]], "pds_unclip-3")
+    assert torch.isfinite(features).all() and torch.allclose(features.norm(dim=1), torch.ones(3))
+    assert torch.allclose(features[1], captions[2])
+    with pytest.raises(PipelineError, match=r"pds_unclip-3: 1 of 3 PDS prototypes have no caption members "
+                                            r"\(first: prototype 1\)"):
+        prototype_captions(captions, [[0, 1], [], [3]], "pds_unclip-3")

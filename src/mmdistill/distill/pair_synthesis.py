@@ -49,6 +49,19 @@ EMBEDDINGS = "pair_embeddings.pt"       # beside the decoder: the joint-space em
 BLOCK = "imagetext.pds_unclip"
 
 
+def prototype_captions(image_captions: torch.Tensor, text_members: list, name: str) -> torch.Tensor:
+    """Each prototype's caption feature: the mean of its member images' mean captions, L2-normalised. A prototype
+    whose text cluster is empty (k-means over fewer distinct captions than prototypes, e.g. label captions) has
+    none: an error, never a NaN row."""
+    empty = [k for k, members in enumerate(text_members) if len(members) == 0]
+    if empty:
+        raise PipelineError(f"{name}: {len(empty)} of {len(text_members)} PDS prototypes have no caption members "
+                            f"(first: prototype {empty[0]}); the train captions have too few distinct texts for "
+                            f"{len(text_members)} prototypes: use fewer pairs, more varied captions, or "
+                            "imagetext.pds_unclip.text: caption")
+    return F.normalize(torch.stack([image_captions[torch.as_tensor(m)].mean(0) for m in text_members]), dim=1)
+
+
 def decoder_source(params: dict) -> str:
     source = param(params, f"{BLOCK}.decoder", str)
     if source != "offline":
@@ -119,9 +132,8 @@ def synthesize_pairs(name: str, params: dict, device) -> dict:
     nearest = np.argmax(pds["text"] @ saved["captions"].numpy().T, axis=1)
     prompts = [texts[t] for t in nearest]
     if how["text"] == "prototype":
-        features = torch.stack([mean_caption(train["texts"], train["image_of_text"], len(train["images"]))[
-            torch.as_tensor(members)].mean(0) for members in pds["text_members"]])
-        features = F.normalize(features, dim=1)
+        features = prototype_captions(mean_caption(train["texts"], train["image_of_text"], len(train["images"])),
+                                      pds["text_members"], name)
     else:
         features = train["texts"][torch.as_tensor(nearest)]
     pipe = load_unclip(str(folder), None, "stage unclip_decoder's " + str(folder), saved["image"].shape[1])
