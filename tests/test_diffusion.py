@@ -170,12 +170,8 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.slow
-def test_resume_after_an_interruption_gives_the_same_bytes(finetuned, monkeypatch):
-    out = finetuned / "data/diffusion/vlcp"
-    uninterrupted = folder_digests(out)
-    metrics = (finetuned / "outputs/metrics/diffusion/vlcp.json").read_bytes()
-    shutil.rmtree(out)
+def run_killed_after_first_epoch(monkeypatch, *stage_args: str) -> None:
+    """Run a diffusion-training stage that is killed right after its epoch-1 checkpoint is written."""
     save = diffusion._save_checkpoint
 
     def interrupt_after_epoch_1(work, epoch, *args):
@@ -184,7 +180,16 @@ def test_resume_after_an_interruption_gives_the_same_bytes(finetuned, monkeypatc
 
     with monkeypatch.context() as patch, pytest.raises(Interrupted):
         patch.setattr(diffusion, "_save_checkpoint", interrupt_after_epoch_1)
-        run_stage("finetune_diffusion", "--method", "vlcp")
+        run_stage(*stage_args)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_gives_the_same_bytes(finetuned, monkeypatch):
+    out = finetuned / "data/diffusion/vlcp"
+    uninterrupted = folder_digests(out)
+    metrics = (finetuned / "outputs/metrics/diffusion/vlcp.json").read_bytes()
+    shutil.rmtree(out)
+    run_killed_after_first_epoch(monkeypatch, "finetune_diffusion", "--method", "vlcp")
     assert not out.exists()
     assert sorted(p.name for p in (finetuned / "data/checkpoints/diffusion-vlcp").glob("epoch-*")) == \
         ["epoch-0001.pt"]

@@ -15,7 +15,7 @@ import torch
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.nn import diffusion, unclip
 from tests.conftest import run_stage, set_params
-from tests.test_diffusion import TINY_DIFFUSION, folder_digests, tiny_text_encoder
+from tests.test_diffusion import TINY_DIFFUSION, folder_digests, run_killed_after_first_epoch, tiny_text_encoder
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,10 +132,6 @@ def image_text_project(project, tmp_path, **extra):
         "imagetext.evaluate.batch_size": 4, **extra})
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_pds_unclip_stages_train_resume_generate_and_evaluate(project, tmp_path, monkeypatch):
     from mmdistill.embed import features
@@ -156,15 +152,7 @@ def test_pds_unclip_stages_train_resume_generate_and_evaluate(project, tmp_path,
 
     # killed after epoch 1, resumed: the same decoder bytes
     shutil.rmtree(out)
-    save = diffusion._save_checkpoint
-
-    def interrupt_after_epoch_1(work, epoch, *args):
-        save(work, epoch, *args)
-        raise Interrupted
-
-    with monkeypatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(diffusion, "_save_checkpoint", interrupt_after_epoch_1)
-        run_stage("unclip_decoder")
+    run_killed_after_first_epoch(monkeypatch, "unclip_decoder")
     run_stage("unclip_decoder", "--resume")
     assert folder_digests(out) == uninterrupted
 
