@@ -5,13 +5,15 @@
 Clones this repository's HEAD (committed files only) into a new directory (default: a temporary one), runs
 `/usr/bin/time -v make run` there (set-up of .venv, data, `dvc repro`, `dvc metrics show`) and times every stage
 from the moment `dvc repro` announces it to the next announcement (the last one to the end of `dvc repro`).
-Nothing is cached from this checkout: the clone has its own empty DVC cache. Run it on otherwise idle cores; the
+Nothing is cached from this checkout: the clone has its own empty DVC cache, and torch.compile an empty cache
+directory of its own (TORCHINDUCTOR_CACHE_DIR), so every compilation is paid as on a fresh machine. Run it on otherwise idle cores; the
 load average at the start and end is in the result. The clone is removed afterwards unless --workdir was given.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,12 +28,13 @@ TIME_KEYS = {"Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall", "User time (
              "System time (seconds)": "system_s", "Maximum resident set size (kbytes)": "max_rss_kb"}
 
 
-def run_make(clone: Path) -> tuple[list[tuple[str, float]], dict, int, list[str]]:
+def run_make(clone: Path, compile_cache: Path) -> tuple[list[tuple[str, float]], dict, int, list[str]]:
     """-> ([(event, seconds since start)], /usr/bin/time fields, exit code, last output lines)."""
     start = time.perf_counter()
     events, tail, usage = [("(set-up: .venv, data)", 0.0)], [], {}
     proc = subprocess.Popen(["/usr/bin/time", "-v", "make", "run"], cwd=clone, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+                            stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(compile_cache)})
     for line in proc.stdout:
         sys.stdout.write(line)
         stripped = line.strip()
@@ -62,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fresh-clone-") as tmp:
         clone = args.workdir or Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        events, usage, code, tail = run_make(clone)
+        events, usage, code, tail = run_make(clone, Path(tmp) / "torchinductor")
     finish(record, started)
     stages = [{"stage": name, "start_s": round(t, 1), "seconds": round(events[i + 1][1] - t, 1)}
               for i, (name, t) in enumerate(events[:-1])]
@@ -86,6 +89,7 @@ def markdown(record: dict) -> str:
              f"- machine: {s['machine']['cpu']}, {s['machine']['cores']} cores, {s['machine']['platform']}; GPU: "
              f"{', '.join(s['machine']['gpus']) or 'none'}",
              f"- load average (1 / 5 / 15 min): start {load[0]}, end {load[1]}",
+             "- caches: the clone's own empty DVC cache; torch.compile's cache an empty directory",
              f"- started {s['started']}, finished {s['finished']} (UTC)",
              f"- make run: exit {record['exit_code']}, wall {usage.get('wall', '?')}, user {usage.get('user_s', '?')} s, "
              f"system {usage.get('system_s', '?')} s, max RSS {usage.get('max_rss_kb', '?')} kB", "",

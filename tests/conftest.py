@@ -65,7 +65,7 @@ def tiny_params(source: Path) -> dict:
     # settings apply to it; DC's `auto` loops are defined only for IPC 1, 10, 50, not the tiny IPC 2
     params["distill"]["gradient"].update(iterations=2, batch_real=4, outer_loop=2, inner_loop=1)
     params["distill"]["masked_dm"]["iterations"] = 2  # its own CPU budget (10) overrides the family's
-    params["evaluate"].update(epochs=2, repeats=2)
+    params["evaluate"].update(epochs=2, repeats=2, compile="")  # a cold compile costs more than a tiny evaluation
     params["imagetext"].update(stages=[], pair_sets=[], distill_sets=[])  # the image-text tests turn them on
     return params
 

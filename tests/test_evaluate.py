@@ -111,19 +111,44 @@ def test_full_train_split_upper_bound(prepared):
     assert 0 <= m["convnet3"]["test_accuracy_mean"] <= 100
 
 
-def test_precision_is_recorded_deterministic_and_checked(prepared):
-    """evaluate.precision: fp32 by default, the same numbers on a rerun; bf16 autocast one switch away; fp16 needs
-    CUDA and says so, naming the param, before anything is written."""
+def test_precision_and_compile_are_recorded_deterministic_and_checked(prepared, monkeypatch):
+    """evaluate.precision: bf16 by default, the same numbers on a rerun; fp32 one switch away; fp16 needs CUDA and
+    says so, naming the param, before anything is written. evaluate.compile (the tests run eager): a backend is
+    recorded and deterministic; an unknown one, or inductor on CPU without a C++ compiler, is a one-line error."""
     write_synthetic()
     run_stage("evaluate", "--method", "random", "--ipc", "1")
     first = record_of(prepared)
     run_stage("evaluate", "--method", "random", "--ipc", "1")
-    assert record_of(prepared)["accuracies"] == first["accuracies"] and first["precision"] == "fp32"
-    set_params(prepared, **{"evaluate.precision": "bf16"})
+    assert record_of(prepared)["accuracies"] == first["accuracies"]
+    assert (first["precision"], first["compile"]) == ("bf16", None)
+    set_params(prepared, **{"evaluate.precision": "fp32"})
     run_stage("evaluate", "--method", "random", "--ipc", "1")
-    assert record_of(prepared)["precision"] == "bf16"
+    assert record_of(prepared)["precision"] == "fp32"
+    set_params(prepared, **{"evaluate.compile": "eager"})  # dynamo alone, no C++ build
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    compiled = record_of(prepared)
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    assert compiled["compile"] == "eager" and record_of(prepared)["accuracies"] == compiled["accuracies"]
     (prepared / "outputs/evaluate/random-ipc1.json").unlink()
-    set_params(prepared, **{"evaluate.precision": "fp16"})
+    for value, message in (("turbo", r"'evaluate.compile'.*inductor"),
+                           ("inductor", r"param 'evaluate.compile' = 'inductor' needs a C\+\+ compiler")):
+        set_params(prepared, **{"evaluate.compile": value})
+        with monkeypatch.context() as m:
+            m.setattr("shutil.which", lambda name: None)
+            with pytest.raises(PipelineError, match=message):
+                run_stage("evaluate", "--method", "random", "--ipc", "1")
+    set_params(prepared, **{"evaluate.compile": "", "evaluate.precision": "fp16"})
     with pytest.raises(PipelineError, match=r"param 'evaluate.precision' = fp16 needs a CUDA device"):
         run_stage("evaluate", "--method", "random", "--ipc", "1")
     assert not (prepared / "outputs/evaluate/random-ipc1.json").exists()
+
+
+@pytest.mark.slow
+def test_inductor_evaluation_matches_itself(prepared):
+    """The default evaluation (bf16 + inductor, C++ compiled): the same numbers on a rerun (a warm compile cache)."""
+    write_synthetic()
+    set_params(prepared, **{"evaluate.compile": "inductor"})
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    first = record_of(prepared)
+    run_stage("evaluate", "--method", "random", "--ipc", "1")
+    assert first["compile"] == "inductor" and record_of(prepared)["accuracies"] == first["accuracies"]

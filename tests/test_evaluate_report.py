@@ -338,7 +338,7 @@ def test_report_stage_shows_retrieval_when_imagetext_runs_exist(reported):
 def test_a_benchmark_with_vlcp_rows_shows_vlcp_published_numbers_labelled_by_dataset():
     from mmdistill.report.markdown import benchmark_table
     m = {"convnet3": {"test_accuracy_mean": 70.0, "test_accuracy_std": 1.0}}
-    result = {"status": "complete", "config": {"description": "vlcp test", "set": {}, "rows": []},
+    result = {"status": "complete", "config": {"description": "vlcp test", "kind": "accuracy", "set": {}, "rows": []},
               "stamp": {"commit": "abcdef0123", "finished": "now", "machine": {"cpu": "cpu", "cores": 2, "gpus": []}},
               "steps": [{"step": "evaluate", "variant": "base", "row": f"{method}:10", "method": method, "ipc": 10,
                          "metrics": m} for method in ("random", "kmeans", "vlcp")]}
@@ -349,3 +349,27 @@ def test_a_benchmark_with_vlcp_rows_shows_vlcp_published_numbers_labelled_by_dat
     assert "| Tiny-ImageNet, 64 px | RDED evaluation (soft labels) | 50 | ResNet-18 (modified) | — | 55.5 ± 0.6 |" in text
     result["steps"] = result["steps"][:2]
     assert "VLCP" not in "\n".join(benchmark_table("vlcp", result))       # no vlcp row, no published table
+
+
+def test_a_retrieval_benchmark_shows_every_pair_set_with_recall_and_the_published_rows():
+    """report.benchmarks of kind retrieval (e.g. pds-N, pds_unclip-N beside mttvl-N and the coresets on one set):
+    variant x pair set with test TR/IR R@1/5/10, ordered as the report's own retrieval table, then MTT-VL's rows."""
+    from mmdistill.report.markdown import benchmark_table
+
+    def metrics(r1):
+        return {"convnet3": {f"test_{side}_r{k}_{stat}": (r1 * k if stat == "mean" else 0.5)
+                             for side in ("tr", "ir") for k in (1, 5, 10) for stat in ("mean", "std")}}
+    result = {"status": "complete", "config": {"description": "pairs", "kind": "retrieval", "set": {}, "rows": []},
+              "stamp": {"commit": "abcdef0123", "finished": "now", "machine": {"cpu": "cpu", "cores": 2, "gpus": []}},
+              "steps": [{"step": "evaluate", "variant": "base", "row": row, "metrics": metrics(r1)}
+                        for row, r1 in (("pds_unclip-100", 1.0), ("random-100", 2.0), ("mttvl-100", 3.0))]
+              + [{"step": "distill", "variant": "base", "row": "mttvl-100"}]}
+    lines = benchmark_table("pairs", result)
+    rows = [line for line in lines if line.startswith("| base |")]
+    assert rows == ["| base | mttvl-100 | 3.00 ± 0.50 | 15.00 ± 0.50 | 30.00 ± 0.50 | 3.00 ± 0.50 | 15.00 ± 0.50 | "
+                    "30.00 ± 0.50 |",
+                    "| base | random-100 | 2.00 ± 0.50 | 10.00 ± 0.50 | 20.00 ± 0.50 | 2.00 ± 0.50 | 10.00 ± 0.50 | "
+                    "20.00 ± 0.50 |",
+                    "| base | pds_unclip-100 | 1.00 ± 0.50 | 5.00 ± 0.50 | 10.00 ± 0.50 | 1.00 ± 0.50 | 5.00 ± 0.50 | "
+                    "10.00 ± 0.50 |"]
+    assert "| mttvl (published) | 100 | 9.9 ± 0.3 | 4.7 ± 0.2 |" in lines

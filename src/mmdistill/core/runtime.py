@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 import random
+import shutil
 import sys
 
 import numpy as np
@@ -65,6 +67,20 @@ def autocast_of(params: dict, key: str, device):
     if dtype is None:
         return precision, None, contextlib.nullcontext
     return precision, dtype, lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def compile_backend_of(params: dict, key: str, device) -> str:
+    """The torch.compile backend named by param `key`: "" (eager) or one of torch's registered backends; inductor
+    on a CPU `device` needs a C++ compiler, checked here rather than at the first compiled call."""
+    import torch
+    backend = param(params, key, str, choices=("", *torch.compiler.list_backends(exclude_tags=())))
+    if backend == "inductor" and device.type == "cpu":
+        compilers = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+        if not any(shutil.which(c) for c in compilers):
+            raise PipelineError(f"param '{key}' = 'inductor' needs a C++ compiler on CPU (none of "
+                                f"{', '.join(compilers)} is on PATH): install one (apt-get install g++) or set it "
+                                "to ''")
+    return backend
 
 
 def versions() -> dict:

@@ -337,6 +337,7 @@ def schema() -> dict:
             "lr": RATE,
             "batch_size": COUNT,
             "precision": Str(*PRECISIONS),
+            "compile": Str(),                          # "" or a torch.compile backend, checked when used
             "augment": BOOL,
             "flip": AUTO_BOOL,                         # auto: the prepared dataset's default
         },

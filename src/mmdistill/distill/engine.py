@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.paths import LOSS_CURVES, checkpoint, distill_log, run_name
-from mmdistill.core.runtime import autocast_of
+from mmdistill.core.runtime import autocast_of, compile_backend_of
 from mmdistill.core.storage import (
     PipelineError,
     load_tensors,
@@ -198,8 +198,7 @@ class Engine:
         self.checkpoint_every = positive(params, "distill.engine.checkpoint_every", int)
         self.log_every = positive(params, "distill.engine.log_every", int)
         self.grid_every = positive(params, "distill.engine.grid_every", int)
-        self.compile_backend = param(params, "distill.engine.compile", str,
-                                     choices=("", *torch.compiler.list_backends(exclude_tags=())))
+        self.compile_backend = compile_backend_of(params, "distill.engine.compile", self.device)
         self.parameterisation = latent_space(params, run.method, self.device) if run.latent else Pixels()
         self.syn = self.parameterisation.encode(syn.to(self.device)).clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=run.settings["lr"], momentum=run.settings["momentum"])

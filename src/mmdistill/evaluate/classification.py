@@ -12,7 +12,7 @@ from torch import nn
 
 from mmdistill.core.config import param, positive
 from mmdistill.core.paths import FEATURES_HELDOUT, distilled_set, run_name
-from mmdistill.core.runtime import autocast_of, resolve_device, seed_everything, versions
+from mmdistill.core.runtime import autocast_of, compile_backend_of, resolve_device, seed_everything, versions
 from mmdistill.core.storage import PipelineError, load_tensors
 from mmdistill.data.datasets import ImageSet, denormalize, load_split, normalize, resolve_flip
 from mmdistill.nn.augment import from_params as augment_from_params
@@ -62,6 +62,7 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
     lr = param(params, "evaluate.lr", float)
     batch_size = positive(params, "evaluate.batch_size")
     precision, _, autocast = autocast_of(params, "evaluate.precision", device)
+    backend = compile_backend_of(params, "evaluate.compile", device)
     flip = resolve_flip(param(params, "evaluate.flip"), "evaluate.flip")
     augment = augment_from_params(params, flip) if augment else None
     channels, size = images.shape[1], images.shape[2]
@@ -76,6 +77,8 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
             train_c, val_c, test_c = captions or (None, None, None)
             if captions is not None:
                 net = CaptionConcat(net, train_c.shape[1], len(test.class_names))
+            if backend:  # the compiled module shares the network's parameters
+                net = torch.compile(net, backend=backend)
             train_classifier(net, images, labels, epochs, device, lr=lr, batch_size=batch_size, augment=augment,
                              seed=seed + r, desc=f"{desc} {name} #{r + 1}/{repeats}", captions=train_c,
                              autocast=autocast)
@@ -91,6 +94,7 @@ def train_and_score(images: torch.Tensor, labels: torch.Tensor, val: ImageSet, t
                             "val_accuracies": [round(a, 2) for a in val_acc]}
     record = {"net": names[0], "nets": names, "accuracies": accuracies, "train_images": int(len(labels)),
               "epochs": epochs, "repeats": repeats, "lr": lr, "batch_size": batch_size, "precision": precision,
+              "compile": backend or None,
               "augment": augment is not None,
               "flip": augment is not None and flip,
               "dsa": dict(param(params, "dsa")) if augment is not None else None, "seed": seed, "versions": versions()}

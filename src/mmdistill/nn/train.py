@@ -36,10 +36,10 @@ def train_classifier(net, images: torch.Tensor, labels: torch.Tensor, epochs: in
         order = torch.randperm(len(labels), generator=gen).to(device)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
+            x = images[idx]
+            if augment is not None:  # in fp32: augmentation prepares the data, it is not the network's forward
+                x = augment(x, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             with autocast():
-                x = images[idx]
-                if augment is not None:
-                    x = augment(x, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
                 logits = net(x) if captions is None else net(x, captions[idx])
                 if on_batch is not None:
                     on_batch(idx, logits.detach(), labels[idx])

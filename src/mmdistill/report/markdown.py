@@ -134,6 +134,8 @@ def benchmark_table(name: str, result: dict) -> list[str]:
     for variant, spec in variants.items():
         if spec.get("set"):
             lines.append(f"- variant {variant}: " + ", ".join(f"`{k}={v}`" for k, v in spec["set"].items()))
+    if config["kind"] == "retrieval":
+        return lines + retrieval_benchmark_table(rows)
     lines += ["", "| variant | method | IPC | accuracy (%) | set for this row |", "|---|---|---|---|---|"]
     row_sets = {(v, r["name"]): r.get("set") or {} for v, spec in variants.items() for r in spec.get("rows", [])}
     row_sets.update({(None, r["name"]): r.get("set") or {} for r in config.get("rows", [])})
@@ -148,6 +150,7 @@ def benchmark_table(name: str, result: dict) -> list[str]:
 # ---- image-text retrieval (stage evaluate_retrieval) -------------------------------------------------------------
 
 RETRIEVAL_KEYS = tuple(f"{side}_r{k}" for side in ("tr", "ir") for k in (1, 5, 10))
+RETRIEVAL_COLUMNS = " | ".join(f"{k[:2].upper()} R@{k[4:]} (%)" for k in RETRIEVAL_KEYS)
 # MTT-VL (Wu et al.) Table 1, Flickr30K, NFNet + BERT, 100 pairs, R@1 (%): (TR, IR); distillation mean ± std of 5
 RETRIEVAL_PUBLISHED = {
     "source": "MTT-VL paper (Wu et al.), Table 1: Flickr30K, NFNet + BERT, 100 pairs, R@1; different data and budget",
@@ -184,7 +187,7 @@ def retrieval_table(runs: list[tuple[str, dict, dict]]) -> list[str]:
     expected recall of a random ranking (the record's `chance`) as the lower bound, then MTT-VL's published
     Flickr30K rows, labelled as other data and budget."""
     runs = sorted(runs, key=lambda r: pair_set_key(r[0]))
-    head = "| method | pairs | " + " | ".join(f"{k[:2].upper()} R@{k.split('_r')[1]} (%)" for k in RETRIEVAL_KEYS)
+    head = "| method | pairs | " + RETRIEVAL_COLUMNS
     lines = [head + " |", "|---" * (2 + len(RETRIEVAL_KEYS)) + "|"]
     for name, record, metrics in runs:
         kind = name.partition("-")[0]
@@ -197,11 +200,27 @@ def retrieval_table(runs: list[tuple[str, dict, dict]]) -> list[str]:
         lines.append("| whole train split, upper bound | — | " + " | ".join("not run" for _ in RETRIEVAL_KEYS) + " |")
     chance = runs[0][1]["chance"]["test"]
     lines.append("| random ranking, lower bound | — | " + " | ".join(f"{chance[k]:.2f}" for k in RETRIEVAL_KEYS) + " |")
+    return lines + retrieval_published()
+
+
+def retrieval_benchmark_table(steps: list[dict]) -> list[str]:
+    """The evaluated pair sets of a retrieval benchmark: variant x pair set x image encoder, test TR/IR R@1/5/10
+    (mean ± std over its students), then MTT-VL's published rows."""
+    head = "| variant | pair set | " + RETRIEVAL_COLUMNS
+    lines = ["", head + " |", "|---" * (2 + len(RETRIEVAL_KEYS)) + "|"]
+    for step in sorted(steps, key=lambda s: (s["variant"], pair_set_key(s["row"]))):
+        for encoder, m in step["metrics"].items():
+            shown = step["row"] if len(step["metrics"]) == 1 else f"{step['row']} ({encoder})"
+            lines.append(f"| {step['variant']} | {shown} | " + " | ".join(retrieval_cell(m, k) for k in RETRIEVAL_KEYS)
+                         + " |")
+    return lines + retrieval_published()
+
+
+def retrieval_published() -> list[str]:
     pub = RETRIEVAL_PUBLISHED
-    lines += ["", f"Published beside ours ({pub['source']}):", "", "| method | pairs | TR R@1 (%) | IR R@1 (%) |",
-              "|---|---|---|---|"]
-    lines += [f"| {method} (published) | {pub['pairs']} | {tr} | {ir} |" for method, tr, ir in pub["rows"]]
-    return lines
+    return (["", f"Published beside ours ({pub['source']}):", "", "| method | pairs | TR R@1 (%) | IR R@1 (%) |",
+             "|---|---|---|---|"]
+            + [f"| {method} (published) | {pub['pairs']} | {tr} | {ir} |" for method, tr, ir in pub["rows"]])
 
 
 def label_caption_table(runs: list[tuple[str, dict, dict]], classes: int, captions: int) -> list[str]:

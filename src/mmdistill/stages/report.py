@@ -209,7 +209,9 @@ def main() -> None:
         f"- evaluate: {first['epochs']} epochs (paper: 1000), lr {first['lr']} (x0.1 at half), SGD momentum 0.9, "
         "weight decay 5e-4, DSA augmentation "
         f"{'on, flip ' + on_off(first.get('flip')) if first['augment'] else 'off'}, {first['repeats']} repeats, "
-        f"precision {first.get('precision', 'fp32')} (params `evaluate.precision`)",
+        f"precision {first.get('precision', 'fp32')}, "
+        f"{'compiled with ' + first['compile'] if first.get('compile') else 'eager'} "
+        "(params `evaluate.precision`, `evaluate.compile`)",
         f"- DSA flip: the dataset's default (recorded by prepare) is {on_off(info.get('flip'))}; every `flip: auto` "
         "param follows it, `true`/`false` override it. Each distilled set's `flip` below is the value it used.",
         f"- DSA form (params `dsa`): crop {param(params, 'dsa.crop', str)} (shift = DSA's whole-pixel translation), "
