@@ -120,3 +120,24 @@ def test_real_batch_must_split_into_the_processes(prepared, monkeypatch):
     with pytest.raises(PipelineError, match=r"param 'distill\.dm\.batch_real' = 4 does not split into the "
                                             r"3 torchrun processes"):
         run_stage("distill", "--method", "dm", "--ipc", "1")
+
+
+def test_cuda_processes_take_the_gpu_of_their_local_rank(monkeypatch):
+    """With device cuda under torchrun, each process joins NCCL on the GPU of its LOCAL_RANK, and a rank beyond the
+    node's GPUs is a one-line error. torch's process-group and CUDA calls are stubbed: this machine has no GPU (the
+    NCCL run itself is not tested here)."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    assert distributed.start(torch.device("cuda")) == torch.device("cuda", 1)
+    assert calls == [("set_device", 1), ("nccl", {"device_id": torch.device("cuda", 1)})]
+    assert distributed.start(torch.device("cpu")) == torch.device("cpu") and calls[-1] == ("gloo", {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PipelineError, match=r"LOCAL_RANK 1 but this node has 1 GPU\(s\): use --nproc_per_node 1"):
+        distributed.start(torch.device("cuda"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.start(torch.device("cuda")) == torch.device("cuda") and len(calls) == 3

@@ -1,5 +1,6 @@
 """Data-parallel distillation under torchrun: `torchrun --nproc_per_node N -m mmdistill.stages.distill --method M
---ipc K` (gloo, CPU), M in the distribution family (dm) or the gradient family (dsa, dc).
+--ipc K`, M in the distribution family (dm) or the gradient family (dsa, dc): N CPU processes (gloo), or with
+device cuda one process per GPU of the node (NCCL, the GPU of LOCAL_RANK).
 
 Every rank holds the same synthetic set and draws the same real batch, network and augmentation (the engine's
 seeds); the ranks split the work and all-reduce so that each takes the same update as one process, up to float
@@ -23,13 +24,24 @@ import torch.distributed as dist
 from mmdistill.core.storage import PipelineError
 
 
-def start(device: torch.device) -> None:
-    """Join torchrun's process group (gloo) when launched with more than one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type != "cpu":
-            raise PipelineError(f"torchrun with device {device}: distributed distillation runs on the CPU (gloo) "
-                                "only; set param 'device' to cpu")
+def start(device: torch.device) -> torch.device:
+    """Join torchrun's process group when launched with more than one process -> the device this process computes
+    on: `device` itself on the CPU (gloo); on CUDA the GPU of its LOCAL_RANK (NCCL), one process per GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cpu":
         dist.init_process_group("gloo")
+        return device
+    if device.type != "cuda":
+        raise PipelineError(f"torchrun with device {device}: distributed distillation runs on CPU (gloo) or CUDA "
+                            "(NCCL) only")
+    local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise PipelineError(f"torchrun process with LOCAL_RANK {local_rank} but this node has {gpus} GPU(s): use "
+                            f"--nproc_per_node {gpus} at most")
+    torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    return torch.device("cuda", local_rank)
 
 
 def world() -> tuple[int, int]:

@@ -64,8 +64,7 @@ def distill(name: str, ipc: int, latent: bool, params: dict, resume: bool) -> Pa
         settings["flip"] = resolve_flip(settings["flip"], where["flip"])
     seed = param(params, "seed", int)
     seed_everything(seed)
-    device = resolve_device(params)
-    distributed.start(device)
+    device = distributed.start(resolve_device(params))
     if distributed.world()[1] > 1 and method.family not in ("distribution", "gradient"):
         raise PipelineError(f"distill {name} under torchrun: only the distribution (dm) and gradient (dsa, dc) "
                             "families split their work across processes; run it as one process")
