@@ -1,5 +1,6 @@
 """evaluate: cross-architecture metrics, the full-data upper bound, renormalisation, clear errors."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -144,6 +145,8 @@ def test_precision_and_compile_are_recorded_deterministic_and_checked(prepared, 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="inductor on CPU needs a C++ compiler (README: requirements)")
 def test_inductor_evaluation_matches_itself(prepared):
     """The default evaluation (bf16 + inductor, C++ compiled): the same numbers on a rerun (a warm compile cache)."""
     write_synthetic()
