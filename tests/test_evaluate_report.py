@@ -91,6 +91,7 @@ def current_record(record: dict, name: str) -> dict:
     return {**record, "epochs": params[section]["epochs"], "repeats": params[section]["repeats"],
             "augment": params[section]["augment"], "lr": params["evaluate"]["lr"],
             "batch_size": params["evaluate"]["batch_size"], "seed": params["seed"], "train_images": 100,
+            "precision": params["evaluate"]["precision"], "compile": params["evaluate"]["compile"] or None,
             "flip": flip, "distill": settings, "dsa": dict(params["dsa"]) if params[section]["augment"] else None}
 
 
@@ -130,6 +131,8 @@ def make_reported(project):
                                            r"params\.yaml has 9"),
     ("evaluate.epochs", 7, r"run (dm|random)-ipc1\) was made with epochs = \d+, params\.yaml has 7"),
     ("seed", 5, r"was made with seed = 0, params\.yaml has 5"),
+    ("evaluate.precision", "fp32", r"run (dm|random)-ipc1\) was made with precision = 'bf16', params\.yaml has 'fp32'"),
+    ("evaluate.compile", "eager", r"run (dm|random)-ipc1\) was made with compile = None, params\.yaml has 'eager'"),
     ("evaluate.flip", True, r"run (dm|random)-ipc1\) was made with flip = False, params\.yaml has True"),
     ("distill.distribution.flip", True, r"run dm-ipc1\) was made with distill\.flip = False, params\.yaml has True"),
 ])

@@ -101,6 +101,8 @@ def budget(params: dict, full: bool, info: dict) -> dict:
     return {"epochs": param(params, f"{section}.epochs", int), "repeats": param(params, f"{section}.repeats", int),
             "augment": param(params, f"{section}.augment", bool), "lr": param(params, "evaluate.lr", float),
             "batch_size": param(params, "evaluate.batch_size", int), "seed": param(params, "seed", int),
+            "precision": param(params, "evaluate.precision", str),
+            "compile": param(params, "evaluate.compile", str) or None,
             "flip": param(params, f"{section}.augment", bool) and resolve_flip(param(params, "evaluate.flip"),
                                                                                 "evaluate.flip", info),
             "dsa": dict(param(params, "dsa")) if param(params, f"{section}.augment", bool) else None}
