@@ -8,7 +8,8 @@ Names (append `:NORM` to choose the norm layer, e.g. `resnet18:instance`, `convn
 | name                | network                                                      | default norm |
 |---------------------|--------------------------------------------------------------|--------------|
 | convnet             | ConvNet, depth from resolution (3 at 28/32, 4 at 64, 5 at 128, 6 at 256) | instance |
-| convnet3 … convnet6 | ConvNet of that depth: [conv3x3(128) -> norm -> ReLU -> avgpool 2] x depth, linear | instance |
+| convnet3 … convnet6 | ConvNet of that depth: [conv3x3(128) -> norm -> ReLU -> avgpool 2] x depth, linear; 28 px input padded to 32 by the first conv (as in the DC/DM code base: a 4x4 final map) | instance |
+| convnet3_28px …     | the earlier form of convnetN: no padding to 32, so at 28 px the last pool takes a 7 px map to 3, dropping its last row and column (1152 features) | instance |
 | resnet18            | ResNet-18 (BasicBlock 2-2-2-2); 3x3 stem below 128 px, 7x7/2 stem + maxpool from 128 px | batch |
 | vgg11               | VGG-11 (8 conv + linear), first conv padded so 28 px becomes 32 | batch |
 | alexnet             | the small-input AlexNet of the DC line of work (5 conv, 3 max-pools, linear) | none |
@@ -42,16 +43,19 @@ def _norm(kind: str, width: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """depth x [conv3x3(width) -> norm -> ReLU -> avgpool 2], then a linear classifier."""
+    """depth x [conv3x3(width) -> norm -> ReLU -> avgpool 2], then a linear classifier. `pad_28_to_32`: a 28 px
+    input is padded to 32 by the first conv (padding 3), as the DC/DM code base does for the MNIST family."""
 
     def __init__(self, channels: int, classes: int, image_size: int, width: int = 128, depth: int = 3,
-                 norm: str = "instance"):
+                 norm: str = "instance", pad_28_to_32: bool = True):
         super().__init__()
         if image_size >> depth < 1:
             raise PipelineError(f"ConvNet of depth {depth} needs images of at least {2 ** depth} px, got {image_size}")
-        layers, c, size = [], channels, image_size
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+        pad_first = 3 if pad_28_to_32 and image_size == 28 else 1
+        layers, c, size = [], channels, image_size + 2 * (pad_first - 1)
+        for d in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=pad_first if d == 0 else 1), _norm(norm, width),
+                       nn.ReLU(inplace=True), nn.AvgPool2d(2)]
             c, size = width, size // 2
         self.features = nn.Sequential(*layers)
         self.feature_dim = width * size * size
@@ -189,14 +193,17 @@ class ViT(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def _convnet(depth: int | None):
-    return lambda c, k, size, norm: ConvNet(c, k, size, depth=depth or convnet_depth(size), norm=norm)
+def _convnet(depth: int | None, pad_28_to_32: bool = True):
+    return lambda c, k, size, norm: ConvNet(c, k, size, depth=depth or convnet_depth(size), norm=norm,
+                                            pad_28_to_32=pad_28_to_32)
 
 
 # name -> (builder(channels, classes, image_size, norm), default norm)
 NETWORKS = {
     "convnet": (_convnet(None), "instance"),
     **{f"convnet{d}": (_convnet(d), "instance") for d in (3, 4, 5, 6)},
+    "convnet_28px": (_convnet(None, pad_28_to_32=False), "instance"),
+    **{f"convnet{d}_28px": (_convnet(d, pad_28_to_32=False), "instance") for d in (3, 4, 5, 6)},
     "resnet18": (ResNet18, "batch"),
     "vgg11": (VGG11, "batch"),
     "alexnet": (AlexNet, "none"),
