@@ -3,6 +3,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from mmdistill.core.runtime import autocast_of
 from mmdistill.core.storage import PipelineError, load_tensors, read_parquet, read_parquet_metadata
 from mmdistill.selection import coresets as select
 from mmdistill.selection.forgetting import ForgettingCounter, count_forgetting
@@ -21,7 +22,8 @@ def test_counter_counts_correct_to_incorrect_transitions():
     assert counter.misclassified.tolist() == [2, 4, 2]
 
 
-def test_mislabelled_examples_are_the_most_forgotten():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mislabelled_examples_are_the_most_forgotten(precision):
     gen = torch.Generator().manual_seed(0)
     n = 200
     labels = torch.arange(n) % 2
@@ -31,7 +33,8 @@ def test_mislabelled_examples_are_the_most_forgotten():
     flipped = torch.zeros(n, dtype=torch.bool)
     flipped[torch.randperm(n, generator=gen)[:20]] = True
     counter = count_forgetting(images, torch.where(flipped, 1 - labels, labels), 2, net="convnet3", epochs=8,
-                               batch_size=32, lr=0.01, device="cpu", seed=0)
+                               batch_size=32, lr=0.01, device="cpu", seed=0,
+                               autocast=autocast_of({"p": precision}, "p", torch.device("cpu"))[2])
     ranked = np.lexsort((-counter.misclassified, -counter.events, counter.learned))
     assert flipped.numpy()[ranked[:20]].sum() >= 15  # 20 of 200 labels flipped; random would give ~2
 
@@ -40,6 +43,7 @@ def test_forgetting_stage_and_selection(annotated):
     events_file = annotated / "data/forgetting/events.parquet"
     first = events_file.read_bytes()  # written by the fixture
     events = read_parquet(events_file)
+    assert read_parquet_metadata(events_file)["forgetting"]["settings"]["precision"] == "bf16"  # params.yaml's
     assert events.num_rows == 100 and events.column_names == ["uid", "label", "forgetting_events", "learned",
                                                                "misclassified"]
     run_stage("forgetting")

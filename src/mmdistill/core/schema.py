@@ -216,6 +216,7 @@ def schema() -> dict:
                 "epochs": COUNT,
                 "batch_size": COUNT,
                 "lr": RATE,
+                "precision": Str(*PRECISIONS),
             },
         },
         "dsa": AUGMENT_KEYS,

@@ -4,6 +4,8 @@ The stage, its outputs and their schema: mmdistill.stages.forgetting.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -29,8 +31,9 @@ class ForgettingCounter:
 
 
 def count_forgetting(images: torch.Tensor, labels: torch.Tensor, classes: int, *, net: str, epochs: int,
-                     batch_size: int, lr: float, device, seed: int) -> ForgettingCounter:
-    """Train `net` on normalised images with the shared loop and count forgetting events of every example."""
+                     batch_size: int, lr: float, device, seed: int, autocast=contextlib.nullcontext) -> ForgettingCounter:
+    """Train `net` on normalised images with the shared loop and count forgetting events of every example
+    (`autocast`: a factory of the forward passes' autocast context, as runtime.autocast_of)."""
     seed_everything(seed)
     model = make_net(net, images.shape[1], classes, images.shape[2])
     counter = ForgettingCounter(len(labels))
@@ -39,5 +42,6 @@ def count_forgetting(images: torch.Tensor, labels: torch.Tensor, classes: int, *
         counter.update(idx.cpu().numpy(), (logits.argmax(1) == targets).cpu().numpy())
 
     train_classifier(model, images, labels, epochs, device, lr=lr, batch_size=batch_size, seed=seed,
-                     desc="forgetting", decay=False, on_batch=record)
+                     desc="forgetting", decay=False, on_batch=record,
+                     autocast=autocast)
     return counter

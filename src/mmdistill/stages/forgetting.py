@@ -22,13 +22,14 @@ are the most forgotten of all. Training is its own cached stage; stage `select` 
 
 Metadata `forgetting`: the settings (`select.forgetting`), seed, device and library versions.
 Network and optimiser are those of evaluation (`select.forgetting.net`, SGD momentum 0.9, weight decay
-5e-4), without augmentation, at a constant learning rate.
+5e-4), without augmentation, at a constant learning rate, its forward passes in `select.forgetting.precision`
+(bf16 autocast by default; fp32 the earlier form).
 """
 from __future__ import annotations
 
 from mmdistill.core.config import load_params, param, positive
 from mmdistill.core.paths import FORGETTING_EVENTS
-from mmdistill.core.runtime import resolve_device, versions
+from mmdistill.core.runtime import autocast_of, resolve_device, versions
 from mmdistill.core.storage import check_writable, write_parquet
 from mmdistill.data.datasets import load_split
 from mmdistill.selection.forgetting import count_forgetting
@@ -44,9 +45,10 @@ def main() -> None:
                 "epochs": positive(params, "select.forgetting.epochs"),
                 "batch_size": positive(params, "select.forgetting.batch_size"),
                 "lr": positive(params, "select.forgetting.lr", float)}
+    settings["precision"], _, autocast = autocast_of(params, "select.forgetting.precision", device)
     train = load_split("train")
     counter = count_forgetting(train.normalized(), train.labels, len(train.class_names), device=device, seed=seed,
-                               **settings)
+                               autocast=autocast, **{k: v for k, v in settings.items() if k != "precision"})
     write_parquet({"uid": train.uids, "label": train.labels.numpy(), "forgetting_events": counter.events,
                    "learned": counter.learned, "misclassified": counter.misclassified}, FORGETTING_EVENTS,
                   {"forgetting": {"settings": settings, "seed": seed, "device": str(device), "versions": versions()}})
