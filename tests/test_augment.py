@@ -99,3 +99,36 @@ def test_shift_crop_is_differentiable():
 def test_unknown_crop_form_is_refused():
     with pytest.raises(ValueError, match="crop_mode"):
         DifferentiableAugment(crop_mode="pad")
+
+
+def test_transform_ranges_are_dsas():
+    """DSA's parameters (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5], crop 1/8 of the side, cutout
+    1/2 of the side, scale x[1/1.2, 1.2], rotate +-15 degrees), checked on what the transforms do, so that a changed
+    default shows up here rather than as a quietly different distillation."""
+    aug = DifferentiableAugment()
+    assert aug.families == ["color", "crop", "cutout", "scale", "rotate"]  # one family per draw; flip when enabled
+    x = torch.zeros(4000, 1, 8, 8)
+    aug.families = ["color"]
+    shifted = aug(x + 1.0, seed=1)[:, 0, 0, 0]  # a flat image: brightness moves it, contrast scales nothing
+    assert 0.5 <= shifted.min() < 0.52 and 1.48 < shifted.max() <= 1.5
+    aug.families = ["cutout"]
+    zeros = (aug(torch.ones(400, 1, 16, 16), seed=2) == 0).flatten(1).sum(1)
+    assert zeros.max() == 64  # an 8 x 8 square inside the image: 1/2 of the side
+    aug.families = ["crop"]
+    moved = aug(torch.ones(400, 1, 16, 16), seed=3)
+    assert (moved[:, 0].sum(2) == 0).sum(1).max() == 2  # at most round(16 / 8) = 2 whole columns shifted in
+    aug.families = ["rotate"]
+    line = torch.zeros(1, 1, 65, 65)
+    line[..., 32, :] = 1.0
+    angles = []
+    for seed in range(200):
+        out = aug(line, seed=seed)[0, 0]
+        ys, xs = torch.nonzero(out > 0.5, as_tuple=True)
+        slope = torch.linalg.lstsq(torch.stack([xs.float(), torch.ones_like(xs.float())], 1), ys.float()[:, None])
+        angles.append(abs(float(torch.rad2deg(torch.atan(slope.solution[0, 0])))))
+    assert 13.5 < max(angles) <= 15.5
+    aug.families = ["scale"]
+    dot = torch.zeros(1, 1, 65, 65)
+    dot[..., 32, 32 + 20] = 1.0
+    reach = [float(torch.nonzero(aug(dot, seed=s)[0, 0] > 0.2)[:, 1].float().mean()) - 32 for s in range(200)]
+    assert 20 / 1.2 - 1 < min(reach) < 20 / 1.1 and 20 * 1.1 < max(reach) < 20 * 1.2 + 1

@@ -7,7 +7,8 @@ from mmdistill.core.storage import PipelineError
 from mmdistill.nn.nets import NETWORKS, make_net
 
 torch.set_num_threads(1)
-ARCHITECTURES = ["convnet3", "convnet", "convnet3_28px", "convnet_28px", "resnet18", "vgg11", "alexnet", "vit", "resnet18:instance", "vgg11:instance"]
+ARCHITECTURES = ["convnet3", "convnet", "convnet3_pad32", "convnet_pad32", "resnet18", "vgg11", "alexnet", "vit",
+                 "resnet18:instance", "vgg11:instance"]
 
 
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
@@ -48,7 +49,8 @@ def test_bad_names_are_clear_errors(name, match):
 
 
 def test_every_registered_name_is_tested():
-    assert {n.partition(":")[0] for n in ARCHITECTURES} | {f"convnet{d}{form}" for d in (4, 5, 6) for form in ("", "_28px")} == set(NETWORKS)
+    deeper = {f"convnet{d}{form}" for d in (4, 5, 6) for form in ("", "_pad32")}
+    assert {n.partition(":")[0] for n in ARCHITECTURES} | deeper == set(NETWORKS)
 
 
 def test_short_training_starts_at_the_full_learning_rate():
@@ -68,17 +70,17 @@ def test_short_training_starts_at_the_full_learning_rate():
         torch.testing.assert_close(old - new.detach(), 0.5 * grad)
 
 
-def test_convnet_at_28px_pads_to_32_as_the_dc_code_base():
-    """convnet3 pads a 28 px input to 32 (first conv padding 3): maps of 32/16/8 px, no pixel of the last map
-    dropped by its pool, 2048 features. The earlier form (convnet3_28px) pools a 7 px map to 3, dropping its last
-    row and column; at 32 px the two forms are one network."""
+def test_convnet_pad32_pads_28px_to_32_as_the_dc_code_base():
+    """convnet3_pad32 pads a 28 px input to 32 (first conv padding 3): maps of 32/16/8 px, no pixel of the last map
+    dropped by its pool, 2048 features. convnet3 pools a 7 px map to 3, dropping its last row and column; at 32 px
+    the two forms are one network."""
     torch.manual_seed(0)
     x = torch.randn(1, 1, 28, 28)
-    padded, earlier = make_net("convnet3", 1, 10, 28), make_net("convnet3_28px", 1, 10, 28)
+    padded, earlier = make_net("convnet3_pad32", 1, 10, 28), make_net("convnet3", 1, 10, 28)
     with torch.no_grad():
         assert padded.features[:-1](x).shape[-2:] == (8, 8) and padded.embed(x).shape == (1, 128 * 4 * 4)
         assert earlier.features[:-1](x).shape[-2:] == (7, 7) and earlier.embed(x).shape == (1, 128 * 3 * 3)
-        at32, at32_earlier = make_net("convnet3", 3, 10, 32), make_net("convnet3_28px", 3, 10, 32)
+        at32, at32_earlier = make_net("convnet3_pad32", 3, 10, 32), make_net("convnet3", 3, 10, 32)
         at32_earlier.load_state_dict(at32.state_dict())
         x32 = torch.randn(2, 3, 32, 32)
         assert torch.equal(at32.embed(x32), at32_earlier.embed(x32))
