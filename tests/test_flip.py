@@ -1,6 +1,7 @@
 """DSA's horizontal flip is the dataset's decision (issue 14, item 21): prepare records a dataset-level default (grey
-digits/clothing: no flip, where the DC/DSA and DM code bases flip clothing: `flip: true`; natural colour images: flip), every `flip: auto`
-param follows it, `true`/`false` override it, and each run records the value it used."""
+digits/clothing: no flip, although the DC/DSA and DM code bases flip clothing, which is `flip: true`; natural colour
+images: flip), every `flip: auto` param follows it, `true`/`false` override it, and each run records the value it
+used."""
 import json
 
 import pytest
