@@ -31,7 +31,8 @@ class ForgettingCounter:
 
 
 def count_forgetting(images: torch.Tensor, labels: torch.Tensor, classes: int, *, net: str, epochs: int,
-                     batch_size: int, lr: float, device, seed: int, autocast=contextlib.nullcontext) -> ForgettingCounter:
+                     batch_size: int, lr: float, device, seed: int,
+                     autocast=contextlib.nullcontext) -> ForgettingCounter:
     """Train `net` on normalised images with the shared loop and count forgetting events of every example
     (`autocast`: a factory of the forward passes' autocast context, as runtime.autocast_of)."""
     seed_everything(seed)
@@ -42,6 +43,5 @@ def count_forgetting(images: torch.Tensor, labels: torch.Tensor, classes: int, *
         counter.update(idx.cpu().numpy(), (logits.argmax(1) == targets).cpu().numpy())
 
     train_classifier(model, images, labels, epochs, device, lr=lr, batch_size=batch_size, seed=seed,
-                     desc="forgetting", decay=False, on_batch=record,
-                     autocast=autocast)
+                     desc="forgetting", decay=False, on_batch=record, autocast=autocast)
     return counter

@@ -45,13 +45,13 @@ def main() -> None:
                 "epochs": positive(params, "select.forgetting.epochs"),
                 "batch_size": positive(params, "select.forgetting.batch_size"),
                 "lr": positive(params, "select.forgetting.lr", float)}
-    settings["precision"], _, autocast = autocast_of(params, "select.forgetting.precision", device)
+    precision, _, autocast = autocast_of(params, "select.forgetting.precision", device)
     train = load_split("train")
     counter = count_forgetting(train.normalized(), train.labels, len(train.class_names), device=device, seed=seed,
-                               autocast=autocast, **{k: v for k, v in settings.items() if k != "precision"})
+                               autocast=autocast, **settings)
     write_parquet({"uid": train.uids, "label": train.labels.numpy(), "forgetting_events": counter.events,
                    "learned": counter.learned, "misclassified": counter.misclassified}, FORGETTING_EVENTS,
-                  {"forgetting": {"settings": settings, "seed": seed, "device": str(device), "versions": versions()}})
+                  {"forgetting": {"settings": {**settings, "precision": precision}, "seed": seed, "device": str(device), "versions": versions()}})
     print(f"forgetting: {int((counter.events > 0).sum())} of {len(counter.events)} train images forgotten at least "
           f"once, {int((~counter.learned).sum())} never learned -> {FORGETTING_EVENTS}")
 
