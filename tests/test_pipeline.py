@@ -100,7 +100,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
         expected = stages_importing(project, module)
         assert expected and stale(project) == expected, module
         path.write_bytes(original)
-        assert stale(project) == set()
+    assert stale(project) == set()
 
     set_params(project, **{"evaluate.repeats": 1})
     assert ran(sh(project, "dvc", "repro")) == {r for r in runs if r.startswith("evaluate")} | {"report"}
@@ -114,18 +114,6 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     annotation = {"ground", "caption", "describe", "embed_image", "embed_text", "report"}  # unchanged outputs stop it
     masked = {r for r in runs if "_masked@" in r}  # evaluate re-runs only where the distilled set changed
     assert "ground" in out and {r for r in masked if r.startswith("distill")} <= out - annotation <= masked
-
-    # a new method is one module and one registry line (+ its place in a group and its params block)
-    (project / "src/mmdistill/distill/methods/toy.py").write_text(TOY_METHOD)
-    registry = project / "src/mmdistill/distill/methods/__init__.py"
-    line = '    "dm": "mmdistill.distill.methods.dm",\n'
-    registry.write_text(registry.read_text().replace(line, line + '    "toy": "mmdistill.distill.methods.toy",\n'))
-    set_params(project, **{"distill.methods.distribution": ["dm", "toy"], "distill.toy": {}})
-    toy = {f"{s}_distribution@toy-{k}" for s in ("distill", "evaluate") for k in (1, 2)}
-    assert toy <= stage_names(project)
-    registry_users = stages_importing(project, "src/mmdistill/distill/methods/__init__.py")
-    assert ran(sh(project, "dvc", "repro")) == toy | registry_users  # the others re-run, to the same bytes
-    assert "| toy | 2 |" in (project / "outputs/report.md").read_text()
 
     # a colleague clones, pulls from the shared remote and has everything without recomputing
     remote = tmp_path / "remote"
@@ -141,3 +129,17 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert "up to date" in sh(clone, "dvc", "status")
     assert ran(sh(clone, "dvc", "repro")) == set()
     shutil.rmtree(clone)
+
+    # a new method is one module and one registry line (+ its place in a group and its params block)
+    (project / "src/mmdistill/distill/methods/toy.py").write_text(TOY_METHOD)
+    registry = project / "src/mmdistill/distill/methods/__init__.py"
+    line = '    "dm": "mmdistill.distill.methods.dm",\n'
+    registry.write_text(registry.read_text().replace(line, line + '    "toy": "mmdistill.distill.methods.toy",\n'))
+    set_params(project, **{"distill.methods.distribution": ["dm", "toy"], "distill.toy": {}})
+    toy = {f"{s}_distribution@toy-{k}" for s in ("distill", "evaluate") for k in (1, 2)}
+    assert toy <= stage_names(project)
+    registry_users = stages_importing(project, "src/mmdistill/distill/methods/__init__.py")
+    assert stale(project) == toy | registry_users  # the others would re-run, to the same bytes: run the new ones
+    new_first = sorted(toy, key=lambda name: not name.startswith("distill"))
+    out = sh(project, "dvc", "repro", "--single-item", *new_first, "report")
+    assert ran(out) == toy | {"report"} and "| toy | 2 |" in (project / "outputs/report.md").read_text()
