@@ -51,7 +51,8 @@ def main() -> None:
                                autocast=autocast, **settings)
     write_parquet({"uid": train.uids, "label": train.labels.numpy(), "forgetting_events": counter.events,
                    "learned": counter.learned, "misclassified": counter.misclassified}, FORGETTING_EVENTS,
-                  {"forgetting": {"settings": {**settings, "precision": precision}, "seed": seed, "device": str(device), "versions": versions()}})
+                  {"forgetting": {"settings": {**settings, "precision": precision}, "seed": seed, "device": str(device),
+                                  "versions": versions()}})
     print(f"forgetting: {int((counter.events > 0).sum())} of {len(counter.events)} train images forgotten at least "
           f"once, {int((~counter.learned).sum())} never learned -> {FORGETTING_EVENTS}")
 
