@@ -47,8 +47,8 @@ Configuration keys (unknown keys are an error; docs/benchmarks.md has examples):
     evaluate   false = make the sets only (a timing run: no evaluate_retrieval); none = true
     metrics    as for accuracy (none = test TR/IR R@1/5/10 means and the R@1 stds of each image encoder)
   The retrieval tables add the seconds per mttvl iteration (distill_pairs' wall time over its iterations, start-up
-  included) and the seconds per expert epoch that stage buffer measured (data/buffer/record.json, when `needs` ran
-  it). Where the same mttvl row ran at two or more iteration counts with otherwise equal imagetext.mttvl settings
+  included) and the seconds per expert epoch that stage buffer measured (outputs/timings/buffer.json, when `needs`
+  ran it). Where the same mttvl row ran at two or more iteration counts with otherwise equal imagetext.mttvl settings
   (variants that change only imagetext.mttvl.iterations), a second table fits wall = start-up + iterations x s per
   iteration (least squares): the loop's own cost, start-up (interpreter, imports, loading the buffer) apart.
 """
@@ -86,8 +86,9 @@ RETRIEVAL_METRICS = [f"*.test_{side}_r{k}_mean" for side in ("tr", "ir") for k i
     ["*.test_tr_r1_std", "*.test_ir_r1_std"]                                      # per image encoder
 PAIR_SET = re.compile(  # as mmdistill.data.pairs
     r"^(full|(random|mttvl|herding|kcenter|forgetting|pds|pds_unclip)-([1-9][0-9]*))$")
-BUFFER_RECORD = "data/buffer/record.json"  # stage buffer's record (read, never written)
+BUFFER_TIMINGS = "outputs/timings/buffer.json"  # stage buffer's timing (read, never written)
 DIFFUSION_RECORDS = "data/diffusion/*/record.json"  # stage finetune_diffusion's records (read, never written)
+DIFFUSION_TIMINGS = "outputs/timings/diffusion"  # and their timings, {method}.json (read, never written)
 METRICS_DIR = "outputs/metrics"  # where the evaluate stage writes its metrics files (read, never written)
 
 
@@ -500,13 +501,14 @@ def execute(config: dict, steps: list[dict], base_params: dict, work: Path, reco
         elif step["step"] == "distill" and not config["evaluate"] and config["kind"] == "accuracy":
             entry["iterations"] = logged_iterations(work, step)
         elif step["step"] == "needs":
-            if (work / BUFFER_RECORD).exists():
-                buffer = json.loads((work / BUFFER_RECORD).read_text())
-                entry["buffer"] = {k: buffer.get(k) for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}
+            if (work / BUFFER_TIMINGS).exists():
+                entry["buffer"] = json.loads((work / BUFFER_TIMINGS).read_text())
             diffusion = {path.parent.name: json.loads(path.read_text())
                          for path in sorted(work.glob(DIFFUSION_RECORDS))}
             if diffusion:
-                entry["diffusion"] = {m: {"epoch_seconds": r["history"]["seconds"], "train_pairs": r["train_pairs"],
+                timings = {m: work / DIFFUSION_TIMINGS / f"{m}.json" for m in diffusion}  # absent: from the run cache
+                entry["diffusion"] = {m: {"epoch_seconds": json.loads(timings[m].read_text())["epoch_seconds"]
+                                          if timings[m].exists() else None, "train_pairs": r["train_pairs"],
                                           "resolution": r["resolution"], "classes": r.get("classes")}
                                       for m, r in diffusion.items()}
         print(f"  {timing['wall_s']:.0f} s", flush=True)

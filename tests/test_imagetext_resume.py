@@ -7,6 +7,7 @@ hold."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from tests.test_retrieval import HashEncoder
 
 def digests(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "record.json"}
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -64,7 +65,9 @@ runpy.run_module("mmdistill.stages.buffer", run_name="__main__")
 def test_buffer_resumes_after_sigkill_to_the_same_bytes(pairs_project, kill_at):
     run_stage("buffer")
     whole = digests(pairs_project / "data/buffer")
-    assert len(whole) == 2 * 4                                      # 2 experts x (initial + 3 epochs)
+    assert len(whole) == 2 * 4 + 1                                  # 2 experts x (initial + 3 epochs), record.json
+    timing = json.loads((pairs_project / "outputs/timings/buffer.json").read_text())
+    assert timing["seconds_per_expert_epoch"] > 0 and timing["experts"] == 2  # measured outside the cached output
     env = dict(os.environ, PYTHONPATH=str(pairs_project / "src"), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", KILLED_BUFFER.format(kill_at=kill_at)], cwd=pairs_project, env=env,
                          capture_output=True, text=True)

@@ -235,8 +235,10 @@ def test_buffer_saves_every_epoch_and_resumes_to_the_same_bytes(tmp_path):
     with pytest.raises(Killed):
         train_experts(p, pairs, cpu, resume=False, root=tmp_path / "b", checkpoints=tmp_path / "cb", on_epoch=kill)
     assert not shard_path(tmp_path / "b", 1, 2).exists()
-    train_experts(p, pairs, cpu, resume=True, root=tmp_path / "b", checkpoints=tmp_path / "cb")
+    resumed = train_experts(p, pairs, cpu, resume=True, root=tmp_path / "b", checkpoints=tmp_path / "cb")
     assert digests(tmp_path / "b") == digests(tmp_path / "a")
+    assert (tmp_path / "b/record.json").read_bytes() == (tmp_path / "a/record.json").read_bytes()  # no timings in it
+    assert record["seconds_per_expert_epoch"] > 0 and resumed["seconds_per_expert_epoch"] > 0
     other = copy.deepcopy(p)
     other["imagetext"]["buffer"]["lr"] = 0.5
     with pytest.raises(PipelineError, match="other settings"):

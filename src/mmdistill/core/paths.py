@@ -35,6 +35,8 @@ FULL_EVALUATION = EVALUATIONS / "full.json"
 REPORT = Path("outputs/report.md")
 ACCURACY_PLOTS = Path("outputs/plots/accuracy")        # report: {method}.json, test accuracy by IPC (dvc plots)
 LOSS_CURVES = Path("outputs/plots/loss")               # distill: {run}.tsv, the loss by iteration (dvc plots)
+TIMINGS = Path("outputs/timings")                      # {stage}[-{item}].json: wall seconds of the last run; not
+                                                       # DVC outputs and not in git (they differ on every run)
 
 
 def run_name(method: str, ipc: int, latent: bool) -> str:
@@ -84,6 +86,11 @@ def diffusion_dir(method: str) -> Path:
 
 def diffusion_metrics(method: str) -> Path:
     return METRICS / "diffusion" / f"{method}.json"
+
+
+def diffusion_timings(method: str) -> Path:
+    """The wall seconds of each training epoch of the last run (not a DVC output)."""
+    return TIMINGS / "diffusion" / f"{method}.json"
 
 
 def diffusion_checkpoints(method: str) -> Path:

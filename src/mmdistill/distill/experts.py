@@ -6,7 +6,10 @@ Their trainable state (the image encoder's parameters, or only its LoRA adapters
 both projections; mmdistill.nn.contrastive.trainable_state) is saved before training and after every epoch:
 
     data/buffer/expert-EEE/epoch-TTT.pt    one tensor shard per expert and epoch, TTT = 000 (initial) .. expert_epochs
-    data/buffer/record.json                settings, counts, seconds per expert epoch (measured)
+    data/buffer/record.json                settings, counts, versions (the same bytes on every run)
+
+The seconds per expert epoch (measured) are returned with the record; stage buffer writes them to
+outputs/timings/buffer.json, outside the cached output.
 
 Resume (`--resume`): after every epoch the whole training state (model, optimizer momentum, shuffling generator)
 is checkpointed to data/checkpoints/buffer/expert-EEE.pt, with the settings it was made under; a resumed run
@@ -48,7 +51,8 @@ def fingerprint(settings: dict) -> str:
 
 def train_experts(params: dict, pairs: dict, device, *, resume: bool, root=BUFFER, checkpoints=BUFFER_CHECKPOINTS,
                   on_epoch=None) -> dict:
-    """Train every expert, writing its trajectory under `root`; -> the record. `on_epoch(expert, epoch)` is called
+    """Train every expert, writing its trajectory under `root`; -> the record, with the measured
+    `seconds_per_expert_epoch` added (not saved: it differs on every run). `on_epoch(expert, epoch)` is called
     after each epoch's shard and checkpoint are written (tests interrupt the run there)."""
     experts, epochs = positive(params, "imagetext.buffer.experts"), positive(params, "imagetext.buffer.expert_epochs")
     lr = param(params, "imagetext.buffer.lr", float)
@@ -98,9 +102,9 @@ def train_experts(params: dict, pairs: dict, device, *, resume: bool, root=BUFFE
                     start_epoch=start)
         model.cpu()
     record = {**settings, "experts": experts, "expert_epochs": epochs, "shards": (epochs + 1) * experts,
-              "seconds_per_expert_epoch": sum(seconds) / len(seconds) if seconds else None, "versions": versions()}
+              "versions": versions()}
     save_json(record, root / "record.json")
-    return record
+    return {**record, "seconds_per_expert_epoch": sum(seconds) / len(seconds) if seconds else None}
 
 
 def load_trajectory(expert: int, root=BUFFER) -> list[dict]:

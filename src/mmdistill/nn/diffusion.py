@@ -38,8 +38,10 @@ Outputs (one per method of `distill.methods.synthesis`):
                                         tokenizer/, scheduler/)
   data/diffusion/{method}/record.json   model, settings, class_name, train pairs, classes, seed, device, versions,
                                         and per epoch the loss (train: mean over the epoch; val: the val split at
-                                        fixed noise, before training first) and the wall seconds of its training steps
+                                        fixed noise, before training first)
   outputs/metrics/diffusion/{method}.json  val_loss_untrained, val_loss, train_loss_last_epoch
+  outputs/timings/diffusion/{method}.json  epoch_seconds: the wall seconds of each epoch's training steps (not a
+                                        DVC output: they differ on every run; a resumed run keeps the earlier ones)
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ from mmdistill.core.paths import (
     diffusion_checkpoints,
     diffusion_dir,
     diffusion_metrics,
+    diffusion_timings,
 )
 from mmdistill.core.runtime import resolve_device, seed_everything, versions
 from mmdistill.core.storage import (
@@ -422,7 +425,8 @@ def train_pipeline(params: dict, method: str, resume: bool, train: TrainingPairs
     `diffusion.model`: loaded and fine-tuned). `data_id` identifies the data for --resume; `record` is added to record.json; `files`
     ({name: tensors}) are saved beside the pipeline; `model` replaces `diffusion.model`."""
     out, metrics_path, work = diffusion_dir(method), diffusion_metrics(method), diffusion_checkpoints(method)
-    check_writable(out, metrics_path, work / "x")
+    timings_path = diffusion_timings(method)
+    check_writable(out, metrics_path, timings_path, work / "x")
     settings = training_settings(params, model)
     seed = param(params, "seed", int)
     seed_everything(seed)
@@ -512,10 +516,12 @@ def train_pipeline(params: dict, method: str, resume: bool, train: TrainingPairs
         for name, tensors in (files or {}).items():
             save_tensors(tensors, tmp / name)
         save_json({"model": settings["model"], "settings": settings, **record, "train_pairs": len(train),
-                   "resolution": resolution, "seed": seed, "device": str(device), "history": history,
-                   "versions": versions()}, tmp / DIFFUSION_RECORD_NAME)
+                   "resolution": resolution, "seed": seed, "device": str(device),
+                   "history": {k: v for k, v in history.items() if k != "seconds"}, "versions": versions()},
+                  tmp / DIFFUSION_RECORD_NAME)
     save_json({"val_loss_untrained": round(history["val_loss"][0], 6), "val_loss": round(history["val_loss"][-1], 6),
                "train_loss_last_epoch": round(history["train_loss"][-1], 6)}, metrics_path)
+    save_json({"epoch_seconds": history["seconds"]}, timings_path)
     shutil.rmtree(work)
     print(f"finetune_diffusion {method}: val denoising loss {history['val_loss'][0]:.4f} -> "
           f"{history['val_loss'][-1]:.4f} -> {out}")
