@@ -124,6 +124,16 @@ def test_default_run_has_no_stage_whose_output_nobody_reads():
                         "finetune_diffusion"}
 
 
+def test_uncached_outputs_are_in_git():
+    """An output with `cache: false` reaches a colleague only through git: were it ignored, their pulled clone would
+    lack it and `dvc status` would call the stage changed."""
+    uncached = sorted({str(o.def_path) for s in resolved_stages(REPO) for o in s.outs if not o.use_cache})
+    assert uncached
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == []
+
+
 @pytest.mark.parametrize("group, stage", [("pool", "pretrain@dsdm"), ("caption_match", "caption_head@caption_match"),
                                           ("caption_concat", "annotate_test@caption_concat"),
                                           ("synthesis", "finetune_diffusion@vlcp")])
