@@ -35,8 +35,8 @@ FULL_EVALUATION = EVALUATIONS / "full.json"
 REPORT = Path("outputs/report.md")
 ACCURACY_PLOTS = Path("outputs/plots/accuracy")        # report: {method}.json, test accuracy by IPC (dvc plots)
 LOSS_CURVES = Path("outputs/plots/loss")               # distill: {run}.tsv, the loss by iteration (dvc plots)
-TIMINGS = Path("outputs/timings")                      # {stage}[-{item}].json: wall seconds of the last run; not
-                                                       # DVC outputs and not in git (they differ on every run)
+TIMINGS = Path("outputs/timings")                      # wall seconds of a stage's last run: not DVC outputs and
+BUFFER_TIMINGS = TIMINGS / "buffer.json"               # not in git (they differ on every run); diffusion_timings
 
 
 def run_name(method: str, ipc: int, latent: bool) -> str:

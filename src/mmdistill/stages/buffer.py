@@ -9,7 +9,7 @@ epoch go to outputs/timings/buffer.json (not a DVC output: they differ on every 
 from __future__ import annotations
 
 from mmdistill.core.config import load_params
-from mmdistill.core.paths import TIMINGS
+from mmdistill.core.paths import BUFFER_TIMINGS
 from mmdistill.core.runtime import resolve_device
 from mmdistill.core.storage import check_writable, save_json
 from mmdistill.data.pairs import load_pairs
@@ -22,10 +22,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from data/checkpoints/buffer/")
     args = parser.parse_args()
     params = load_params()
-    timings = TIMINGS / "buffer.json"
-    check_writable(BUFFER / "record.json", timings)
+    check_writable(BUFFER / "record.json", BUFFER_TIMINGS)
     record = train_experts(params, load_pairs("train"), resolve_device(params), resume=args.resume)
-    save_json({k: record[k] for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}, timings)
+    save_json({k: record[k] for k in ("experts", "expert_epochs", "seconds_per_expert_epoch")}, BUFFER_TIMINGS)
     print(f"buffer: {record['experts']} experts x {record['expert_epochs']} epochs -> {BUFFER} "
           f"({record['shards']} shards)")
 
