@@ -10,16 +10,10 @@ from ruamel.yaml import YAML
 
 from mmdistill.devtools import code_deps
 from mmdistill.devtools.closure import closure, command_module
+from mmdistill.devtools.pipeline import committed_outputs, resolved_stages
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def resolved_stages(root: Path) -> list:
-    """DVC's own view of the pipeline in `root` (matrix and foreach expanded, ${...} interpolated)."""
-    from dvc.repo import Repo
-    with Repo(str(root)) as repo:
-        return list(repo.index.stages)
 
 
 def uncovered(root: Path) -> dict[str, list[str]]:
@@ -127,7 +121,7 @@ def test_default_run_has_no_stage_whose_output_nobody_reads():
 def test_uncached_outputs_are_in_git():
     """An output with `cache: false` reaches a colleague only through git: were it ignored, their pulled clone would
     lack it and `dvc status` would call the stage changed."""
-    uncached = sorted({str(o.def_path) for s in resolved_stages(REPO) for o in s.outs if not o.use_cache})
+    uncached = committed_outputs(REPO)
     assert uncached
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True,
                              text=True).stdout.split()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mmdistill.devtools.closure import closure, command_module
+from mmdistill.devtools.pipeline import resolved_stages
 from tests.conftest import set_params
-from tests.test_dependencies import resolved_stages
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
