@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="delete the committed (cache: false) outputs first, so that every stage runs")
     args = parser.parse_args()
+    if args.workdir is not None and args.workdir.exists():
+        parser.error(f"--workdir {args.workdir} exists; name a path that does not, or remove it")
     name = "fresh_clone_from_scratch" if args.from_scratch else "fresh_clone"
     record = {"stamp": stamp([])}
     record["stamp"]["command"] = " ".join(["python -m benchmarks.fresh_clone", *sys.argv[1:]])

@@ -187,3 +187,16 @@ def test_a_real_run_writes_stamped_results(tmp_path, fashion_dir):
     text = (out / "tiny.md").read_text()
     assert "do not edit, rerun it" in text and f"| random | 1 | {accuracy:.2f} |" in text
     assert record["stamp"]["commit"] in text
+
+
+def test_fresh_clone_refuses_an_existing_workdir_before_cloning(tmp_path):
+    workdir, out_dir = tmp_path / "clone", tmp_path / "results"
+    workdir.mkdir()
+    (workdir / "kept.txt").write_text("mine")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.fresh_clone", "--workdir", str(workdir),
+                          "--out-dir", str(out_dir)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith(f"--workdir {workdir} exists; name a path that does not, "
+                                                        "or remove it")
+    assert "Traceback" not in out.stderr
+    assert [p.name for p in workdir.iterdir()] == ["kept.txt"] and not out_dir.exists()
