@@ -32,7 +32,7 @@ def test_keep_freed_memory_stops_refaulting_every_batch():
         out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True,
                              env={"PYTHONPATH": str(REPO / "src")})
         return statistics.median(json.loads(out.stdout))
-    # the median batch, not the sum: with the memory kept the heap may still grow once (one batch's activations)
+    # the median batch, not the sum: with the memory kept, the heap may still grow once, in one batch
     default, kept = median_faults("off"), median_faults("on")
-    assert default > 1_000  # glibc's default: each batch faults its activations (about 25 MB) in afresh
+    assert default > 1_000  # glibc's default: each batch faults its activations in afresh
     assert kept < default / 10
